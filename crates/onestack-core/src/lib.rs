@@ -1,1 +1,20 @@
+//! OneStack's domain logic, free of HTTP: identity (users, projects, roles, tokens), password
+//! hashing, and the authorization context every API call carries.
 
+pub mod error;
+pub mod identity;
+pub mod password;
+pub mod policy;
+pub mod token;
+
+pub use error::{CoreError, CoreResult};
+
+/// Keystone-style ids: 32 lowercase hex digits.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Current time as microseconds since the epoch (token issue/revocation precision).
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}

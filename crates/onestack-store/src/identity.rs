@@ -2,9 +2,10 @@
 //! (regions, services, endpoints) and token revocations.
 
 use crate::{require_row, Result, Store, StoreError};
-use sqlx::FromRow;
+use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
 
-#[derive(Clone, Debug, FromRow, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Domain {
     pub id: String,
     pub name: String,
@@ -12,7 +13,7 @@ pub struct Domain {
     pub enabled: bool,
 }
 
-#[derive(Clone, Debug, FromRow, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Project {
     pub id: String,
     pub domain_id: String,
@@ -21,7 +22,7 @@ pub struct Project {
     pub enabled: bool,
 }
 
-#[derive(Clone, Debug, FromRow, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct User {
     pub id: String,
     pub domain_id: String,
@@ -32,6 +33,26 @@ pub struct User {
     pub description: Option<String>,
     pub email: Option<String>,
 }
+
+/// SQLite booleans are integers, and sqlx's `Any` driver cannot decode them as `bool`; flags are
+/// therefore BIGINT 0/1 on both back ends, converted here.
+macro_rules! row_struct {
+    ($ty:ident { $($field:ident : $col:literal => $kind:ident),* $(,)? }) => {
+        impl<'r> FromRow<'r, AnyRow> for $ty {
+            fn from_row(row: &'r AnyRow) -> std::result::Result<Self, sqlx::Error> {
+                Ok($ty { $($field: row_struct!(@get row, $col, $kind)),* })
+            }
+        }
+    };
+    (@get $row:ident, $col:literal, flag) => { $row.try_get::<i64, _>($col)? != 0 };
+    (@get $row:ident, $col:literal, val) => { $row.try_get($col)? };
+}
+
+row_struct!(Domain { id: "id" => val, name: "name" => val, description: "description" => val, enabled: "enabled" => flag });
+row_struct!(Project { id: "id" => val, domain_id: "domain_id" => val, name: "name" => val, description: "description" => val, enabled: "enabled" => flag });
+row_struct!(User { id: "id" => val, domain_id: "domain_id" => val, name: "name" => val, enabled: "enabled" => flag, password_hash: "password_hash" => val, default_project_id: "default_project_id" => val, description: "description" => val, email: "email" => val });
+row_struct!(Service { id: "id" => val, service_type: "type" => val, name: "name" => val, description: "description" => val, enabled: "enabled" => flag });
+row_struct!(Endpoint { id: "id" => val, service_id: "service_id" => val, interface: "interface" => val, region_id: "region_id" => val, url: "url" => val, enabled: "enabled" => flag });
 
 #[derive(Clone, Debug, FromRow, PartialEq)]
 pub struct Role {
@@ -77,17 +98,16 @@ pub struct Region {
     pub parent_region_id: Option<String>,
 }
 
-#[derive(Clone, Debug, FromRow, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Service {
     pub id: String,
-    #[sqlx(rename = "type")]
     pub service_type: String,
     pub name: String,
     pub description: String,
     pub enabled: bool,
 }
 
-#[derive(Clone, Debug, FromRow, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {
     pub id: String,
     pub service_id: String,
@@ -163,7 +183,7 @@ macro_rules! filtered_list {
             q = q.bind(v.clone());
         }
         if let Some(v) = f.enabled {
-            q = q.bind(v);
+            q = q.bind(i64::from(v));
         }
         Ok(q.fetch_all(&$store.pool).await?)
     }};
@@ -176,7 +196,7 @@ impl Store {
             .bind(&d.id)
             .bind(&d.name)
             .bind(&d.description)
-            .bind(d.enabled)
+            .bind(i64::from(d.enabled))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -202,7 +222,7 @@ impl Store {
             sqlx::query("UPDATE domains SET name = $1, description = $2, enabled = $3 WHERE id = $4")
                 .bind(&d.name)
                 .bind(&d.description)
-                .bind(d.enabled)
+                .bind(i64::from(d.enabled))
                 .bind(&d.id)
                 .execute(&self.pool)
                 .await?,
@@ -240,7 +260,7 @@ impl Store {
         .bind(&p.domain_id)
         .bind(&p.name)
         .bind(&p.description)
-        .bind(p.enabled)
+        .bind(i64::from(p.enabled))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -286,7 +306,7 @@ impl Store {
             )
             .bind(&p.name)
             .bind(&p.description)
-            .bind(p.enabled)
+            .bind(i64::from(p.enabled))
             .bind(&p.id)
             .execute(&self.pool)
             .await?,
@@ -322,7 +342,7 @@ impl Store {
         .bind(&u.id)
         .bind(&u.domain_id)
         .bind(&u.name)
-        .bind(u.enabled)
+        .bind(i64::from(u.enabled))
         .bind(&u.password_hash)
         .bind(&u.default_project_id)
         .bind(&u.description)
@@ -360,7 +380,7 @@ impl Store {
                  description = $5, email = $6 WHERE id = $7",
             )
             .bind(&u.name)
-            .bind(u.enabled)
+            .bind(i64::from(u.enabled))
             .bind(&u.password_hash)
             .bind(&u.default_project_id)
             .bind(&u.description)
@@ -595,7 +615,7 @@ impl Store {
         .bind(&s.service_type)
         .bind(&s.name)
         .bind(&s.description)
-        .bind(s.enabled)
+        .bind(i64::from(s.enabled))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -622,7 +642,7 @@ impl Store {
             .bind(&s.service_type)
             .bind(&s.name)
             .bind(&s.description)
-            .bind(s.enabled)
+            .bind(i64::from(s.enabled))
             .bind(&s.id)
             .execute(&self.pool)
             .await?,
@@ -655,7 +675,7 @@ impl Store {
         .bind(&e.interface)
         .bind(&e.region_id)
         .bind(&e.url)
-        .bind(e.enabled)
+        .bind(i64::from(e.enabled))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -685,7 +705,7 @@ impl Store {
             .bind(&e.interface)
             .bind(&e.region_id)
             .bind(&e.url)
-            .bind(e.enabled)
+            .bind(i64::from(e.enabled))
             .bind(&e.id)
             .execute(&self.pool)
             .await?,

@@ -2,7 +2,7 @@
 //! both SQLite (the embedded default) and PostgreSQL (several controllers).
 //!
 //! Queries go through sqlx's `Any` driver with `$N` placeholders, which both back ends accept, so
-//! there is a single code path. Column types are limited to what both share: TEXT, BIGINT, BOOLEAN.
+//! there is a single code path. Column types are limited to what both share: TEXT and BIGINT (flags are 0/1).
 
 mod identity;
 mod migrations;

@@ -11,21 +11,21 @@ CREATE TABLE domains (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     description TEXT NOT NULL DEFAULT '',
-    enabled BOOLEAN NOT NULL
+    enabled BIGINT NOT NULL
 );
 CREATE TABLE projects (
     id TEXT PRIMARY KEY,
     domain_id TEXT NOT NULL REFERENCES domains(id),
     name TEXT NOT NULL,
     description TEXT NOT NULL DEFAULT '',
-    enabled BOOLEAN NOT NULL,
+    enabled BIGINT NOT NULL,
     UNIQUE (domain_id, name)
 );
 CREATE TABLE users (
     id TEXT PRIMARY KEY,
     domain_id TEXT NOT NULL REFERENCES domains(id),
     name TEXT NOT NULL,
-    enabled BOOLEAN NOT NULL,
+    enabled BIGINT NOT NULL,
     password_hash TEXT,
     default_project_id TEXT,
     description TEXT,
@@ -61,7 +61,7 @@ CREATE TABLE services (
     type TEXT NOT NULL,
     name TEXT NOT NULL DEFAULT '',
     description TEXT NOT NULL DEFAULT '',
-    enabled BOOLEAN NOT NULL
+    enabled BIGINT NOT NULL
 );
 CREATE TABLE endpoints (
     id TEXT PRIMARY KEY,
@@ -69,7 +69,7 @@ CREATE TABLE endpoints (
     interface TEXT NOT NULL,
     region_id TEXT REFERENCES regions(id),
     url TEXT NOT NULL,
-    enabled BOOLEAN NOT NULL
+    enabled BIGINT NOT NULL
 );
 CREATE TABLE revocations (
     id TEXT PRIMARY KEY,

@@ -1,0 +1,296 @@
+//! Identity (Keystone v3 semantics): authentication, token issue/validation/revocation, and the
+//! administration of domains, projects, users, roles, assignments and the service catalog.
+//!
+//! Token validation sits on the path of every API call, so it never touches the database: it reads
+//! an in-memory snapshot of the identity records, rebuilt after every identity write (and
+//! periodically, so that several controllers sharing one database converge).
+
+mod admin;
+pub mod bootstrap;
+mod snapshot;
+
+pub use admin::*;
+pub use snapshot::{CatalogEndpoint, CatalogService, Snapshot};
+
+use crate::policy::{AuthContext, NamedRef, ProjectScope};
+use crate::token::{new_audit_id, KeyRepository, TokenCodec, TokenPayload};
+use crate::{now_micros, password, CoreError, CoreResult};
+use onestack_store::{Revocation, Store};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Keystone's one message for every failed authentication, so callers cannot probe for users.
+pub const AUTH_FAILED: &str = "The request you have made requires authentication.";
+
+pub struct IdentityService {
+    store: Store,
+    keys: KeyRepository,
+    codec: RwLock<Arc<TokenCodec>>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    token_ttl: Duration,
+}
+
+/// How a caller proves who it is.
+pub enum Credentials {
+    Password {
+        user: UserSelector,
+        password: String,
+    },
+    Token(String),
+}
+
+/// A user by id, or by name within a domain given by id or name.
+#[derive(Clone, Debug)]
+pub enum UserSelector {
+    Id(String),
+    Name { name: String, domain: DomainSelector },
+}
+
+#[derive(Clone, Debug)]
+pub enum DomainSelector {
+    Id(String),
+    Name(String),
+}
+
+#[derive(Clone, Debug)]
+pub enum ProjectSelector {
+    Id(String),
+    Name { name: String, domain: DomainSelector },
+}
+
+/// A freshly issued token and what it says.
+pub struct Issued {
+    pub token: String,
+    pub context: AuthContext,
+}
+
+impl IdentityService {
+    /// Opens the identity service over `store` with the fernet keys in `key_dir`.
+    pub async fn new(
+        store: Store,
+        key_dir: impl Into<std::path::PathBuf>,
+        token_ttl: Duration,
+    ) -> CoreResult<Arc<Self>> {
+        let keys = KeyRepository::new(key_dir);
+        keys.ensure(3)?;
+        let codec = keys.load()?;
+        let snapshot = Snapshot::load(&store).await?;
+        Ok(Arc::new(IdentityService {
+            store,
+            keys,
+            codec: RwLock::new(Arc::new(codec)),
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            token_ttl,
+        }))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        self.token_ttl
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .map(|s| Arc::clone(&s))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    fn codec(&self) -> Arc<TokenCodec> {
+        self.codec
+            .read()
+            .map(|c| Arc::clone(&c))
+            .unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    /// Re-reads identity records and fernet keys. Serialised, so the last refresh to finish has
+    /// read the newest committed state.
+    pub async fn refresh(&self) -> CoreResult<()> {
+        let _guard = self.refresh_lock.lock().await;
+        let snap = Snapshot::load(&self.store).await?;
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = Arc::new(snap);
+        }
+        let codec = self.keys.load()?;
+        if let Ok(mut c) = self.codec.write() {
+            *c = Arc::new(codec);
+        }
+        Ok(())
+    }
+
+    /// Background refresh so changes made by another controller (or key rotation) are seen.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = me.refresh().await {
+                    tracing::warn!(error = %e, "identity refresh failed");
+                }
+            }
+        })
+    }
+
+    /// Authenticates and issues a token, scoped to `scope` when given.
+    pub async fn authenticate(
+        &self,
+        creds: Credentials,
+        scope: Option<ProjectSelector>,
+    ) -> CoreResult<Issued> {
+        let unauthorized = || CoreError::Unauthorized(AUTH_FAILED.to_string());
+        let (user_id, methods, parent_audit) = match creds {
+            Credentials::Password { user, password } => {
+                let snap = self.snapshot();
+                let found = snap.find_user(&user);
+                let hash = found.and_then(|u| u.password_hash.clone());
+                // Always run the KDF, so a wrong user name costs the same as a wrong password.
+                let ok = password::verify_async(password, hash).await;
+                match found {
+                    Some(u) if ok => (u.id.clone(), vec!["password".to_string()], None),
+                    _ => return Err(unauthorized()),
+                }
+            }
+            Credentials::Token(t) => {
+                let ctx = self.validate(&t).map_err(|_| unauthorized())?;
+                let audit = ctx.token.audit_ids.first().cloned();
+                (ctx.user.id, ctx.token.methods, audit)
+            }
+        };
+        let snap = self.snapshot();
+        let user = snap.users.get(&user_id).ok_or_else(unauthorized)?;
+        if !user.enabled || !snap.domain_enabled(&user.domain_id) {
+            return Err(unauthorized());
+        }
+        let project_id = match scope {
+            None => None,
+            Some(sel) => {
+                let p = snap.find_project(&sel).ok_or_else(unauthorized)?;
+                if !p.enabled || !snap.domain_enabled(&p.domain_id) {
+                    return Err(unauthorized());
+                }
+                if snap.effective_roles(&user_id, &p.id).is_empty() {
+                    return Err(CoreError::Unauthorized(format!(
+                        "User {} has no access to project {}.",
+                        user_id, p.id
+                    )));
+                }
+                Some(p.id.clone())
+            }
+        };
+        let now = now_micros();
+        let mut audit_ids = vec![new_audit_id()];
+        audit_ids.extend(parent_audit);
+        let payload = TokenPayload {
+            user_id,
+            project_id,
+            methods,
+            issued_at: now,
+            expires_at: now + self.token_ttl.as_micros() as i64,
+            audit_ids,
+        };
+        let token = self.codec().encode(&payload);
+        let context = self.context_for(&snap, payload)?;
+        Ok(Issued { token, context })
+    }
+
+    /// Validates a token: authentic, unexpired, unrevoked, its user and project still enabled and
+    /// the user still holding a role on the project. Never touches the database.
+    pub fn validate(&self, token: &str) -> CoreResult<AuthContext> {
+        let payload = self
+            .codec()
+            .decode(token)
+            .ok_or_else(|| CoreError::Unauthorized(AUTH_FAILED.to_string()))?;
+        if payload.expires_at <= now_micros() {
+            return Err(CoreError::Unauthorized(AUTH_FAILED.to_string()));
+        }
+        let snap = self.snapshot();
+        if snap.is_revoked(&payload) {
+            return Err(CoreError::Unauthorized(AUTH_FAILED.to_string()));
+        }
+        self.context_for(&snap, payload)
+    }
+
+    fn context_for(&self, snap: &Snapshot, token: TokenPayload) -> CoreResult<AuthContext> {
+        let bad = || CoreError::Unauthorized(AUTH_FAILED.to_string());
+        let user = snap.users.get(&token.user_id).ok_or_else(bad)?;
+        if !user.enabled || !snap.domain_enabled(&user.domain_id) {
+            return Err(bad());
+        }
+        let user_domain = snap.domain_ref(&user.domain_id).ok_or_else(bad)?;
+        let (project, roles) = match &token.project_id {
+            None => (None, Vec::new()),
+            Some(pid) => {
+                let p = snap.projects.get(pid).ok_or_else(bad)?;
+                if !p.enabled || !snap.domain_enabled(&p.domain_id) {
+                    return Err(bad());
+                }
+                let roles = snap.effective_roles(&user.id, pid);
+                if roles.is_empty() {
+                    return Err(bad());
+                }
+                let domain = snap.domain_ref(&p.domain_id).ok_or_else(bad)?;
+                (
+                    Some(ProjectScope {
+                        id: p.id.clone(),
+                        name: p.name.clone(),
+                        domain,
+                    }),
+                    roles,
+                )
+            }
+        };
+        Ok(AuthContext {
+            user: NamedRef {
+                id: user.id.clone(),
+                name: user.name.clone(),
+            },
+            user_domain,
+            project,
+            roles,
+            token,
+        })
+    }
+
+    /// Revokes one token (and every token rescoped from it, which shares its audit chain).
+    pub async fn revoke_token(&self, ctx: &AuthContext) -> CoreResult<()> {
+        let audit = ctx.token.audit_ids.first().cloned();
+        self.store
+            .add_revocation(&Revocation {
+                id: crate::new_id(),
+                audit_id: audit,
+                user_id: None,
+                project_id: None,
+                issued_before: now_micros(),
+                expires_at: ctx.token.expires_at / 1_000_000 + 1,
+            })
+            .await?;
+        self.refresh().await
+    }
+
+    /// Revokes every token issued to a user so far (password change, as Keystone does).
+    pub(crate) async fn revoke_user_tokens(&self, user_id: &str) -> CoreResult<()> {
+        let now = now_micros();
+        self.store
+            .add_revocation(&Revocation {
+                id: crate::new_id(),
+                audit_id: None,
+                user_id: Some(user_id.to_string()),
+                project_id: None,
+                issued_before: now,
+                expires_at: (now + self.token_ttl.as_micros() as i64) / 1_000_000 + 1,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Rotates the fernet keys and loads them.
+    pub async fn rotate_keys(&self) -> CoreResult<()> {
+        self.keys.rotate(3)?;
+        self.refresh().await
+    }
+}

@@ -1,0 +1,74 @@
+//! Who is asking, and what they may do. Every API handler receives an `AuthContext` built from a
+//! validated token before it reads any data; checks here are the one place policy lives.
+
+use crate::token::TokenPayload;
+use crate::{CoreError, CoreResult};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleRef {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// The project a token is scoped to, with its domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectScope {
+    pub id: String,
+    pub name: String,
+    pub domain: NamedRef,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthContext {
+    pub token: TokenPayload,
+    pub user: NamedRef,
+    pub user_domain: NamedRef,
+    pub project: Option<ProjectScope>,
+    /// Effective roles on the scope, implied roles included.
+    pub roles: Vec<RoleRef>,
+}
+
+impl AuthContext {
+    pub fn has_role(&self, name: &str) -> bool {
+        self.roles.iter().any(|r| r.name == name)
+    }
+
+    /// Keystone's `admin_required`: the admin role on the token's scope.
+    pub fn is_admin(&self) -> bool {
+        self.has_role("admin")
+    }
+
+    pub fn project_id(&self) -> Option<&str> {
+        self.project.as_ref().map(|p| p.id.as_str())
+    }
+
+    /// Fails with Keystone's 403 message naming the policy rule.
+    pub fn require_admin(&self, action: &str) -> CoreResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(forbidden(action))
+        }
+    }
+
+    /// Admin, or the user acting on itself.
+    pub fn require_admin_or_self(&self, action: &str, user_id: &str) -> CoreResult<()> {
+        if self.is_admin() || self.user.id == user_id {
+            Ok(())
+        } else {
+            Err(forbidden(action))
+        }
+    }
+}
+
+pub fn forbidden(action: &str) -> CoreError {
+    CoreError::Forbidden(format!(
+        "You are not authorized to perform the requested action: {action}."
+    ))
+}
