@@ -1,0 +1,76 @@
+//! The one place API errors become HTTP responses, in Keystone's body shape:
+//! `{"error": {"code": 404, "title": "Not Found", "message": "…"}}`. Internal detail is logged
+//! with the request id and never sent to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use onestack_core::CoreError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Identity URL for the `WWW-Authenticate` header on 401.
+    pub auth_uri: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            auth_uri: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            onestack_core::identity::AUTH_FAILED,
+        )
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        let (status, message) = match e {
+            CoreError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            CoreError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            CoreError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            CoreError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            CoreError::Conflict(m) => (StatusCode::CONFLICT, m),
+            CoreError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "An unexpected error prevented the server from fulfilling your request."
+                        .to_string(),
+                )
+            }
+        };
+        ApiError::new(status, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = json!({"error": {"code": self.status.as_u16(), "title": title, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            let uri = self.auth_uri.unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&format!("Keystone uri=\"{uri}\"")) {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,209 @@
+//! The configuration file (TOML). Unknown keys and bad values are errors that name the key.
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::Path;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub database: DatabaseConfig,
+    pub identity: IdentityConfig,
+    pub network: NetworkConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the API servers bind to.
+    pub listen: IpAddr,
+    /// Host name or address clients use to reach the APIs (written into the catalog);
+    /// empty = the listen address, or 127.0.0.1 when listening on all addresses.
+    pub public_host: String,
+    pub identity_port: u16,
+    pub compute_port: u16,
+    pub image_port: u16,
+    pub network_port: u16,
+    pub volume_port: u16,
+    pub region: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: IpAddr::from([0, 0, 0, 0]),
+            public_host: String::new(),
+            identity_port: 5000,
+            compute_port: 8774,
+            image_port: 9292,
+            network_port: 9696,
+            volume_port: 8776,
+            region: "RegionOne".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:///path` or `postgresql://…`; empty = SQLite in the data directory.
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Token lifetime in seconds.
+    pub token_lifetime: u64,
+    /// Admin password; empty = generated once and kept in the data directory.
+    pub admin_password: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            token_lifetime: 3600,
+            admin_password: String::new(),
+        }
+    }
+}
+
+/// Names follow the original OneStack script's FlatDHCP settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Tenant (private) network range.
+    pub fixed_range: String,
+    /// Floating IP range on the external network.
+    pub floating_range: String,
+    /// Host interface facing the outside; empty = the default-route interface.
+    pub public_interface: String,
+    /// Host interface carrying tenant traffic between hosts; empty = single-NIC host.
+    pub flat_interface: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            fixed_range: "10.0.0.0/24".into(),
+            floating_range: "172.24.4.0/24".into(),
+            public_interface: String::new(),
+            flat_interface: String::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let lt = self.identity.token_lifetime;
+        if !(60..=7 * 24 * 3600).contains(&lt) {
+            bail!("identity.token_lifetime = {lt}: must be between 60 and 604800 seconds");
+        }
+        for (key, v) in [
+            ("network.fixed_range", &self.network.fixed_range),
+            ("network.floating_range", &self.network.floating_range),
+        ] {
+            let net: Ipv4Net = v
+                .parse()
+                .with_context(|| format!("{key} = {v:?}: not an IPv4 CIDR such as 198.18.0.0/24"))?;
+            if net.prefix_len() > 29 {
+                bail!("{key} = {v:?}: the range is too small (at most /29)");
+            }
+        }
+        let ports = [
+            ("api.identity_port", self.api.identity_port),
+            ("api.compute_port", self.api.compute_port),
+            ("api.image_port", self.api.image_port),
+            ("api.network_port", self.api.network_port),
+            ("api.volume_port", self.api.volume_port),
+        ];
+        for (i, (k, p)) in ports.iter().enumerate() {
+            if *p == 0 {
+                bail!("{k} = 0: a fixed port is required");
+            }
+            if let Some((k2, _)) = ports[..i].iter().find(|(_, q)| q == p) {
+                bail!("{k} = {p}: the same port as {k2}");
+            }
+        }
+        if self.api.region.trim().is_empty() {
+            bail!("api.region must not be empty");
+        }
+        let url = &self.database.url;
+        if !(url.is_empty()
+            || url.starts_with("sqlite://")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            bail!("database.url = {url:?}: use sqlite:///path or postgresql://…");
+        }
+        Ok(())
+    }
+
+    /// Host written into catalog URLs and client files.
+    pub fn public_host(&self) -> String {
+        if !self.api.public_host.is_empty() {
+            return self.api.public_host.clone();
+        }
+        match self.api.listen {
+            IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".into(),
+            IpAddr::V6(a) if a.is_unspecified() => "127.0.0.1".into(),
+            IpAddr::V6(a) => format!("[{a}]"),
+            a => a.to_string(),
+        }
+    }
+
+    pub fn identity_url(&self) -> String {
+        format!("http://{}:{}", self.public_host(), self.api.identity_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::parse("").expect("empty config");
+        assert_eq!(c.api.identity_port, 5000);
+        assert_eq!(c.identity_url(), "http://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[api]\nlisten_port = 1\n").expect_err("unknown key");
+        assert!(format!("{e:#}").contains("listen_port"), "{e:#}");
+        let e = Config::parse("[bogus]\n").expect_err("unknown table");
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (text, key) in [
+            ("[identity]\ntoken_lifetime = 5\n", "token_lifetime"),
+            ("[network]\nfixed_range = \"nonsense\"\n", "fixed_range"),
+            ("[network]\nfloating_range = \"198.18.0.0/30\"\n", "floating_range"),
+            ("[api]\nidentity_port = 8774\n", "identity_port"),
+            ("[api]\nlisten = \"not-an-ip\"\n", "listen"),
+            ("[database]\nurl = \"mysql://x\"\n", "database.url"),
+            ("[api]\nidentity_port = \"x\"\n", "identity_port"),
+        ] {
+            let e = Config::parse(text).expect_err(text);
+            assert!(format!("{e:#}").contains(key), "{text}: {e:#}");
+        }
+    }
+}

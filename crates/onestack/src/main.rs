@@ -1,0 +1,118 @@
+//! `onestack`: one command to a private OpenStack-compatible cloud.
+
+mod config;
+mod ops;
+mod paths;
+mod serve;
+mod supervisor;
+mod sys;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "onestack", version, about = "One command to a private OpenStack-compatible cloud")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DataDirArg {
+    /// Where OneStack keeps its state, secrets, logs and pid files.
+    #[arg(long, default_value = paths::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring the cloud up (idempotent): bootstrap, write credentials, start the services.
+    Up {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Configuration file (TOML); copied into the data directory.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Do not boot the demo server at the end.
+        #[arg(long)]
+        no_demo: bool,
+        /// Run the services in this process instead of under the supervisor (for systemd).
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop the services; keep every piece of data.
+    Down {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Show what runs, where, and whether it is healthy.
+    Status {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Print the credentials file for a user (admin or demo), for `source <(onestack openrc)`.
+    Openrc {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
+    /// Rotate the token encryption keys (tokens stay valid through one rotation).
+    RotateKeys {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Run the API services (started by the supervisor).
+    #[command(hide = true)]
+    Serve {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Supervise the services (started by `up`).
+    #[command(hide = true)]
+    Supervise {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Up { dir, config, no_demo, foreground } => {
+                if foreground {
+                    init_logging();
+                }
+                ops::up(paths::DataDir::new(dir.data_dir)?, config.as_deref(), foreground, no_demo).await
+            }
+            Command::Down { dir } => ops::down(paths::DataDir::new(dir.data_dir)?).await,
+            Command::Status { dir } => {
+                if !ops::status(paths::DataDir::new(dir.data_dir)?).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Command::Openrc { dir, user } => ops::openrc(paths::DataDir::new(dir.data_dir)?, &user),
+            Command::RotateKeys { dir } => ops::rotate_keys(paths::DataDir::new(dir.data_dir)?),
+            Command::Serve { dir } => {
+                init_logging();
+                let dd = paths::DataDir::new(dir.data_dir)?;
+                let cfg = ops::load_config(&dd, None)?;
+                serve::run(cfg, dd).await
+            }
+            Command::Supervise { dir } => {
+                init_logging();
+                supervisor::run(paths::DataDir::new(dir.data_dir)?).await
+            }
+        }
+    })
+}

@@ -1,0 +1,224 @@
+//! The operator commands: `up`, `down`, `status`, `openrc`, `rotate-keys`.
+
+use crate::config::Config;
+use crate::paths::{self, DataDir, Login};
+use crate::{serve, supervisor, sys};
+use anyhow::{bail, Context, Result};
+use onestack_core::identity::bootstrap::{self, BootstrapParams, ServiceEndpoints};
+use onestack_core::token::KeyRepository;
+use std::path::Path;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Loads the configuration: `--config FILE` (copied into the data directory so every later
+/// command and the supervisor use the same), else the data directory's copy, else defaults.
+pub fn load_config(dd: &DataDir, explicit: Option<&Path>) -> Result<Config> {
+    match explicit {
+        Some(p) => {
+            let cfg = Config::load(p)?;
+            let text = std::fs::read_to_string(p)?;
+            if dd.root.exists() {
+                paths::write_private(&dd.config(), &text)?;
+            }
+            Ok(cfg)
+        }
+        None if dd.config().exists() => Config::load(&dd.config()),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Every service OneStack serves today, with its catalog URLs.
+fn services(cfg: &Config) -> Vec<ServiceEndpoints> {
+    let url = cfg.identity_url() + "/v3";
+    vec![ServiceEndpoints {
+        service_type: "identity".into(),
+        name: "keystone".into(),
+        description: "OneStack Identity Service".into(),
+        public_url: url.clone(),
+        internal_url: url.clone(),
+        admin_url: url,
+    }]
+}
+
+async fn healthy(cfg: &Config) -> bool {
+    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else {
+        return false;
+    };
+    let url = format!("http://{}:{}/v3", cfg.public_host(), cfg.api.identity_port);
+    matches!(client.get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+fn step(t0: Instant, msg: &str) {
+    println!("[{:>5.1}s] {msg}", t0.elapsed().as_secs_f64());
+}
+
+pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: bool) -> Result<()> {
+    let t0 = Instant::now();
+    dd.create()?;
+    let cfg = load_config(&dd, config)?;
+    if !foreground {
+        if let Some(pid) = supervisor::running_pid(&dd, "supervisor") {
+            let health = if healthy(&cfg).await { "healthy" } else { "NOT answering" };
+            println!("OneStack is already running from {} (supervisor pid {pid}); nothing changed.", dd.root.display());
+            println!("Identity API: {}/v3 ({health})", cfg.identity_url());
+            print_login(&dd);
+            return Ok(());
+        }
+    }
+    step(t0, &format!("data directory {}", dd.root.display()));
+    let admin_password = if cfg.identity.admin_password.is_empty() {
+        dd.secret("admin-password")?
+    } else {
+        cfg.identity.admin_password.clone()
+    };
+    let demo_password = dd.secret("demo-password")?;
+    KeyRepository::new(dd.fernet_keys())
+        .ensure(3)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = onestack_store::Store::open(&serve::database_url(&cfg, &dd))
+        .await
+        .context("cannot open the state store")?;
+    step(t0, &format!("state store ready ({:?})", store.backend()));
+    let report = bootstrap::run(
+        &store,
+        &BootstrapParams {
+            admin_password: admin_password.clone(),
+            demo_password: demo_password.clone(),
+            region: cfg.api.region.clone(),
+            services: services(&cfg),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
+    drop(store);
+    if report.created.is_empty() {
+        step(t0, "identity bootstrap: everything already in place");
+    } else {
+        step(t0, &format!("identity bootstrap: {}", report.created.join(", ")));
+    }
+    let auth_url = cfg.identity_url() + "/v3";
+    let region = &cfg.api.region;
+    let admin = Login { cloud: "onestack-admin", user: "admin", project: "admin", password: &admin_password };
+    let demo = Login { cloud: "onestack", user: "demo", project: "demo", password: &demo_password };
+    paths::write_private(&dd.root.join("clouds.yaml"), &paths::clouds_yaml(&auth_url, region, &[demo, admin]))?;
+    let admin = Login { cloud: "onestack-admin", user: "admin", project: "admin", password: &admin_password };
+    let demo = Login { cloud: "onestack", user: "demo", project: "demo", password: &demo_password };
+    paths::write_private(&dd.root.join("openrc"), &paths::openrc(&auth_url, region, &admin))?;
+    paths::write_private(&dd.root.join("openrc-demo"), &paths::openrc(&auth_url, region, &demo))?;
+    step(t0, "wrote clouds.yaml, openrc and openrc-demo");
+    if no_demo {
+        step(t0, "demo server skipped (--no-demo)");
+    }
+    if foreground {
+        step(t0, &format!("serving in the foreground; identity API at {auth_url}"));
+        return serve::run(cfg, dd).await;
+    }
+
+    let exe = std::env::current_exe()?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dd.log_file("supervisor"))?;
+    std::process::Command::new(exe)
+        .arg("supervise")
+        .arg("--data-dir")
+        .arg(&dd.root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in this terminal must not stop the cloud.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the supervisor")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !healthy(&cfg).await {
+        if Instant::now() > deadline {
+            bail!(
+                "the services did not answer within 60 s; see {} and {}",
+                dd.log_file("supervisor").display(),
+                dd.log_file("api").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step(t0, "services answer");
+    println!();
+    println!("OneStack is up.");
+    println!("  Identity API:  {auth_url}");
+    print_login(&dd);
+    Ok(())
+}
+
+fn print_login(dd: &DataDir) {
+    let d = dd.root.display();
+    println!("  Credentials:   {d}/clouds.yaml (clouds 'onestack' = demo, 'onestack-admin' = admin)");
+    println!("                 {d}/openrc (admin), {d}/openrc-demo (demo)");
+    println!("  Try:           export OS_CLIENT_CONFIG_FILE={d}/clouds.yaml");
+    println!("                 openstack --os-cloud onestack-admin token issue");
+}
+
+pub async fn down(dd: DataDir) -> Result<()> {
+    let Some(pid) = supervisor::running_pid(&dd, "supervisor") else {
+        println!("OneStack is not running from {}.", dd.root.display());
+        return Ok(());
+    };
+    sys::signal(pid, sys::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while supervisor::running_pid(&dd, "supervisor").is_some() {
+        if Instant::now() > deadline {
+            bail!("the supervisor (pid {pid}) did not stop within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("OneStack stopped; all data kept in {}.", dd.root.display());
+    Ok(())
+}
+
+/// Prints what runs and whether it answers; exits non-zero unless everything is healthy.
+pub async fn status(dd: DataDir) -> Result<bool> {
+    let cfg = load_config(&dd, None)?;
+    println!("data directory: {}", dd.root.display());
+    let sup = supervisor::running_pid(&dd, "supervisor");
+    let mut ok = sup.is_some();
+    match sup {
+        Some(pid) => println!("supervisor      running   pid {pid}"),
+        None => println!("supervisor      stopped"),
+    }
+    for name in supervisor::SERVICES {
+        match supervisor::running_pid(&dd, name) {
+            Some(pid) => println!("{name:<15} running   pid {pid}   log {}", dd.log_file(name).display()),
+            None => {
+                ok = false;
+                println!("{name:<15} stopped             log {}", dd.log_file(name).display());
+            }
+        }
+    }
+    let answers = healthy(&cfg).await;
+    ok &= answers;
+    println!(
+        "identity API    {}/v3   {}",
+        cfg.identity_url(),
+        if answers { "healthy" } else { "not answering" }
+    );
+    println!("overall         {}", if ok { "healthy" } else { "NOT healthy" });
+    Ok(ok)
+}
+
+pub fn openrc(dd: DataDir, user: &str) -> Result<()> {
+    let file = match user {
+        "admin" => "openrc",
+        "demo" => "openrc-demo",
+        other => bail!("unknown user {other:?}: choose admin or demo"),
+    };
+    let path = dd.root.join(file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} not found: run `onestack up` first", path.display()))?;
+    print!("{text}");
+    Ok(())
+}
+
+pub fn rotate_keys(dd: DataDir) -> Result<()> {
+    KeyRepository::new(dd.fernet_keys())
+        .rotate(3)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("Rotated the token keys in {}; running services load them within 10 s.", dd.fernet_keys().display());
+    Ok(())
+}

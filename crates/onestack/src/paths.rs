@@ -1,0 +1,160 @@
+//! The data directory: where every file OneStack keeps lives, and the client files it writes.
+
+use anyhow::{Context, Result};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/onestack";
+
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Result<DataDir> {
+        let root: PathBuf = root.into();
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()?.join(root)
+        };
+        Ok(DataDir { root })
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("onestack.toml")
+    }
+    pub fn database(&self) -> PathBuf {
+        self.root.join("onestack.db")
+    }
+    pub fn secrets(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
+    pub fn fernet_keys(&self) -> PathBuf {
+        self.secrets().join("fernet-keys")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn pid_file(&self, service: &str) -> PathBuf {
+        self.run().join(format!("{service}.pid"))
+    }
+    pub fn log_file(&self, service: &str) -> PathBuf {
+        self.logs().join(format!("{service}.log"))
+    }
+
+    /// Creates the directory tree; secrets are readable by the owner only.
+    pub fn create(&self) -> Result<()> {
+        for d in [&self.root, &self.logs(), &self.run()] {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let s = self.secrets();
+        fs::create_dir_all(&s).with_context(|| format!("cannot create {}", s.display()))?;
+        fs::set_permissions(&s, fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    }
+
+    /// Reads a secret, generating and storing a random one (0600) the first time.
+    pub fn secret(&self, name: &str) -> Result<String> {
+        let path = self.secrets().join(name);
+        if let Ok(v) = fs::read_to_string(&path) {
+            let v = v.trim().to_string();
+            if !v.is_empty() {
+                return Ok(v);
+            }
+        }
+        let v = random_password();
+        write_private(&path, &v)?;
+        Ok(v)
+    }
+}
+
+/// 20 random alphanumeric characters (~119 bits).
+pub fn random_password() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::thread_rng(), 20)
+}
+
+/// Writes a file readable by its owner only, atomically; unchanged content is not rewritten.
+/// Returns whether it changed anything.
+pub fn write_private(path: &Path, content: &str) -> Result<bool> {
+    if fs::read_to_string(path).is_ok_and(|old| old == content) {
+        return Ok(false);
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(true)
+}
+
+pub struct Login<'a> {
+    pub cloud: &'a str,
+    pub user: &'a str,
+    pub project: &'a str,
+    pub password: &'a str,
+}
+
+/// `clouds.yaml` for the openstack CLI and SDK. Values are quoted as YAML strings.
+pub fn clouds_yaml(auth_url: &str, region: &str, logins: &[Login]) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut out = String::from("# Written by onestack up.\nclouds:\n");
+    for l in logins {
+        out.push_str(&format!(
+            "  {}:\n    auth:\n      auth_url: {}\n      username: {}\n      password: {}\n      project_name: {}\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {}\n    interface: public\n    identity_api_version: 3\n",
+            l.cloud, q(auth_url), q(l.user), q(l.password), q(l.project), q(region)
+        ));
+    }
+    out
+}
+
+/// An openrc file for `source`. Values are single-quoted for the shell.
+pub fn openrc(auth_url: &str, region: &str, l: &Login) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    format!(
+        "# Written by onestack up. Usage: source this file, then run openstack commands.\n\
+         export OS_AUTH_URL={}\nexport OS_IDENTITY_API_VERSION=3\nexport OS_USERNAME={}\n\
+         export OS_PASSWORD={}\nexport OS_PROJECT_NAME={}\nexport OS_USER_DOMAIN_NAME=Default\n\
+         export OS_PROJECT_DOMAIN_NAME=Default\nexport OS_REGION_NAME={}\nexport OS_INTERFACE=public\n",
+        q(auth_url), q(l.user), q(l.password), q(l.project), q(region)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_files_quote_values() {
+        let l = Login { cloud: "onestack", user: "demo", project: "demo", password: "a'b\"c" };
+        let y = clouds_yaml("http://h:5000/v3", "RegionOne", &[l]);
+        assert!(y.contains("password: \"a'b\\\"c\""), "{y}");
+        let l = Login { cloud: "x", user: "demo", project: "demo", password: "a'b" };
+        let rc = openrc("http://h:5000/v3", "RegionOne", &l);
+        assert!(rc.contains("export OS_PASSWORD='a'\\''b'"), "{rc}");
+    }
+
+    #[test]
+    fn secrets_are_private_and_stable() {
+        let d = tempfile::tempdir().expect("tmp");
+        let dd = DataDir::new(d.path()).expect("dd");
+        dd.create().expect("create");
+        let a = dd.secret("x").expect("secret");
+        assert_eq!(a.len(), 20);
+        assert_eq!(dd.secret("x").expect("again"), a);
+        let mode = fs::metadata(dd.secrets().join("x")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
