@@ -17,9 +17,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
             .await
-            .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"))?;
+            .map_err(|_| {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large")
+            })?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("The request body is empty; JSON was expected."));
+            return Err(ApiError::bad_request(
+                "The request body is empty; JSON was expected.",
+            ));
         }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
@@ -33,7 +37,10 @@ pub struct Auth(pub AuthContext);
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = parts
             .headers
             .get("x-auth-token")

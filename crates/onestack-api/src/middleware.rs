@@ -11,7 +11,11 @@ use tracing::Instrument;
 
 pub const REQUEST_ID: &str = "x-openstack-request-id";
 
-pub async fn request_context(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<AppState>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
     let id = format!("req-{}", uuid::Uuid::new_v4());
     let method = req.method().clone();
     let path = req.uri().path().to_string();

@@ -86,7 +86,11 @@ impl KeyRepository {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err)? {
             let entry = entry.map_err(io_err)?;
-            if let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
+            if let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
                 out.push(n);
             }
         }
@@ -111,7 +115,9 @@ impl KeyRepository {
             keys.push(f);
         }
         if keys.is_empty() {
-            return Err(CoreError::Internal("the fernet key repository is empty".into()));
+            return Err(CoreError::Internal(
+                "the fernet key repository is empty".into(),
+            ));
         }
         Ok(TokenCodec {
             fernet: MultiFernet::new(keys),
@@ -190,7 +196,10 @@ mod tests {
         assert_eq!(codec.decode(&String::from_utf8(bad).expect("utf8")), None);
         assert_eq!(codec.decode("not-a-token"), None);
         assert_eq!(codec.decode(""), None);
-        let mode = fs::metadata(dir.path().join("keys/0")).expect("meta").permissions().mode();
+        let mode = fs::metadata(dir.path().join("keys/0"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -201,10 +210,16 @@ mod tests {
         repo.ensure(3).expect("ensure");
         let t = repo.load().expect("load").encode(&payload());
         repo.rotate(3).expect("rotate");
-        assert!(repo.load().expect("load").decode(&t).is_some(), "after one rotation");
+        assert!(
+            repo.load().expect("load").decode(&t).is_some(),
+            "after one rotation"
+        );
         repo.rotate(3).expect("rotate");
         repo.rotate(3).expect("rotate");
-        assert!(repo.load().expect("load").decode(&t).is_none(), "key pruned");
+        assert!(
+            repo.load().expect("load").decode(&t).is_none(),
+            "key pruned"
+        );
         assert_eq!(repo.indices().expect("idx").len(), 3);
     }
 

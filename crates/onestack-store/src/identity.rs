@@ -219,13 +219,15 @@ impl Store {
 
     pub async fn update_domain(&self, d: &Domain) -> Result<()> {
         require_row(
-            sqlx::query("UPDATE domains SET name = $1, description = $2, enabled = $3 WHERE id = $4")
-                .bind(&d.name)
-                .bind(&d.description)
-                .bind(i64::from(d.enabled))
-                .bind(&d.id)
-                .execute(&self.pool)
-                .await?,
+            sqlx::query(
+                "UPDATE domains SET name = $1, description = $2, enabled = $3 WHERE id = $4",
+            )
+            .bind(&d.name)
+            .bind(&d.description)
+            .bind(i64::from(d.enabled))
+            .bind(&d.id)
+            .execute(&self.pool)
+            .await?,
         )
     }
 
@@ -474,11 +476,13 @@ impl Store {
 
     pub async fn remove_implied_role(&self, prior: &str, implied: &str) -> Result<()> {
         require_row(
-            sqlx::query("DELETE FROM implied_roles WHERE prior_role_id = $1 AND implied_role_id = $2")
-                .bind(prior)
-                .bind(implied)
-                .execute(&self.pool)
-                .await?,
+            sqlx::query(
+                "DELETE FROM implied_roles WHERE prior_role_id = $1 AND implied_role_id = $2",
+            )
+            .bind(prior)
+            .bind(implied)
+            .execute(&self.pool)
+            .await?,
         )
     }
 
@@ -796,7 +800,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}/t.db", dir.path().display());
         Store::open(&url).await.expect("first");
-        Store::open(&url).await.expect("second open re-applies nothing");
+        Store::open(&url)
+            .await
+            .expect("second open re-applies nothing");
     }
 
     #[tokio::test]
@@ -837,9 +843,22 @@ mod tests {
         };
         s.grant(&a).await.expect("grant");
         s.grant(&a).await.expect("grant twice is fine");
-        assert_eq!(s.list_assignments(Some("u"), None).await.expect("list").len(), 1);
+        assert_eq!(
+            s.list_assignments(Some("u"), None)
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
         s.delete_user("u").await.expect("delete");
-        assert!(s.list_assignments(Some("u"), None).await.expect("list").is_empty());
-        assert!(matches!(s.delete_user("u").await, Err(StoreError::NotFound)));
+        assert!(s
+            .list_assignments(Some("u"), None)
+            .await
+            .expect("list")
+            .is_empty());
+        assert!(matches!(
+            s.delete_user("u").await,
+            Err(StoreError::NotFound)
+        ));
     }
 }

@@ -118,9 +118,9 @@ impl Config {
             ("network.fixed_range", &self.network.fixed_range),
             ("network.floating_range", &self.network.floating_range),
         ] {
-            let net: Ipv4Net = v
-                .parse()
-                .with_context(|| format!("{key} = {v:?}: not an IPv4 CIDR such as 198.18.0.0/24"))?;
+            let net: Ipv4Net = v.parse().with_context(|| {
+                format!("{key} = {v:?}: not an IPv4 CIDR such as 198.18.0.0/24")
+            })?;
             if net.prefix_len() > 29 {
                 bail!("{key} = {v:?}: the range is too small (at most /29)");
             }
@@ -196,7 +196,10 @@ mod tests {
         for (text, key) in [
             ("[identity]\ntoken_lifetime = 5\n", "token_lifetime"),
             ("[network]\nfixed_range = \"nonsense\"\n", "fixed_range"),
-            ("[network]\nfloating_range = \"198.18.0.0/30\"\n", "floating_range"),
+            (
+                "[network]\nfloating_range = \"198.18.0.0/30\"\n",
+                "floating_range",
+            ),
             ("[api]\nidentity_port = 8774\n", "identity_port"),
             ("[api]\nlisten = \"not-an-ip\"\n", "listen"),
             ("[database]\nurl = \"mysql://x\"\n", "database.url"),

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "onestack", version, about = "One command to a private OpenStack-compatible cloud")]
+#[command(
+    name = "onestack",
+    version,
+    about = "One command to a private OpenStack-compatible cloud"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,19 +84,35 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Up { dir, config, no_demo, foreground } => {
+            Command::Up {
+                dir,
+                config,
+                no_demo,
+                foreground,
+            } => {
                 if foreground {
                     init_logging();
                 }
-                ops::up(paths::DataDir::new(dir.data_dir)?, config.as_deref(), foreground, no_demo).await
+                ops::up(
+                    paths::DataDir::new(dir.data_dir)?,
+                    config.as_deref(),
+                    foreground,
+                    no_demo,
+                )
+                .await
             }
             Command::Down { dir } => ops::down(paths::DataDir::new(dir.data_dir)?).await,
             Command::Status { dir } => {

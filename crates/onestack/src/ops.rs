@@ -6,8 +6,8 @@ use crate::{serve, supervisor, sys};
 use anyhow::{bail, Context, Result};
 use onestack_core::identity::bootstrap::{self, BootstrapParams, ServiceEndpoints};
 use onestack_core::token::KeyRepository;
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,10 @@ fn services(cfg: &Config) -> Vec<ServiceEndpoints> {
 }
 
 async fn healthy(cfg: &Config) -> bool {
-    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+    else {
         return false;
     };
     let url = format!("http://{}:{}/v3", cfg.public_host(), cfg.api.identity_port);
@@ -59,8 +62,15 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     let cfg = load_config(&dd, config)?;
     if !foreground {
         if let Some(pid) = supervisor::running_pid(&dd, "supervisor") {
-            let health = if healthy(&cfg).await { "healthy" } else { "NOT answering" };
-            println!("OneStack is already running from {} (supervisor pid {pid}); nothing changed.", dd.root.display());
+            let health = if healthy(&cfg).await {
+                "healthy"
+            } else {
+                "NOT answering"
+            };
+            println!(
+                "OneStack is already running from {} (supervisor pid {pid}); nothing changed.",
+                dd.root.display()
+            );
             println!("Identity API: {}/v3 ({health})", cfg.identity_url());
             print_login(&dd);
             return Ok(());
@@ -95,28 +105,66 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     if report.created.is_empty() {
         step(t0, "identity bootstrap: everything already in place");
     } else {
-        step(t0, &format!("identity bootstrap: {}", report.created.join(", ")));
+        step(
+            t0,
+            &format!("identity bootstrap: {}", report.created.join(", ")),
+        );
     }
     let auth_url = cfg.identity_url() + "/v3";
     let region = &cfg.api.region;
-    let admin = Login { cloud: "onestack-admin", user: "admin", project: "admin", password: &admin_password };
-    let demo = Login { cloud: "onestack", user: "demo", project: "demo", password: &demo_password };
-    paths::write_private(&dd.root.join("clouds.yaml"), &paths::clouds_yaml(&auth_url, region, &[demo, admin]))?;
-    let admin = Login { cloud: "onestack-admin", user: "admin", project: "admin", password: &admin_password };
-    let demo = Login { cloud: "onestack", user: "demo", project: "demo", password: &demo_password };
-    paths::write_private(&dd.root.join("openrc"), &paths::openrc(&auth_url, region, &admin))?;
-    paths::write_private(&dd.root.join("openrc-demo"), &paths::openrc(&auth_url, region, &demo))?;
+    let admin = Login {
+        cloud: "onestack-admin",
+        user: "admin",
+        project: "admin",
+        password: &admin_password,
+    };
+    let demo = Login {
+        cloud: "onestack",
+        user: "demo",
+        project: "demo",
+        password: &demo_password,
+    };
+    paths::write_private(
+        &dd.root.join("clouds.yaml"),
+        &paths::clouds_yaml(&auth_url, region, &[demo, admin]),
+    )?;
+    let admin = Login {
+        cloud: "onestack-admin",
+        user: "admin",
+        project: "admin",
+        password: &admin_password,
+    };
+    let demo = Login {
+        cloud: "onestack",
+        user: "demo",
+        project: "demo",
+        password: &demo_password,
+    };
+    paths::write_private(
+        &dd.root.join("openrc"),
+        &paths::openrc(&auth_url, region, &admin),
+    )?;
+    paths::write_private(
+        &dd.root.join("openrc-demo"),
+        &paths::openrc(&auth_url, region, &demo),
+    )?;
     step(t0, "wrote clouds.yaml, openrc and openrc-demo");
     if no_demo {
         step(t0, "demo server skipped (--no-demo)");
     }
     if foreground {
-        step(t0, &format!("serving in the foreground; identity API at {auth_url}"));
+        step(
+            t0,
+            &format!("serving in the foreground; identity API at {auth_url}"),
+        );
         return serve::run(cfg, dd).await;
     }
 
     let exe = std::env::current_exe()?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dd.log_file("supervisor"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dd.log_file("supervisor"))?;
     std::process::Command::new(exe)
         .arg("supervise")
         .arg("--data-dir")
@@ -149,7 +197,9 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
 
 fn print_login(dd: &DataDir) {
     let d = dd.root.display();
-    println!("  Credentials:   {d}/clouds.yaml (clouds 'onestack' = demo, 'onestack-admin' = admin)");
+    println!(
+        "  Credentials:   {d}/clouds.yaml (clouds 'onestack' = demo, 'onestack-admin' = admin)"
+    );
     println!("                 {d}/openrc (admin), {d}/openrc-demo (demo)");
     println!("  Try:           export OS_CLIENT_CONFIG_FILE={d}/clouds.yaml");
     println!("                 openstack --os-cloud onestack-admin token issue");
@@ -184,10 +234,16 @@ pub async fn status(dd: DataDir) -> Result<bool> {
     }
     for name in supervisor::SERVICES {
         match supervisor::running_pid(&dd, name) {
-            Some(pid) => println!("{name:<15} running   pid {pid}   log {}", dd.log_file(name).display()),
+            Some(pid) => println!(
+                "{name:<15} running   pid {pid}   log {}",
+                dd.log_file(name).display()
+            ),
             None => {
                 ok = false;
-                println!("{name:<15} stopped             log {}", dd.log_file(name).display());
+                println!(
+                    "{name:<15} stopped             log {}",
+                    dd.log_file(name).display()
+                );
             }
         }
     }
@@ -198,7 +254,10 @@ pub async fn status(dd: DataDir) -> Result<bool> {
         cfg.identity_url(),
         if answers { "healthy" } else { "not answering" }
     );
-    println!("overall         {}", if ok { "healthy" } else { "NOT healthy" });
+    println!(
+        "overall         {}",
+        if ok { "healthy" } else { "NOT healthy" }
+    );
     Ok(ok)
 }
 
@@ -219,6 +278,9 @@ pub fn rotate_keys(dd: DataDir) -> Result<()> {
     KeyRepository::new(dd.fernet_keys())
         .rotate(3)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("Rotated the token keys in {}; running services load them within 10 s.", dd.fernet_keys().display());
+    println!(
+        "Rotated the token keys in {}; running services load them within 10 s.",
+        dd.fernet_keys().display()
+    );
     Ok(())
 }

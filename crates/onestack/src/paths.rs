@@ -138,10 +138,20 @@ mod tests {
 
     #[test]
     fn client_files_quote_values() {
-        let l = Login { cloud: "onestack", user: "demo", project: "demo", password: "a'b\"c" };
+        let l = Login {
+            cloud: "onestack",
+            user: "demo",
+            project: "demo",
+            password: "a'b\"c",
+        };
         let y = clouds_yaml("http://h:5000/v3", "RegionOne", &[l]);
         assert!(y.contains("password: \"a'b\\\"c\""), "{y}");
-        let l = Login { cloud: "x", user: "demo", project: "demo", password: "a'b" };
+        let l = Login {
+            cloud: "x",
+            user: "demo",
+            project: "demo",
+            password: "a'b",
+        };
         let rc = openrc("http://h:5000/v3", "RegionOne", &l);
         assert!(rc.contains("export OS_PASSWORD='a'\\''b'"), "{rc}");
     }
@@ -154,7 +164,10 @@ mod tests {
         let a = dd.secret("x").expect("secret");
         assert_eq!(a.len(), 20);
         assert_eq!(dd.secret("x").expect("again"), a);
-        let mode = fs::metadata(dd.secrets().join("x")).expect("meta").permissions().mode();
+        let mode = fs::metadata(dd.secrets().join("x"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

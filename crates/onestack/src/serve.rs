@@ -38,9 +38,13 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr} (identity API)"))?;
     tracing::info!(%addr, url = %cfg.identity_url(), "identity API listening");
-    onestack_api::serve(listener, onestack_api::identity::router(state), shutdown_signal())
-        .await
-        .context("identity API server failed")?;
+    onestack_api::serve(
+        listener,
+        onestack_api::identity::router(state),
+        shutdown_signal(),
+    )
+    .await
+    .context("identity API server failed")?;
     tracing::info!("stopped");
     Ok(())
 }

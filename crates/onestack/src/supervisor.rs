@@ -53,9 +53,15 @@ pub async fn run(dd: DataDir) -> Result<()> {
         .write(true)
         .open(dd.run().join("supervisor.lock"))?;
     if lock.try_lock().is_err() {
-        bail!("another supervisor is already running for {}", dd.root.display());
+        bail!(
+            "another supervisor is already running for {}",
+            dd.root.display()
+        );
     }
-    fs::write(dd.pid_file("supervisor"), format!("{}\n", std::process::id()))?;
+    fs::write(
+        dd.pid_file("supervisor"),
+        format!("{}\n", std::process::id()),
+    )?;
     let exe = std::env::current_exe()?;
     let mut services: Vec<Supervised> = Vec::new();
     for name in SERVICES {
@@ -126,11 +132,18 @@ pub async fn run(dd: DataDir) -> Result<()> {
 
 /// The pid in a pid file, if that process is alive and is a OneStack process.
 pub fn running_pid(dd: &DataDir, name: &str) -> Option<u32> {
-    let pid: u32 = fs::read_to_string(dd.pid_file(name)).ok()?.trim().parse().ok()?;
+    let pid: u32 = fs::read_to_string(dd.pid_file(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     // Guards against a recycled pid belonging to something else.
     let is_ours = String::from_utf8_lossy(&cmdline).contains("onestack");
     let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = state.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z'));
+    let zombie = state
+        .rsplit(')')
+        .next()
+        .is_some_and(|s| s.trim_start().starts_with('Z'));
     (is_ours && !zombie).then_some(pid)
 }

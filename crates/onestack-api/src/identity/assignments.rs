@@ -13,44 +13,94 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
 fn assignment(t: TargetType, target: String, user: String, role: String) -> Assignment {
-    Assignment { role_id: role, user_id: user, target_type: t.as_str().into(), target_id: target }
+    Assignment {
+        role_id: role,
+        user_id: user,
+        target_type: t.as_str().into(),
+        target_id: target,
+    }
 }
 
-async fn grant(s: &AppState, c: &onestack_core::policy::AuthContext, a: Assignment) -> ApiResult<StatusCode> {
+async fn grant(
+    s: &AppState,
+    c: &onestack_core::policy::AuthContext,
+    a: Assignment,
+) -> ApiResult<StatusCode> {
     s.identity.grant(c, a).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn grant_project(State(s): State<AppState>, Auth(c): Auth, Path((t, u, r)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+pub async fn grant_project(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((t, u, r)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
     grant(&s, &c, assignment(TargetType::Project, t, u, r)).await
 }
 
-pub async fn grant_domain(State(s): State<AppState>, Auth(c): Auth, Path((t, u, r)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+pub async fn grant_domain(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((t, u, r)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
     grant(&s, &c, assignment(TargetType::Domain, t, u, r)).await
 }
 
-pub async fn check_project(State(s): State<AppState>, Auth(c): Auth, Path((t, u, r)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
-    s.identity.check_grant(&c, assignment(TargetType::Project, t, u, r)).await?;
+pub async fn check_project(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((t, u, r)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    s.identity
+        .check_grant(&c, assignment(TargetType::Project, t, u, r))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn check_domain(State(s): State<AppState>, Auth(c): Auth, Path((t, u, r)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
-    s.identity.check_grant(&c, assignment(TargetType::Domain, t, u, r)).await?;
+pub async fn check_domain(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((t, u, r)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    s.identity
+        .check_grant(&c, assignment(TargetType::Domain, t, u, r))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn revoke_project(State(s): State<AppState>, Auth(c): Auth, Path((t, u, r)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
-    s.identity.revoke_grant(&c, assignment(TargetType::Project, t, u, r)).await?;
+pub async fn revoke_project(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((t, u, r)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    s.identity
+        .revoke_grant(&c, assignment(TargetType::Project, t, u, r))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn revoke_domain(State(s): State<AppState>, Auth(c): Auth, Path((t, u, r)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
-    s.identity.revoke_grant(&c, assignment(TargetType::Domain, t, u, r)).await?;
+pub async fn revoke_domain(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((t, u, r)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    s.identity
+        .revoke_grant(&c, assignment(TargetType::Domain, t, u, r))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_grants(s: AppState, c: onestack_core::policy::AuthContext, t: TargetType, target: String, user: String) -> ApiResult<Json<Value>> {
-    let mut q = AssignmentQuery { user_id: Some(user.clone()), ..AssignmentQuery::default() };
+async fn list_grants(
+    s: AppState,
+    c: onestack_core::policy::AuthContext,
+    t: TargetType,
+    target: String,
+    user: String,
+) -> ApiResult<Json<Value>> {
+    let mut q = AssignmentQuery {
+        user_id: Some(user.clone()),
+        ..AssignmentQuery::default()
+    };
     match t {
         TargetType::Project => q.project_id = Some(target.clone()),
         TargetType::Domain => q.domain_id = Some(target.clone()),
@@ -66,16 +116,28 @@ async fn list_grants(s: AppState, c: onestack_core::policy::AuthContext, t: Targ
     Ok(super::list_body(&s, "roles", &path, roles))
 }
 
-pub async fn list_project_grants(State(s): State<AppState>, Auth(c): Auth, Path((t, u)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+pub async fn list_project_grants(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((t, u)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     list_grants(s, c, TargetType::Project, t, u).await
 }
 
-pub async fn list_domain_grants(State(s): State<AppState>, Auth(c): Auth, Path((t, u)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+pub async fn list_domain_grants(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path((t, u)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     list_grants(s, c, TargetType::Domain, t, u).await
 }
 
 /// `GET /v3/role_assignments?user.id=&scope.project.id=&role.id=&effective&include_names`.
-pub async fn list(State(s): State<AppState>, Auth(c): Auth, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     let query = AssignmentQuery {
         user_id: q.get("user.id").cloned(),
         project_id: q.get("scope.project.id").cloned(),
@@ -84,16 +146,31 @@ pub async fn list(State(s): State<AppState>, Auth(c): Auth, Query(q): Query<Hash
         effective: query_flag(&q, "effective")?.unwrap_or(false),
     };
     // Group assignments do not exist here, so a group filter matches nothing.
-    let rows = if q.contains_key("group.id") { Vec::new() } else { s.identity.list_assignments(&c, &query).await? };
+    let rows = if q.contains_key("group.id") {
+        Vec::new()
+    } else {
+        s.identity.list_assignments(&c, &query).await?
+    };
     let names = query_flag(&q, "include_names")?.unwrap_or(false);
-    let items = rows.iter().map(|a| render_assignment(&s, a, names)).collect();
-    Ok(super::list_body(&s, "role_assignments", "role_assignments", items))
+    let items = rows
+        .iter()
+        .map(|a| render_assignment(&s, a, names))
+        .collect();
+    Ok(super::list_body(
+        &s,
+        "role_assignments",
+        "role_assignments",
+        items,
+    ))
 }
 
 fn render_assignment(s: &AppState, a: &AssignmentView, names: bool) -> Value {
     let snap = s.identity.snapshot();
     let domain_of = |id: &str| {
-        snap.domains.get(id).map(|d| json!({"id": d.id, "name": d.name})).unwrap_or(json!({"id": id}))
+        snap.domains
+            .get(id)
+            .map(|d| json!({"id": d.id, "name": d.name}))
+            .unwrap_or(json!({"id": id}))
     };
     let mut role = Map::new();
     role.insert("id".into(), json!(a.role_id));
@@ -123,12 +200,21 @@ fn render_assignment(s: &AppState, a: &AssignmentView, names: bool) -> Value {
             }
         }
     }
-    let base = format!("{}/v3/{}s/{}/users/{}/roles", s.identity_url, a.target_type.as_str(), a.target_id, a.user_id);
+    let base = format!(
+        "{}/v3/{}s/{}/users/{}/roles",
+        s.identity_url,
+        a.target_type.as_str(),
+        a.target_id,
+        a.user_id
+    );
     let mut links = Map::new();
     match &a.prior_role_id {
         Some(prior) => {
             links.insert("assignment".into(), json!(format!("{base}/{prior}")));
-            links.insert("prior_role".into(), json!(format!("{}/v3/roles/{prior}", s.identity_url)));
+            links.insert(
+                "prior_role".into(),
+                json!(format!("{}/v3/roles/{prior}", s.identity_url)),
+            );
         }
         None => {
             links.insert("assignment".into(), json!(format!("{base}/{}", a.role_id)));

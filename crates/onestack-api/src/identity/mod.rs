@@ -25,27 +25,42 @@ pub fn router(state: AppState) -> Router {
         .route("/healthcheck", get(|| async { "OK" }))
         .route(
             "/v3/auth/tokens",
-            post(tokens::issue).get(tokens::validate).delete(tokens::revoke),
+            post(tokens::issue)
+                .get(tokens::validate)
+                .delete(tokens::revoke),
         )
         .route("/v3/auth/projects", get(tokens::auth_projects))
         .route("/v3/auth/domains", get(tokens::auth_domains))
         .route("/v3/auth/catalog", get(tokens::auth_catalog))
-        .route("/v3/domains", get(projects::list_domains).post(projects::create_domain))
+        .route(
+            "/v3/domains",
+            get(projects::list_domains).post(projects::create_domain),
+        )
         .route(
             "/v3/domains/{id}",
-            get(projects::get_domain).patch(projects::update_domain).delete(projects::delete_domain),
+            get(projects::get_domain)
+                .patch(projects::update_domain)
+                .delete(projects::delete_domain),
         )
         .route("/v3/projects", get(projects::list).post(projects::create))
         .route(
             "/v3/projects/{id}",
-            get(projects::get).patch(projects::update).delete(projects::delete),
+            get(projects::get)
+                .patch(projects::update)
+                .delete(projects::delete),
         )
         .route("/v3/users", get(users::list).post(users::create))
-        .route("/v3/users/{id}", get(users::get).patch(users::update).delete(users::delete))
+        .route(
+            "/v3/users/{id}",
+            get(users::get).patch(users::update).delete(users::delete),
+        )
         .route("/v3/users/{id}/password", post(users::change_password))
         .route("/v3/users/{id}/projects", get(users::projects))
         .route("/v3/roles", get(roles::list).post(roles::create))
-        .route("/v3/roles/{id}", get(roles::get).patch(roles::update).delete(roles::delete))
+        .route(
+            "/v3/roles/{id}",
+            get(roles::get).patch(roles::update).delete(roles::delete),
+        )
         .route("/v3/roles/{id}/implies", get(roles::list_implied))
         .route(
             "/v3/roles/{prior}/implies/{implied}",
@@ -56,7 +71,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v3/role_inferences", get(roles::inferences))
         .route("/v3/role_assignments", get(assignments::list))
-        .route("/v3/projects/{target}/users/{user}/roles", get(assignments::list_project_grants))
+        .route(
+            "/v3/projects/{target}/users/{user}/roles",
+            get(assignments::list_project_grants),
+        )
         .route(
             "/v3/projects/{target}/users/{user}/roles/{role}",
             put(assignments::grant_project)
@@ -64,7 +82,10 @@ pub fn router(state: AppState) -> Router {
                 .get(assignments::check_project)
                 .delete(assignments::revoke_project),
         )
-        .route("/v3/domains/{target}/users/{user}/roles", get(assignments::list_domain_grants))
+        .route(
+            "/v3/domains/{target}/users/{user}/roles",
+            get(assignments::list_domain_grants),
+        )
         .route(
             "/v3/domains/{target}/users/{user}/roles/{role}",
             put(assignments::grant_domain)
@@ -72,20 +93,35 @@ pub fn router(state: AppState) -> Router {
                 .get(assignments::check_domain)
                 .delete(assignments::revoke_domain),
         )
-        .route("/v3/regions", get(catalog::list_regions).post(catalog::create_region))
+        .route(
+            "/v3/regions",
+            get(catalog::list_regions).post(catalog::create_region),
+        )
         .route(
             "/v3/regions/{id}",
-            get(catalog::get_region).patch(catalog::update_region).delete(catalog::delete_region),
+            get(catalog::get_region)
+                .patch(catalog::update_region)
+                .delete(catalog::delete_region),
         )
-        .route("/v3/services", get(catalog::list_services).post(catalog::create_service))
+        .route(
+            "/v3/services",
+            get(catalog::list_services).post(catalog::create_service),
+        )
         .route(
             "/v3/services/{id}",
-            get(catalog::get_service).patch(catalog::update_service).delete(catalog::delete_service),
+            get(catalog::get_service)
+                .patch(catalog::update_service)
+                .delete(catalog::delete_service),
         )
-        .route("/v3/endpoints", get(catalog::list_endpoints).post(catalog::create_endpoint))
+        .route(
+            "/v3/endpoints",
+            get(catalog::list_endpoints).post(catalog::create_endpoint),
+        )
         .route(
             "/v3/endpoints/{id}",
-            get(catalog::get_endpoint).patch(catalog::update_endpoint).delete(catalog::delete_endpoint),
+            get(catalog::get_endpoint)
+                .patch(catalog::update_endpoint)
+                .delete(catalog::delete_endpoint),
         )
         .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .layer(axum::middleware::from_fn_with_state(

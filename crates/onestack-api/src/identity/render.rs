@@ -163,7 +163,12 @@ pub fn token(ctx: &AuthContext, snap: &Snapshot, with_catalog: bool) -> Value {
         m.insert("is_domain".into(), json!(false));
         m.insert(
             "roles".into(),
-            Value::Array(ctx.roles.iter().map(|r| json!({"id": r.id, "name": r.name})).collect()),
+            Value::Array(
+                ctx.roles
+                    .iter()
+                    .map(|r| json!({"id": r.id, "name": r.name}))
+                    .collect(),
+            ),
         );
         if with_catalog {
             m.insert("catalog".into(), catalog(snap, Some(&p.id)));
@@ -177,7 +182,13 @@ mod tests {
     #[test]
     fn timestamps_match_keystone_format() {
         assert_eq!(super::timestamp(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(super::timestamp(1_709_251_199_123_456), "2024-02-29T23:59:59.123456Z");
-        assert_eq!(super::timestamp(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            super::timestamp(1_709_251_199_123_456),
+            "2024-02-29T23:59:59.123456Z"
+        );
+        assert_eq!(
+            super::timestamp(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
     }
 }

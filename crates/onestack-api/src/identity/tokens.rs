@@ -84,19 +84,27 @@ fn parse_scope(scope: Option<Value>) -> ApiResult<Option<Option<ProjectSelector>
         .as_object()
         .ok_or_else(|| ApiError::bad_request("Invalid input for field 'scope'."))?;
     if let Some(p) = obj.get("project") {
-        let p: ProjectRef = serde_json::from_value(p.clone())
-            .map_err(|e| ApiError::bad_request(format!("Invalid input for field 'scope.project': {e}")))?;
+        let p: ProjectRef = serde_json::from_value(p.clone()).map_err(|e| {
+            ApiError::bad_request(format!("Invalid input for field 'scope.project': {e}"))
+        })?;
         let sel = match (p.id, p.name) {
             (Some(id), _) => ProjectSelector::Id(id),
             (None, Some(name)) => ProjectSelector::Name {
                 name,
                 domain: domain_selector(p.domain, "project")?,
             },
-            _ => return Err(ApiError::bad_request("Project scope needs an id or a name.")),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "Project scope needs an id or a name.",
+                ))
+            }
         };
         return Ok(Some(Some(sel)));
     }
-    if obj.contains_key("domain") || obj.contains_key("system") || obj.contains_key("OS-TRUST:trust") {
+    if obj.contains_key("domain")
+        || obj.contains_key("system")
+        || obj.contains_key("OS-TRUST:trust")
+    {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Only project-scoped and unscoped tokens are supported by this cloud.",
@@ -166,7 +174,11 @@ fn default_scope(state: &AppState, creds: &Credentials) -> Option<ProjectSelecto
 }
 
 /// The subject token a caller may inspect or revoke: its own, or any if admin.
-fn subject(state: &AppState, caller: &AuthContext, headers: &HeaderMap) -> ApiResult<(String, AuthContext)> {
+fn subject(
+    state: &AppState,
+    caller: &AuthContext,
+    headers: &HeaderMap,
+) -> ApiResult<(String, AuthContext)> {
     let missing = || ApiError::not_found("Could not find token.");
     let token = headers
         .get("x-subject-token")
@@ -206,8 +218,15 @@ pub async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn auth_projects(State(state): State<AppState>, Auth(caller): Auth) -> ApiResult<Json<Value>> {
-    let projects = state.identity.store().list_user_projects(&caller.user.id).await
+pub async fn auth_projects(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> ApiResult<Json<Value>> {
+    let projects = state
+        .identity
+        .store()
+        .list_user_projects(&caller.user.id)
+        .await
         .map_err(onestack_core::CoreError::from)?;
     let items = projects
         .iter()
@@ -217,9 +236,16 @@ pub async fn auth_projects(State(state): State<AppState>, Auth(caller): Auth) ->
     Ok(list_body(&state, "projects", "auth/projects", items))
 }
 
-pub async fn auth_domains(State(state): State<AppState>, Auth(caller): Auth) -> ApiResult<Json<Value>> {
+pub async fn auth_domains(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> ApiResult<Json<Value>> {
     let snap = state.identity.snapshot();
-    let grants = state.identity.store().list_assignments(Some(&caller.user.id), None).await
+    let grants = state
+        .identity
+        .store()
+        .list_assignments(Some(&caller.user.id), None)
+        .await
         .map_err(onestack_core::CoreError::from)?;
     let mut items = Vec::new();
     for g in grants.iter().filter(|g| g.target_type == "domain") {
@@ -233,7 +259,10 @@ pub async fn auth_domains(State(state): State<AppState>, Auth(caller): Auth) -> 
     Ok(list_body(&state, "domains", "auth/domains", items))
 }
 
-pub async fn auth_catalog(State(state): State<AppState>, Auth(caller): Auth) -> ApiResult<Json<Value>> {
+pub async fn auth_catalog(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> ApiResult<Json<Value>> {
     let Some(pid) = caller.project_id() else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

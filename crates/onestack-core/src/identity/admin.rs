@@ -161,11 +161,15 @@ impl IdentityService {
     }
 
     pub async fn get_domain(&self, ctx: &AuthContext, id: &str) -> CoreResult<Domain> {
-        let own = ctx.user_domain.id == id || ctx.project.as_ref().is_some_and(|p| p.domain.id == id);
+        let own =
+            ctx.user_domain.id == id || ctx.project.as_ref().is_some_and(|p| p.domain.id == id);
         if !ctx.is_admin() && !own {
             return Err(forbidden("identity:get_domain"));
         }
-        self.store.get_domain(id).await.map_err(not_found("domain", id))
+        self.store
+            .get_domain(id)
+            .await
+            .map_err(not_found("domain", id))
     }
 
     pub async fn list_domains(&self, ctx: &AuthContext, f: &Filter) -> CoreResult<Vec<Domain>> {
@@ -173,9 +177,18 @@ impl IdentityService {
         Ok(self.store.list_domains(f).await?)
     }
 
-    pub async fn update_domain(&self, ctx: &AuthContext, id: &str, i: DomainInput) -> CoreResult<Domain> {
+    pub async fn update_domain(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        i: DomainInput,
+    ) -> CoreResult<Domain> {
         ctx.require_admin("identity:update_domain")?;
-        let mut d = self.store.get_domain(id).await.map_err(not_found("domain", id))?;
+        let mut d = self
+            .store
+            .get_domain(id)
+            .await
+            .map_err(not_found("domain", id))?;
         if let Some(n) = i.name {
             check_name("name", &n, 64)?;
             d.name = n;
@@ -185,11 +198,16 @@ impl IdentityService {
         }
         if let Some(v) = i.enabled {
             if !v && id == DEFAULT_DOMAIN_ID {
-                return Err(CoreError::Forbidden("The default domain cannot be disabled.".into()));
+                return Err(CoreError::Forbidden(
+                    "The default domain cannot be disabled.".into(),
+                ));
             }
             d.enabled = v;
         }
-        self.store.update_domain(&d).await.map_err(not_found("domain", id))?;
+        self.store
+            .update_domain(&d)
+            .await
+            .map_err(not_found("domain", id))?;
         self.refresh().await?;
         Ok(d)
     }
@@ -197,13 +215,20 @@ impl IdentityService {
     /// As in Keystone, a domain must be disabled before it can be deleted.
     pub async fn delete_domain(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         ctx.require_admin("identity:delete_domain")?;
-        let d = self.store.get_domain(id).await.map_err(not_found("domain", id))?;
+        let d = self
+            .store
+            .get_domain(id)
+            .await
+            .map_err(not_found("domain", id))?;
         if d.enabled {
             return Err(CoreError::Forbidden(
                 "Cannot delete a domain that is enabled, please disable it first.".into(),
             ));
         }
-        self.store.delete_domain(id).await.map_err(not_found("domain", id))?;
+        self.store
+            .delete_domain(id)
+            .await
+            .map_err(not_found("domain", id))?;
         self.refresh().await
     }
 
@@ -215,19 +240,25 @@ impl IdentityService {
             .ok_or_else(|| CoreError::BadRequest("'name' is a required property.".into()))?;
         check_name("name", &name, 64)?;
         if i.is_domain == Some(true) {
-            return Err(CoreError::BadRequest("Projects acting as domains are not supported.".into()));
+            return Err(CoreError::BadRequest(
+                "Projects acting as domains are not supported.".into(),
+            ));
         }
         let domain_id = i.domain_id.unwrap_or_else(|| DEFAULT_DOMAIN_ID.to_string());
         if let Some(parent) = &i.parent_id {
             if parent != &domain_id {
-                return Err(CoreError::BadRequest("Nested projects are not supported.".into()));
+                return Err(CoreError::BadRequest(
+                    "Nested projects are not supported.".into(),
+                ));
             }
         }
         self.store
             .get_domain(&domain_id)
             .await
             .map_err(|e| match e {
-                StoreError::NotFound => CoreError::BadRequest(format!("Could not find domain: {domain_id}.")),
+                StoreError::NotFound => {
+                    CoreError::BadRequest(format!("Could not find domain: {domain_id}."))
+                }
                 other => other.into(),
             })?;
         let p = Project {
@@ -255,7 +286,10 @@ impl IdentityService {
         if !self.can_see_project(ctx, id) {
             return Err(forbidden("identity:get_project"));
         }
-        self.store.get_project(id).await.map_err(not_found("project", id))
+        self.store
+            .get_project(id)
+            .await
+            .map_err(not_found("project", id))
     }
 
     /// Admins see every project; other users only those they hold a role on.
@@ -264,20 +298,41 @@ impl IdentityService {
         if ctx.is_admin() {
             return Ok(all);
         }
-        Ok(all.into_iter().filter(|p| self.can_see_project(ctx, &p.id)).collect())
+        Ok(all
+            .into_iter()
+            .filter(|p| self.can_see_project(ctx, &p.id))
+            .collect())
     }
 
-    pub async fn list_user_projects(&self, ctx: &AuthContext, user_id: &str) -> CoreResult<Vec<Project>> {
+    pub async fn list_user_projects(
+        &self,
+        ctx: &AuthContext,
+        user_id: &str,
+    ) -> CoreResult<Vec<Project>> {
         ctx.require_admin_or_self("identity:list_user_projects", user_id)?;
-        self.store.get_user(user_id).await.map_err(not_found("user", user_id))?;
+        self.store
+            .get_user(user_id)
+            .await
+            .map_err(not_found("user", user_id))?;
         Ok(self.store.list_user_projects(user_id).await?)
     }
 
-    pub async fn update_project(&self, ctx: &AuthContext, id: &str, i: ProjectInput) -> CoreResult<Project> {
+    pub async fn update_project(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        i: ProjectInput,
+    ) -> CoreResult<Project> {
         ctx.require_admin("identity:update_project")?;
-        let mut p = self.store.get_project(id).await.map_err(not_found("project", id))?;
+        let mut p = self
+            .store
+            .get_project(id)
+            .await
+            .map_err(not_found("project", id))?;
         if i.domain_id.as_ref().is_some_and(|d| *d != p.domain_id) {
-            return Err(CoreError::BadRequest("Update of `domain_id` is not allowed.".into()));
+            return Err(CoreError::BadRequest(
+                "Update of `domain_id` is not allowed.".into(),
+            ));
         }
         if let Some(n) = i.name {
             check_name("name", &n, 64)?;
@@ -289,14 +344,20 @@ impl IdentityService {
         if let Some(v) = i.enabled {
             p.enabled = v;
         }
-        self.store.update_project(&p).await.map_err(not_found("project", id))?;
+        self.store
+            .update_project(&p)
+            .await
+            .map_err(not_found("project", id))?;
         self.refresh().await?;
         Ok(p)
     }
 
     pub async fn delete_project(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         ctx.require_admin("identity:delete_project")?;
-        self.store.delete_project(id).await.map_err(not_found("project", id))?;
+        self.store
+            .delete_project(id)
+            .await
+            .map_err(not_found("project", id))?;
         self.refresh().await
     }
 
@@ -309,12 +370,16 @@ impl IdentityService {
         check_name("name", &name, MAX_NAME)?;
         let domain_id = i.domain_id.unwrap_or_else(|| DEFAULT_DOMAIN_ID.to_string());
         if !self.snapshot().domains.contains_key(&domain_id) {
-            return Err(CoreError::BadRequest(format!("Could not find domain: {domain_id}.")));
+            return Err(CoreError::BadRequest(format!(
+                "Could not find domain: {domain_id}."
+            )));
         }
         let default_project_id = i.default_project_id.flatten();
         if let Some(pid) = &default_project_id {
             self.store.get_project(pid).await.map_err(|e| match e {
-                StoreError::NotFound => CoreError::BadRequest(format!("Could not find project: {pid}.")),
+                StoreError::NotFound => {
+                    CoreError::BadRequest(format!("Could not find project: {pid}."))
+                }
                 other => other.into(),
             })?;
         }
@@ -359,9 +424,15 @@ impl IdentityService {
     /// A password set here revokes every token the user holds.
     pub async fn update_user(&self, ctx: &AuthContext, id: &str, i: UserInput) -> CoreResult<User> {
         ctx.require_admin("identity:update_user")?;
-        let mut u = self.store.get_user(id).await.map_err(not_found("user", id))?;
+        let mut u = self
+            .store
+            .get_user(id)
+            .await
+            .map_err(not_found("user", id))?;
         if i.domain_id.as_ref().is_some_and(|d| *d != u.domain_id) {
-            return Err(CoreError::BadRequest("Update of `domain_id` is not allowed.".into()));
+            return Err(CoreError::BadRequest(
+                "Update of `domain_id` is not allowed.".into(),
+            ));
         }
         if let Some(n) = i.name {
             check_name("name", &n, MAX_NAME)?;
@@ -410,19 +481,29 @@ impl IdentityService {
             return Err(forbidden("identity:change_password"));
         }
         check_password(&new)?;
-        let mut u = self.store.get_user(id).await.map_err(not_found("user", id))?;
+        let mut u = self
+            .store
+            .get_user(id)
+            .await
+            .map_err(not_found("user", id))?;
         if !password::verify_async(original, u.password_hash.clone()).await {
             return Err(CoreError::Unauthorized(super::AUTH_FAILED.into()));
         }
         u.password_hash = Some(password::hash_async(new).await?);
-        self.store.update_user(&u).await.map_err(not_found("user", id))?;
+        self.store
+            .update_user(&u)
+            .await
+            .map_err(not_found("user", id))?;
         self.revoke_user_tokens(id).await?;
         self.refresh().await
     }
 
     pub async fn delete_user(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         ctx.require_admin("identity:delete_user")?;
-        self.store.delete_user(id).await.map_err(not_found("user", id))?;
+        self.store
+            .delete_user(id)
+            .await
+            .map_err(not_found("user", id))?;
         self.refresh().await
     }
 
@@ -430,7 +511,9 @@ impl IdentityService {
     pub async fn create_role(&self, ctx: &AuthContext, i: RoleInput) -> CoreResult<Role> {
         ctx.require_admin("identity:create_role")?;
         if i.domain_id.is_some() {
-            return Err(CoreError::BadRequest("Domain-specific roles are not supported.".into()));
+            return Err(CoreError::BadRequest(
+                "Domain-specific roles are not supported.".into(),
+            ));
         }
         let name = i
             .name
@@ -455,13 +538,21 @@ impl IdentityService {
         self.store.get_role(id).await.map_err(not_found("role", id))
     }
 
-    pub async fn list_roles(&self, _ctx: &AuthContext, name: Option<&str>) -> CoreResult<Vec<Role>> {
+    pub async fn list_roles(
+        &self,
+        _ctx: &AuthContext,
+        name: Option<&str>,
+    ) -> CoreResult<Vec<Role>> {
         Ok(self.store.list_roles(name).await?)
     }
 
     pub async fn update_role(&self, ctx: &AuthContext, id: &str, i: RoleInput) -> CoreResult<Role> {
         ctx.require_admin("identity:update_role")?;
-        let mut r = self.store.get_role(id).await.map_err(not_found("role", id))?;
+        let mut r = self
+            .store
+            .get_role(id)
+            .await
+            .map_err(not_found("role", id))?;
         if let Some(n) = i.name {
             check_name("name", &n, MAX_NAME)?;
             r.name = n;
@@ -469,24 +560,48 @@ impl IdentityService {
         if let Some(d) = i.description {
             r.description = d;
         }
-        self.store.update_role(&r).await.map_err(not_found("role", id))?;
+        self.store
+            .update_role(&r)
+            .await
+            .map_err(not_found("role", id))?;
         self.refresh().await?;
         Ok(r)
     }
 
     pub async fn delete_role(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         ctx.require_admin("identity:delete_role")?;
-        self.store.delete_role(id).await.map_err(not_found("role", id))?;
+        self.store
+            .delete_role(id)
+            .await
+            .map_err(not_found("role", id))?;
         self.refresh().await
     }
 
     // ---------------- implied roles ----------------
-    pub async fn add_implied_role(&self, ctx: &AuthContext, prior: &str, implied: &str) -> CoreResult<(Role, Role)> {
+    pub async fn add_implied_role(
+        &self,
+        ctx: &AuthContext,
+        prior: &str,
+        implied: &str,
+    ) -> CoreResult<(Role, Role)> {
         ctx.require_admin("identity:create_implied_role")?;
-        let p = self.store.get_role(prior).await.map_err(not_found("role", prior))?;
-        let i = self.store.get_role(implied).await.map_err(not_found("role", implied))?;
+        let p = self
+            .store
+            .get_role(prior)
+            .await
+            .map_err(not_found("role", prior))?;
+        let i = self
+            .store
+            .get_role(implied)
+            .await
+            .map_err(not_found("role", implied))?;
         // Refuse rules that would make a role imply itself.
-        if self.snapshot().expand_roles(&[i.id.clone()]).iter().any(|r| r.id == p.id) {
+        if self
+            .snapshot()
+            .expand_roles(std::slice::from_ref(&i.id))
+            .iter()
+            .any(|r| r.id == p.id)
+        {
             return Err(CoreError::BadRequest(format!(
                 "Implied role {} would create a cycle with {}.",
                 i.id, p.id
@@ -501,10 +616,22 @@ impl IdentityService {
     }
 
     pub async fn get_implied_role(&self, prior: &str, implied: &str) -> CoreResult<(Role, Role)> {
-        let p = self.store.get_role(prior).await.map_err(not_found("role", prior))?;
-        let i = self.store.get_role(implied).await.map_err(not_found("role", implied))?;
+        let p = self
+            .store
+            .get_role(prior)
+            .await
+            .map_err(not_found("role", prior))?;
+        let i = self
+            .store
+            .get_role(implied)
+            .await
+            .map_err(not_found("role", implied))?;
         let snap = self.snapshot();
-        if !snap.implied.get(prior).is_some_and(|v| v.iter().any(|x| x == implied)) {
+        if !snap
+            .implied
+            .get(prior)
+            .is_some_and(|v| v.iter().any(|x| x == implied))
+        {
             return Err(CoreError::NotFound(format!(
                 "{implied} is not an implied role of {prior}."
             )));
@@ -512,12 +639,19 @@ impl IdentityService {
         Ok((p, i))
     }
 
-    pub async fn remove_implied_role(&self, ctx: &AuthContext, prior: &str, implied: &str) -> CoreResult<()> {
+    pub async fn remove_implied_role(
+        &self,
+        ctx: &AuthContext,
+        prior: &str,
+        implied: &str,
+    ) -> CoreResult<()> {
         ctx.require_admin("identity:delete_implied_role")?;
         self.store
             .remove_implied_role(prior, implied)
             .await
-            .map_err(|_| CoreError::NotFound(format!("{implied} is not an implied role of {prior}.")))?;
+            .map_err(|_| {
+                CoreError::NotFound(format!("{implied} is not an implied role of {prior}."))
+            })?;
         self.refresh().await
     }
 
@@ -527,12 +661,24 @@ impl IdentityService {
 
     // ---------------- assignments ----------------
     async fn check_grant_parts(&self, a: &Assignment) -> CoreResult<()> {
-        self.store.get_role(&a.role_id).await.map_err(not_found("role", &a.role_id))?;
-        self.store.get_user(&a.user_id).await.map_err(not_found("user", &a.user_id))?;
+        self.store
+            .get_role(&a.role_id)
+            .await
+            .map_err(not_found("role", &a.role_id))?;
+        self.store
+            .get_user(&a.user_id)
+            .await
+            .map_err(not_found("user", &a.user_id))?;
         if a.target_type == TargetType::Project.as_str() {
-            self.store.get_project(&a.target_id).await.map_err(not_found("project", &a.target_id))?;
+            self.store
+                .get_project(&a.target_id)
+                .await
+                .map_err(not_found("project", &a.target_id))?;
         } else {
-            self.store.get_domain(&a.target_id).await.map_err(not_found("domain", &a.target_id))?;
+            self.store
+                .get_domain(&a.target_id)
+                .await
+                .map_err(not_found("domain", &a.target_id))?;
         }
         Ok(())
     }
@@ -559,8 +705,14 @@ impl IdentityService {
     pub async fn check_grant(&self, ctx: &AuthContext, a: Assignment) -> CoreResult<()> {
         ctx.require_admin_or_self("identity:check_grant", &a.user_id)?;
         self.check_grant_parts(&a).await?;
-        let rows = self.store.list_assignments(Some(&a.user_id), Some(&a.target_id)).await?;
-        if rows.iter().any(|r| r.role_id == a.role_id && r.target_type == a.target_type) {
+        let rows = self
+            .store
+            .list_assignments(Some(&a.user_id), Some(&a.target_id))
+            .await?;
+        if rows
+            .iter()
+            .any(|r| r.role_id == a.role_id && r.target_type == a.target_type)
+        {
             Ok(())
         } else {
             Err(CoreError::NotFound(format!(
@@ -571,17 +723,30 @@ impl IdentityService {
     }
 
     /// Lists assignments. Non-admins may list only their own.
-    pub async fn list_assignments(&self, ctx: &AuthContext, q: &AssignmentQuery) -> CoreResult<Vec<AssignmentView>> {
+    pub async fn list_assignments(
+        &self,
+        ctx: &AuthContext,
+        q: &AssignmentQuery,
+    ) -> CoreResult<Vec<AssignmentView>> {
         if !ctx.is_admin() && q.user_id.as_deref() != Some(ctx.user.id.as_str()) {
             return Err(forbidden("identity:list_role_assignments"));
         }
         let target = q.project_id.as_deref().or(q.domain_id.as_deref());
-        let rows = self.store.list_assignments(q.user_id.as_deref(), target).await?;
+        let rows = self
+            .store
+            .list_assignments(q.user_id.as_deref(), target)
+            .await?;
         let snap = self.snapshot();
         let mut out = Vec::new();
         for r in rows {
-            let tt = if r.target_type == "domain" { TargetType::Domain } else { TargetType::Project };
-            if q.project_id.is_some() && tt != TargetType::Project || q.domain_id.is_some() && tt != TargetType::Domain {
+            let tt = if r.target_type == "domain" {
+                TargetType::Domain
+            } else {
+                TargetType::Project
+            };
+            if q.project_id.is_some() && tt != TargetType::Project
+                || q.domain_id.is_some() && tt != TargetType::Domain
+            {
                 continue;
             }
             let mut push = |role_id: String, prior: Option<String>| {
@@ -606,9 +771,23 @@ impl IdentityService {
         }
         if q.effective {
             // A role reached both directly and by implication is listed once.
-            out.sort_by(|a, b| (&a.user_id, &a.target_id, &a.role_id, a.prior_role_id.is_some())
-                .cmp(&(&b.user_id, &b.target_id, &b.role_id, b.prior_role_id.is_some())));
-            out.dedup_by(|a, b| a.user_id == b.user_id && a.target_id == b.target_id && a.role_id == b.role_id);
+            out.sort_by(|a, b| {
+                (
+                    &a.user_id,
+                    &a.target_id,
+                    &a.role_id,
+                    a.prior_role_id.is_some(),
+                )
+                    .cmp(&(
+                        &b.user_id,
+                        &b.target_id,
+                        &b.role_id,
+                        b.prior_role_id.is_some(),
+                    ))
+            });
+            out.dedup_by(|a, b| {
+                a.user_id == b.user_id && a.target_id == b.target_id && a.role_id == b.role_id
+            });
         }
         Ok(out)
     }
@@ -620,11 +799,20 @@ impl IdentityService {
         check_name("id", &id, 255)?;
         let parent = i.parent_region_id.flatten();
         if let Some(p) = &parent {
-            self.store.get_region(p).await.map_err(|_| CoreError::BadRequest(format!("Could not find region: {p}.")))?;
+            self.store
+                .get_region(p)
+                .await
+                .map_err(|_| CoreError::BadRequest(format!("Could not find region: {p}.")))?;
         }
-        let r = Region { id: id.clone(), description: i.description.unwrap_or_default(), parent_region_id: parent };
+        let r = Region {
+            id: id.clone(),
+            description: i.description.unwrap_or_default(),
+            parent_region_id: parent,
+        };
         self.store.create_region(&r).await.map_err(|e| match e {
-            StoreError::Conflict(_) => CoreError::Conflict(format!("Conflict occurred attempting to store region - Duplicate ID, {id}.")),
+            StoreError::Conflict(_) => CoreError::Conflict(format!(
+                "Conflict occurred attempting to store region - Duplicate ID, {id}."
+            )),
             other => other.into(),
         })?;
         self.refresh().await?;
@@ -632,26 +820,43 @@ impl IdentityService {
     }
 
     pub async fn get_region(&self, id: &str) -> CoreResult<Region> {
-        self.store.get_region(id).await.map_err(not_found("region", id))
+        self.store
+            .get_region(id)
+            .await
+            .map_err(not_found("region", id))
     }
 
     pub async fn list_regions(&self) -> CoreResult<Vec<Region>> {
         Ok(self.store.list_regions().await?)
     }
 
-    pub async fn update_region(&self, ctx: &AuthContext, id: &str, i: RegionInput) -> CoreResult<Region> {
+    pub async fn update_region(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        i: RegionInput,
+    ) -> CoreResult<Region> {
         ctx.require_admin("identity:update_region")?;
-        let mut r = self.store.get_region(id).await.map_err(not_found("region", id))?;
+        let mut r = self
+            .store
+            .get_region(id)
+            .await
+            .map_err(not_found("region", id))?;
         if let Some(d) = i.description {
             r.description = d;
         }
         if let Some(p) = i.parent_region_id {
             if p.as_deref() == Some(id) {
-                return Err(CoreError::BadRequest("A region cannot be its own parent.".into()));
+                return Err(CoreError::BadRequest(
+                    "A region cannot be its own parent.".into(),
+                ));
             }
             r.parent_region_id = p;
         }
-        self.store.update_region(&r).await.map_err(not_found("region", id))?;
+        self.store
+            .update_region(&r)
+            .await
+            .map_err(not_found("region", id))?;
         self.refresh().await?;
         Ok(r)
     }
@@ -659,7 +864,9 @@ impl IdentityService {
     pub async fn delete_region(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         ctx.require_admin("identity:delete_region")?;
         self.store.delete_region(id).await.map_err(|e| match e {
-            StoreError::Conflict(m) => CoreError::Forbidden(format!("Unable to delete region {id}: {m}.")),
+            StoreError::Conflict(m) => {
+                CoreError::Forbidden(format!("Unable to delete region {id}: {m}."))
+            }
             other => CoreError::from_store(other, "region", id),
         })?;
         self.refresh().await
@@ -667,7 +874,9 @@ impl IdentityService {
 
     pub async fn create_service(&self, ctx: &AuthContext, i: ServiceInput) -> CoreResult<Service> {
         ctx.require_admin("identity:create_service")?;
-        let t = i.service_type.ok_or_else(|| CoreError::BadRequest("'type' is a required property.".into()))?;
+        let t = i
+            .service_type
+            .ok_or_else(|| CoreError::BadRequest("'type' is a required property.".into()))?;
         check_name("type", &t, 255)?;
         let s = Service {
             id: new_id(),
@@ -682,16 +891,28 @@ impl IdentityService {
     }
 
     pub async fn get_service(&self, id: &str) -> CoreResult<Service> {
-        self.store.get_service(id).await.map_err(not_found("service", id))
+        self.store
+            .get_service(id)
+            .await
+            .map_err(not_found("service", id))
     }
 
     pub async fn list_services(&self) -> CoreResult<Vec<Service>> {
         Ok(self.store.list_services().await?)
     }
 
-    pub async fn update_service(&self, ctx: &AuthContext, id: &str, i: ServiceInput) -> CoreResult<Service> {
+    pub async fn update_service(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        i: ServiceInput,
+    ) -> CoreResult<Service> {
         ctx.require_admin("identity:update_service")?;
-        let mut s = self.store.get_service(id).await.map_err(not_found("service", id))?;
+        let mut s = self
+            .store
+            .get_service(id)
+            .await
+            .map_err(not_found("service", id))?;
         if let Some(t) = i.service_type {
             check_name("type", &t, 255)?;
             s.service_type = t;
@@ -705,14 +926,20 @@ impl IdentityService {
         if let Some(v) = i.enabled {
             s.enabled = v;
         }
-        self.store.update_service(&s).await.map_err(not_found("service", id))?;
+        self.store
+            .update_service(&s)
+            .await
+            .map_err(not_found("service", id))?;
         self.refresh().await?;
         Ok(s)
     }
 
     pub async fn delete_service(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         ctx.require_admin("identity:delete_service")?;
-        self.store.delete_service(id).await.map_err(not_found("service", id))?;
+        self.store
+            .delete_service(id)
+            .await
+            .map_err(not_found("service", id))?;
         self.refresh().await
     }
 
@@ -724,26 +951,40 @@ impl IdentityService {
             )));
         }
         if !(e.url.starts_with("http://") || e.url.starts_with("https://")) || e.url.len() > 1024 {
-            return Err(CoreError::BadRequest("Invalid input for field 'url': must be an http(s) URL.".into()));
+            return Err(CoreError::BadRequest(
+                "Invalid input for field 'url': must be an http(s) URL.".into(),
+            ));
         }
-        self.store
-            .get_service(&e.service_id)
-            .await
-            .map_err(|_| CoreError::BadRequest(format!("Could not find service: {}.", e.service_id)))?;
+        self.store.get_service(&e.service_id).await.map_err(|_| {
+            CoreError::BadRequest(format!("Could not find service: {}.", e.service_id))
+        })?;
         if let Some(r) = &e.region_id {
-            self.store.get_region(r).await.map_err(|_| CoreError::BadRequest(format!("Could not find region: {r}.")))?;
+            self.store
+                .get_region(r)
+                .await
+                .map_err(|_| CoreError::BadRequest(format!("Could not find region: {r}.")))?;
         }
         Ok(())
     }
 
-    pub async fn create_endpoint(&self, ctx: &AuthContext, i: EndpointInput) -> CoreResult<Endpoint> {
+    pub async fn create_endpoint(
+        &self,
+        ctx: &AuthContext,
+        i: EndpointInput,
+    ) -> CoreResult<Endpoint> {
         ctx.require_admin("identity:create_endpoint")?;
         let e = Endpoint {
             id: new_id(),
-            service_id: i.service_id.ok_or_else(|| CoreError::BadRequest("'service_id' is a required property.".into()))?,
-            interface: i.interface.ok_or_else(|| CoreError::BadRequest("'interface' is a required property.".into()))?,
+            service_id: i.service_id.ok_or_else(|| {
+                CoreError::BadRequest("'service_id' is a required property.".into())
+            })?,
+            interface: i.interface.ok_or_else(|| {
+                CoreError::BadRequest("'interface' is a required property.".into())
+            })?,
             region_id: i.region_id.or(i.region).flatten(),
-            url: i.url.ok_or_else(|| CoreError::BadRequest("'url' is a required property.".into()))?,
+            url: i
+                .url
+                .ok_or_else(|| CoreError::BadRequest("'url' is a required property.".into()))?,
             enabled: i.enabled.unwrap_or(true),
         };
         self.check_endpoint(&e).await?;
@@ -753,16 +994,28 @@ impl IdentityService {
     }
 
     pub async fn get_endpoint(&self, id: &str) -> CoreResult<Endpoint> {
-        self.store.get_endpoint(id).await.map_err(not_found("endpoint", id))
+        self.store
+            .get_endpoint(id)
+            .await
+            .map_err(not_found("endpoint", id))
     }
 
     pub async fn list_endpoints(&self) -> CoreResult<Vec<Endpoint>> {
         Ok(self.store.list_endpoints().await?)
     }
 
-    pub async fn update_endpoint(&self, ctx: &AuthContext, id: &str, i: EndpointInput) -> CoreResult<Endpoint> {
+    pub async fn update_endpoint(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        i: EndpointInput,
+    ) -> CoreResult<Endpoint> {
         ctx.require_admin("identity:update_endpoint")?;
-        let mut e = self.store.get_endpoint(id).await.map_err(not_found("endpoint", id))?;
+        let mut e = self
+            .store
+            .get_endpoint(id)
+            .await
+            .map_err(not_found("endpoint", id))?;
         if let Some(v) = i.service_id {
             e.service_id = v;
         }
@@ -779,14 +1032,20 @@ impl IdentityService {
             e.enabled = v;
         }
         self.check_endpoint(&e).await?;
-        self.store.update_endpoint(&e).await.map_err(not_found("endpoint", id))?;
+        self.store
+            .update_endpoint(&e)
+            .await
+            .map_err(not_found("endpoint", id))?;
         self.refresh().await?;
         Ok(e)
     }
 
     pub async fn delete_endpoint(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         ctx.require_admin("identity:delete_endpoint")?;
-        self.store.delete_endpoint(id).await.map_err(not_found("endpoint", id))?;
+        self.store
+            .delete_endpoint(id)
+            .await
+            .map_err(not_found("endpoint", id))?;
         self.refresh().await
     }
 }

@@ -129,7 +129,8 @@ pub async fn run(store: &Store, p: &BootstrapParams) -> CoreResult<BootstrapRepo
             .all(|x| x.role_id != a.role_id)
         {
             store.grant(&a).await?;
-            r.created.push(format!("role {role} for {user} on {project}"));
+            r.created
+                .push(format!("role {role} for {user} on {project}"));
         }
     }
 
@@ -178,7 +179,8 @@ pub async fn run(store: &Store, p: &BootstrapParams) -> CoreResult<BootstrapRepo
                     let mut e = e.clone();
                     e.url = url.clone();
                     store.update_endpoint(&e).await?;
-                    r.created.push(format!("{} {interface} endpoint moved to {url}", s.name));
+                    r.created
+                        .push(format!("{} {interface} endpoint moved to {url}", s.name));
                 }
                 None => {
                     store
@@ -191,7 +193,8 @@ pub async fn run(store: &Store, p: &BootstrapParams) -> CoreResult<BootstrapRepo
                             enabled: true,
                         })
                         .await?;
-                    r.created.push(format!("{} {interface} endpoint {url}", s.name));
+                    r.created
+                        .push(format!("{} {interface} endpoint {url}", s.name));
                 }
             }
         }
@@ -199,11 +202,7 @@ pub async fn run(store: &Store, p: &BootstrapParams) -> CoreResult<BootstrapRepo
     Ok(report)
 }
 
-async fn ensure_project(
-    store: &Store,
-    name: &str,
-    r: &mut BootstrapReport,
-) -> CoreResult<String> {
+async fn ensure_project(store: &Store, name: &str, r: &mut BootstrapReport) -> CoreResult<String> {
     let f = Filter {
         name: Some(name.into()),
         domain_id: Some(DEFAULT_DOMAIN_ID.into()),

@@ -44,7 +44,10 @@ pub enum Credentials {
 #[derive(Clone, Debug)]
 pub enum UserSelector {
     Id(String),
-    Name { name: String, domain: DomainSelector },
+    Name {
+        name: String,
+        domain: DomainSelector,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -56,7 +59,10 @@ pub enum DomainSelector {
 #[derive(Clone, Debug)]
 pub enum ProjectSelector {
     Id(String),
-    Name { name: String, domain: DomainSelector },
+    Name {
+        name: String,
+        domain: DomainSelector,
+    },
 }
 
 /// A freshly issued token and what it says.

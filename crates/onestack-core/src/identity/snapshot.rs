@@ -281,6 +281,9 @@ mod tests {
             issued_before: 0,
             expires_at: 0,
         };
-        assert!(s.is_revoked(&t), "revoking the parent revokes rescoped tokens");
+        assert!(
+            s.is_revoked(&t),
+            "revoking the parent revokes rescoped tokens"
+        );
     }
 }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every OneStack test, installing what the tests need first (a Python venv with the real
+# openstack CLI). Safe to run again: installs are cached outside the work tree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${ONESTACK_TEST_CACHE:-/var/cache/onestack-ci}"
+mkdir -p "$CACHE" 2>/dev/null || CACHE="$PWD/.cache"
+mkdir -p "$CACHE"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python venv with the openstack CLI (tests/e2e/requirements.txt)"
+VENV="$CACHE/venv"
+STAMP="$VENV/.requirements.sha256"
+WANT=$(sha256sum tests/e2e/requirements.txt | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/openstack" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/e2e/requirements.txt
+  echo "$WANT" > "$STAMP"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "unit and integration tests"
+cargo test --workspace --quiet 2>&1 | tee "$CACHE/cargo-test.log"
+
+step "end-to-end tests (real binary, real openstack CLI)"
+cargo build --quiet -p onestack
+export ONESTACK_BIN="$CARGO_TARGET_DIR/debug/onestack"
+export OPENSTACK_CLI="$VENV/bin/openstack"
+"$VENV/bin/python" -m pytest -q tests/e2e
