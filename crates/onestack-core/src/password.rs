@@ -39,13 +39,30 @@ pub fn verify(password: &str, phc: Option<&str>) -> bool {
     ok && real
 }
 
+/// Each hash holds ~19 MiB for tens of milliseconds; bounding how many run at once keeps a login
+/// flood from exhausting memory or the blocking pool.
+fn kdf_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(n * 2)
+    })
+}
+
 pub async fn hash_async(password: String) -> CoreResult<String> {
+    let _slot = kdf_slots()
+        .acquire()
+        .await
+        .map_err(|e| CoreError::Internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || hash(&password))
         .await
         .map_err(|e| CoreError::Internal(e.to_string()))?
 }
 
 pub async fn verify_async(password: String, phc: Option<String>) -> bool {
+    let Ok(_slot) = kdf_slots().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || verify(&password, phc.as_deref()))
         .await
         .unwrap_or(false)

@@ -124,22 +124,11 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
         project: "demo",
         password: &demo_password,
     };
-    paths::write_private(
-        &dd.root.join("clouds.yaml"),
-        &paths::clouds_yaml(&auth_url, region, &[demo, admin]),
-    )?;
-    let admin = Login {
-        cloud: "onestack-admin",
-        user: "admin",
-        project: "admin",
-        password: &admin_password,
-    };
-    let demo = Login {
-        cloud: "onestack",
-        user: "demo",
-        project: "demo",
-        password: &demo_password,
-    };
+    let clouds = paths::clouds_yaml(&auth_url, region, &[&demo, &admin]);
+    paths::write_private(&dd.root.join("clouds.yaml"), &clouds)?;
+    if dd.root == Path::new(paths::DEFAULT_DATA_DIR) {
+        install_system_clouds_yaml(&clouds);
+    }
     paths::write_private(
         &dd.root.join("openrc"),
         &paths::openrc(&auth_url, region, &admin),
@@ -193,6 +182,27 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     println!("  Identity API:  {auth_url}");
     print_login(&dd);
     Ok(())
+}
+
+/// The system cloud's credentials in /etc/openstack/clouds.yaml, where the openstack CLI looks
+/// without any environment, so `openstack --os-cloud onestack-admin …` works at once. A file
+/// OneStack did not write is left alone.
+fn install_system_clouds_yaml(content: &str) {
+    let path = Path::new("/etc/openstack/clouds.yaml");
+    let ours = std::fs::read_to_string(path).map_or(true, |t| t.starts_with(paths::CLOUDS_MARKER));
+    if !ours {
+        println!(
+            "  note: {} exists and was not written by OneStack; left unchanged",
+            path.display()
+        );
+        return;
+    }
+    let result = std::fs::create_dir_all("/etc/openstack")
+        .map_err(anyhow::Error::from)
+        .and_then(|_| paths::write_private(path, content));
+    if let Err(e) = result {
+        println!("  note: could not write {}: {e:#}", path.display());
+    }
 }
 
 fn print_login(dd: &DataDir) {

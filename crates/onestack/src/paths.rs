@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/onestack";
 
+/// First line of every clouds.yaml OneStack writes (so it knows which files it may replace).
+pub const CLOUDS_MARKER: &str = "# Written by onestack up.";
+
 #[derive(Clone, Debug)]
 pub struct DataDir {
     pub root: PathBuf,
@@ -108,9 +111,9 @@ pub struct Login<'a> {
 }
 
 /// `clouds.yaml` for the openstack CLI and SDK. Values are quoted as YAML strings.
-pub fn clouds_yaml(auth_url: &str, region: &str, logins: &[Login]) -> String {
+pub fn clouds_yaml(auth_url: &str, region: &str, logins: &[&Login]) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let mut out = String::from("# Written by onestack up.\nclouds:\n");
+    let mut out = format!("{CLOUDS_MARKER}\nclouds:\n");
     for l in logins {
         out.push_str(&format!(
             "  {}:\n    auth:\n      auth_url: {}\n      username: {}\n      password: {}\n      project_name: {}\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {}\n    interface: public\n    identity_api_version: 3\n",
@@ -144,7 +147,7 @@ mod tests {
             project: "demo",
             password: "a'b\"c",
         };
-        let y = clouds_yaml("http://h:5000/v3", "RegionOne", &[l]);
+        let y = clouds_yaml("http://h:5000/v3", "RegionOne", &[&l]);
         assert!(y.contains("password: \"a'b\\\"c\""), "{y}");
         let l = Login {
             cloud: "x",
