@@ -222,3 +222,67 @@ async fn ensure_project(store: &Store, name: &str, r: &mut BootstrapReport) -> C
     r.created.push(format!("project {name}"));
     Ok(p.id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(admin_password: &str, port: u16) -> BootstrapParams {
+        let url = format!("http://198.18.0.1:{port}/v3");
+        BootstrapParams {
+            admin_password: admin_password.into(),
+            demo_password: "demo-pw".into(),
+            region: "RegionOne".into(),
+            services: vec![ServiceEndpoints {
+                service_type: "identity".into(),
+                name: "keystone".into(),
+                description: String::new(),
+                public_url: url.clone(),
+                internal_url: url.clone(),
+                admin_url: url,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn bootstrap_is_idempotent_and_follows_config() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .expect("store");
+        let first = run(&store, &params("pw1", 5000)).await.expect("first");
+        assert!(first.created.len() > 10, "{:?}", first.created);
+        let again = run(&store, &params("pw1", 5000)).await.expect("again");
+        assert!(again.created.is_empty(), "{:?}", again.created);
+        assert_eq!(store.list_endpoints().await.expect("eps").len(), 3);
+
+        // A new admin password and a moved port update what exists, creating nothing else.
+        let moved = run(&store, &params("pw2", 5001)).await.expect("moved");
+        assert_eq!(moved.created.len(), 4, "{:?}", moved.created);
+        let admin = store
+            .find_user(DEFAULT_DOMAIN_ID, "admin")
+            .await
+            .expect("admin");
+        assert!(password::verify("pw2", admin.password_hash.as_deref()));
+        assert!(store
+            .list_endpoints()
+            .await
+            .expect("eps")
+            .iter()
+            .all(|e| e.url.contains(":5001/")));
+        // The demo password is never reset by bootstrap.
+        let demo = store
+            .find_user(DEFAULT_DOMAIN_ID, "demo")
+            .await
+            .expect("demo");
+        assert!(password::verify("demo-pw", demo.password_hash.as_deref()));
+        assert_eq!(
+            store
+                .list_users(&Filter::default())
+                .await
+                .expect("users")
+                .len(),
+            2
+        );
+    }
+}
