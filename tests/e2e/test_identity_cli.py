@@ -112,3 +112,38 @@ def test_wrong_password_fails_cleanly(cloud):
     assert "The request you have made requires authentication. (HTTP 401)" in r.stderr
     assert "Traceback" not in r.stderr
 
+
+
+def test_foreground_runs_until_sigterm_with_a_wal_store(cloud):
+    import signal
+    import sqlite3
+    from conftest import BIN
+    proc = subprocess.Popen(
+        [BIN, "up", "--foreground", "--no-demo", "--data-dir", str(cloud.data), "--config", str(cloud.config)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            r = cloud.os("token", "issue", "-f", "json", check=False)
+            if r.returncode == 0:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("foreground cloud never answered")
+        assert not (cloud.data / "run/supervisor.pid").exists(), "no supervisor in the foreground"
+        mode = sqlite3.connect(cloud.data / "onestack.db").execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_config_is_refused_with_the_key_named(cloud):
+    cloud.config.write_text('[api]\nidentity_prot = 5000\n')
+    r = cloud.onestack("up", "--config", str(cloud.config), "--no-demo", check=False)
+    assert r.returncode != 0
+    assert "identity_prot" in r.stderr
+    assert not (cloud.data / "run/supervisor.pid").exists()

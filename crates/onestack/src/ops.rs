@@ -14,17 +14,20 @@ use std::time::{Duration, Instant};
 /// Loads the configuration: `--config FILE` (copied into the data directory so every later
 /// command and the supervisor use the same), else the data directory's copy, else defaults.
 pub fn load_config(dd: &DataDir, explicit: Option<&Path>) -> Result<Config> {
+    Ok(load_config_tracked(dd, explicit)?.0)
+}
+
+/// As `load_config`, also telling whether the data directory's copy changed.
+fn load_config_tracked(dd: &DataDir, explicit: Option<&Path>) -> Result<(Config, bool)> {
     match explicit {
         Some(p) => {
             let cfg = Config::load(p)?;
             let text = std::fs::read_to_string(p)?;
-            if dd.root.exists() {
-                paths::write_private(&dd.config(), &text)?;
-            }
-            Ok(cfg)
+            let changed = paths::write_private(&dd.config(), &text)?;
+            Ok((cfg, changed))
         }
-        None if dd.config().exists() => Config::load(&dd.config()),
-        None => Ok(Config::default()),
+        None if dd.config().exists() => Ok((Config::load(&dd.config())?, false)),
+        None => Ok((Config::default(), false)),
     }
 }
 
@@ -59,9 +62,15 @@ fn step(t0: Instant, msg: &str) {
 pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: bool) -> Result<()> {
     let t0 = Instant::now();
     dd.create()?;
-    let cfg = load_config(&dd, config)?;
+    let (cfg, config_changed) = load_config_tracked(&dd, config)?;
     if !foreground {
         if let Some(pid) = supervisor::running_pid(&dd, "supervisor") {
+            if config_changed {
+                println!(
+                    "The configuration changed; the running services still use the old one. \
+                     Apply it with `onestack down` then `onestack up`."
+                );
+            }
             let health = if healthy(&cfg).await {
                 "healthy"
             } else {
