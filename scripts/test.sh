@@ -21,6 +21,25 @@ if [ ! -x "$VENV/bin/openstack" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" 
   echo "$WANT" > "$STAMP"
 fi
 
+step "PostgreSQL server for the PostgreSQL back end (private cluster on loopback)"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$PGBIN" ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+fi
+PGDATA=$(mktemp -d /tmp/onestack-pg.XXXXXX)
+chown postgres "$PGDATA"
+PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+stop_pg() {
+  su postgres -c "$PGBIN/pg_ctl -D $PGDATA -m fast stop" >/dev/null 2>&1 || true
+  rm -rf "$PGDATA"
+}
+trap stop_pg EXIT
+su postgres -c "$PGBIN/initdb -D $PGDATA -A trust -U postgres" >/dev/null
+su postgres -c "$PGBIN/pg_ctl -D $PGDATA -w -l $PGDATA/server.log -o '-k $PGDATA -c listen_addresses=127.0.0.1 -p $PGPORT' start" >/dev/null
+export ONESTACK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
