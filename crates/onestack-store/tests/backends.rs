@@ -22,8 +22,12 @@ async fn scenario(s: &Store) {
     })
     .await
     .expect("domain");
-    s.create_project(&project("p1", "p1", true)).await.expect("p1");
-    s.create_project(&project("p2", "p2", false)).await.expect("p2");
+    s.create_project(&project("p1", "p1", true))
+        .await
+        .expect("p1");
+    s.create_project(&project("p2", "p2", false))
+        .await
+        .expect("p2");
     assert!(matches!(
         s.create_project(&project("p3", "p1", true)).await,
         Err(StoreError::Conflict(_))
@@ -40,7 +44,10 @@ async fn scenario(s: &Store) {
     p1.enabled = false;
     s.update_project(&p1).await.expect("update");
     assert!(!s.get_project("p1").await.expect("get").enabled);
-    assert!(matches!(s.get_project("zz").await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        s.get_project("zz").await,
+        Err(StoreError::NotFound)
+    ));
 
     s.create_user(&User {
         id: "u".into(),
@@ -71,8 +78,15 @@ async fn scenario(s: &Store) {
     s.grant(&a).await.expect("idempotent grant");
     assert_eq!(s.list_user_projects("u").await.expect("projects").len(), 1);
     s.delete_project("p1").await.expect("delete project");
-    assert!(s.list_assignments(Some("u"), None).await.expect("a").is_empty());
-    assert_eq!(s.get_user("u").await.expect("user").default_project_id, None);
+    assert!(s
+        .list_assignments(Some("u"), None)
+        .await
+        .expect("a")
+        .is_empty());
+    assert_eq!(
+        s.get_user("u").await.expect("user").default_project_id,
+        None
+    );
 
     s.create_region(&Region {
         id: "R".into(),
@@ -160,9 +174,7 @@ async fn postgresql() {
         let s = Store::open(&url).await.expect("open");
         assert_eq!(s.backend(), Backend::Postgres);
         scenario(&s).await;
-        Store::open(&url)
-            .await
-            .expect("migrations are idempotent");
+        Store::open(&url).await.expect("migrations are idempotent");
         s.pool().close().await;
     }
     sqlx::query(&format!("DROP DATABASE {db}"))
