@@ -2,6 +2,7 @@
 //! hashing, and the authorization context every API call carries.
 
 pub mod error;
+pub mod fsutil;
 pub mod identity;
 pub mod password;
 pub mod policy;

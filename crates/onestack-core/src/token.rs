@@ -10,8 +10,7 @@ use base64::Engine;
 use fernet::{Fernet, MultiFernet};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// What a token carries. Roles and catalog are not in it: they are recomputed at validation, so a
@@ -126,18 +125,9 @@ impl KeyRepository {
 }
 
 fn write_key(path: &Path) -> CoreResult<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err)?;
-    f.write_all(Fernet::generate_key().as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(io_err)
+    crate::fsutil::write_private(path, Fernet::generate_key().as_bytes())
+        .map(|_| ())
+        .map_err(io_err)
 }
 
 fn io_err(e: std::io::Error) -> CoreError {

@@ -2,8 +2,7 @@
 
 use anyhow::{Context, Result};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/onestack";
@@ -86,21 +85,8 @@ pub fn random_password() -> String {
 /// Writes a file readable by its owner only, atomically; unchanged content is not rewritten.
 /// Returns whether it changed anything.
 pub fn write_private(path: &Path, content: &str) -> Result<bool> {
-    if fs::read_to_string(path).is_ok_and(|old| old == content) {
-        return Ok(false);
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(true)
+    onestack_core::fsutil::write_private(path, content.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub struct Login<'a> {
