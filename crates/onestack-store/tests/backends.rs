@@ -87,6 +87,22 @@ async fn scenario(s: &Store) {
         s.get_user("u").await.expect("user").default_project_id,
         None
     );
+    let on_domain = Assignment {
+        target_type: "domain".into(),
+        target_id: "default".into(),
+        ..a.clone()
+    };
+    s.grant(&on_domain).await.expect("domain grant");
+    s.delete_user("u").await.expect("delete user");
+    assert!(s
+        .list_assignments(Some("u"), None)
+        .await
+        .expect("a")
+        .is_empty());
+    assert!(matches!(
+        s.delete_user("u").await,
+        Err(StoreError::NotFound)
+    ));
 
     s.create_region(&Region {
         id: "R".into(),
@@ -149,7 +165,10 @@ async fn sqlite() {
 
 #[tokio::test]
 async fn postgresql() {
-    let Ok(admin_url) = std::env::var("ONESTACK_TEST_POSTGRES_URL") else {
+    let Some(admin_url) = std::env::var("ONESTACK_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
         eprintln!("ONESTACK_TEST_POSTGRES_URL not set: PostgreSQL back end not exercised");
         return;
     };
