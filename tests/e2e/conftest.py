@@ -33,14 +33,18 @@ def pids_of(data_dir):
 
 
 class Cloud:
-    def __init__(self, root):
+    def __init__(self, root, default_image=False, image_size_cap=None):
         self.root = Path(root)
         self.data = self.root / "data"
         self.port = free_port()
+        self.image_port = free_port()
         self.config = self.root / "onestack.toml"
+        image = f"[image]\ndefault_image = {'true' if default_image else 'false'}\n"
+        if image_size_cap is not None:
+            image += f"size_cap = {image_size_cap}\n"
         self.config.write_text(
-            f'[api]\nlisten = "127.0.0.1"\nidentity_port = {self.port}\n'
-            '[identity]\ntoken_lifetime = 3600\n'
+            f'[api]\nlisten = "127.0.0.1"\nidentity_port = {self.port}\nimage_port = {self.image_port}\n'
+            '[identity]\ntoken_lifetime = 3600\n' + image
         )
 
     def onestack(self, *args, check=True):
@@ -63,15 +67,30 @@ class Cloud:
 
 @pytest.fixture
 def cloud():
-    root = tempfile.mkdtemp(prefix="onestack-e2e-")
-    c = Cloud(root)
-    try:
+    with make_cloud() as c:
         yield c
-    finally:
-        subprocess.run([BIN, "down", "--data-dir", str(c.data)], capture_output=True, timeout=60)
-        for pid in pids_of(c.data):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        shutil.rmtree(root, ignore_errors=True)
+
+
+class make_cloud:
+    """A cloud in a fresh temporary directory, stopped and removed on exit."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def __enter__(self):
+        self.root = tempfile.mkdtemp(prefix="onestack-e2e-")
+        self.cloud = Cloud(self.root, **self.kwargs)
+        return self.cloud
+
+    def __exit__(self, *exc):
+        stop_cloud(self.cloud, self.root)
+
+
+def stop_cloud(c, root):
+    subprocess.run([BIN, "down", "--data-dir", str(c.data)], capture_output=True, timeout=60)
+    for pid in pids_of(c.data):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,6 @@
-//! The one place API errors become HTTP responses, in Keystone's body shape:
-//! `{"error": {"code": 404, "title": "Not Found", "message": "…"}}`. Internal detail is logged
-//! with the request id and never sent to the client.
+//! The one place API errors become HTTP responses. Each service answers in its own project's
+//! body shape (`ErrorFlavor`); the per-service middleware picks it. Internal detail is logged with
+//! the request id and never sent to the client.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,6 +45,8 @@ impl From<CoreError> for ApiError {
             CoreError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             CoreError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             CoreError::Conflict(m) => (StatusCode::CONFLICT, m),
+            CoreError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            CoreError::Gone(m) => (StatusCode::GONE, m),
             CoreError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -58,11 +60,42 @@ impl From<CoreError> for ApiError {
     }
 }
 
+/// Which OpenStack project's error body a service uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorFlavor {
+    /// `{"error": {"code": 404, "title": "Not Found", "message": "…"}}`
+    Keystone,
+    /// webob's JSON: `{"message": "…", "code": "404 Not Found", "title": "Not Found"}`
+    Glance,
+}
+
+/// Carried in the response extensions so the middleware can re-render the body per flavor.
+#[derive(Clone, Debug)]
+pub struct ErrorInfo {
+    pub message: String,
+}
+
+pub fn error_body(flavor: ErrorFlavor, status: StatusCode, message: &str) -> serde_json::Value {
+    let title = status.canonical_reason().unwrap_or("Error");
+    match flavor {
+        ErrorFlavor::Keystone => {
+            json!({"error": {"code": status.as_u16(), "title": title, "message": message}})
+        }
+        ErrorFlavor::Glance => json!({
+            "message": message,
+            "code": format!("{} {title}", status.as_u16()),
+            "title": title,
+        }),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let title = self.status.canonical_reason().unwrap_or("Error");
-        let body = json!({"error": {"code": self.status.as_u16(), "title": title, "message": self.message}});
+        let body = error_body(ErrorFlavor::Keystone, self.status, &self.message);
         let mut resp = (self.status, axum::Json(body)).into_response();
+        resp.extensions_mut().insert(ErrorInfo {
+            message: self.message.clone(),
+        });
         if self.status == StatusCode::UNAUTHORIZED {
             let uri = self.auth_uri.unwrap_or_default();
             if let Ok(v) = HeaderValue::from_str(&format!("Keystone uri=\"{uri}\"")) {

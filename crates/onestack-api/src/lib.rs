@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod image;
 pub mod middleware;
 
 use onestack_core::identity::IdentityService;

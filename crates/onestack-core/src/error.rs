@@ -15,6 +15,12 @@ pub enum CoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Over a size limit or out of storage (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The resource disappeared while the request ran (HTTP 410).
+    #[error("{0}")]
+    Gone(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -34,20 +34,6 @@ pub struct User {
     pub email: Option<String>,
 }
 
-/// SQLite booleans are integers, and sqlx's `Any` driver cannot decode them as `bool`; flags are
-/// therefore BIGINT 0/1 on both back ends, converted here.
-macro_rules! row_struct {
-    ($ty:ident { $($field:ident : $col:literal => $kind:ident),* $(,)? }) => {
-        impl<'r> FromRow<'r, AnyRow> for $ty {
-            fn from_row(row: &'r AnyRow) -> std::result::Result<Self, sqlx::Error> {
-                Ok($ty { $($field: row_struct!(@get row, $col, $kind)),* })
-            }
-        }
-    };
-    (@get $row:ident, $col:literal, flag) => { $row.try_get::<i64, _>($col)? != 0 };
-    (@get $row:ident, $col:literal, val) => { $row.try_get($col)? };
-}
-
 row_struct!(Domain { id: "id" => val, name: "name" => val, description: "description" => val, enabled: "enabled" => flag });
 row_struct!(Project { id: "id" => val, domain_id: "domain_id" => val, name: "name" => val, description: "description" => val, enabled: "enabled" => flag });
 row_struct!(User { id: "id" => val, domain_id: "domain_id" => val, name: "name" => val, enabled: "enabled" => flag, password_hash: "password_hash" => val, default_project_id: "default_project_id" => val, description: "description" => val, email: "email" => val });

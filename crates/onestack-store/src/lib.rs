@@ -4,10 +4,27 @@
 //! Queries go through sqlx's `Any` driver with `$N` placeholders, which both back ends accept, so
 //! there is a single code path. Column types are limited to what both share: TEXT and BIGINT (flags are 0/1).
 
+/// SQLite booleans are integers, and sqlx's `Any` driver cannot decode them as `bool`; flags are
+/// therefore BIGINT 0/1 on both back ends, converted here.
+macro_rules! row_struct {
+    ($ty:ident { $($field:ident : $col:literal => $kind:ident),* $(,)? }) => {
+        impl<'r> FromRow<'r, AnyRow> for $ty {
+            fn from_row(row: &'r AnyRow) -> std::result::Result<Self, sqlx::Error> {
+                Ok($ty { $($field: row_struct!(@get row, $col, $kind)),* })
+            }
+        }
+    };
+    (@get $row:ident, $col:literal, flag) => { $row.try_get::<i64, _>($col)? != 0 };
+    (@get $row:ident, $col:literal, val) => { $row.try_get($col)? };
+    (@get $row:ident, $col:literal, default) => { Default::default() };
+}
+
 mod identity;
+mod image;
 mod migrations;
 
 pub use identity::*;
+pub use image::*;
 
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
 use sqlx::AnyPool;

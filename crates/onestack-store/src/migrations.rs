@@ -4,9 +4,10 @@
 use crate::{Result, Store};
 
 /// Never edit a released step; append a new one.
-const STEPS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const STEPS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE domains (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -80,7 +81,54 @@ CREATE TABLE revocations (
     expires_at BIGINT NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    visibility TEXT NOT NULL,
+    protected BIGINT NOT NULL,
+    os_hidden BIGINT NOT NULL,
+    disk_format TEXT,
+    container_format TEXT,
+    min_disk BIGINT NOT NULL,
+    min_ram BIGINT NOT NULL,
+    size BIGINT,
+    virtual_size BIGINT,
+    checksum TEXT,
+    os_hash_algo TEXT,
+    os_hash_value TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX images_owner ON images (owner);
+CREATE TABLE image_properties (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (image_id, name)
+);
+CREATE TABLE image_tags (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (image_id, tag)
+);
+CREATE TABLE image_members (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    member_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (image_id, member_id)
+);
+CREATE INDEX image_members_member ON image_members (member_id)
+"#,
+    ),
+];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")

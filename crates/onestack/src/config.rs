@@ -12,7 +12,26 @@ pub struct Config {
     pub api: ApiConfig,
     pub database: DatabaseConfig,
     pub identity: IdentityConfig,
+    pub image: ImageConfig,
     pub network: NetworkConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    /// Largest image accepted, in bytes (Glance's `image_size_cap`).
+    pub size_cap: u64,
+    /// Register the built-in `onestack-tiny` guest image on `up`.
+    pub default_image: bool,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            size_cap: onestack_core::image::DEFAULT_SIZE_CAP,
+            default_image: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -140,6 +159,9 @@ impl Config {
                 bail!("{k} = {p}: the same port as {k2}");
             }
         }
+        if self.image.size_cap == 0 {
+            bail!("image.size_cap = 0: must be a positive number of bytes");
+        }
         if self.api.region.trim().is_empty() {
             bail!("api.region must not be empty");
         }
@@ -165,6 +187,10 @@ impl Config {
             IpAddr::V6(a) => format!("[{a}]"),
             a => a.to_string(),
         }
+    }
+
+    pub fn image_url(&self) -> String {
+        format!("http://{}:{}", self.public_host(), self.api.image_port)
     }
 
     pub fn identity_url(&self) -> String {

@@ -33,15 +33,25 @@ fn load_config_tracked(dd: &DataDir, explicit: Option<&Path>) -> Result<(Config,
 
 /// Every service OneStack serves today, with its catalog URLs.
 fn services(cfg: &Config) -> Vec<ServiceEndpoints> {
-    let url = cfg.identity_url() + "/v3";
-    vec![ServiceEndpoints {
-        service_type: "identity".into(),
-        name: "keystone".into(),
-        description: "OneStack Identity Service".into(),
-        public_url: url.clone(),
-        internal_url: url.clone(),
-        admin_url: url,
-    }]
+    let endpoint =
+        |service_type: &str, name: &str, description: &str, url: String| ServiceEndpoints {
+            service_type: service_type.into(),
+            name: name.into(),
+            description: description.into(),
+            public_url: url.clone(),
+            internal_url: url.clone(),
+            admin_url: url,
+        };
+    vec![
+        endpoint(
+            "identity",
+            "keystone",
+            "OneStack Identity Service",
+            cfg.identity_url() + "/v3",
+        ),
+        // Unversioned: clients append /v2 themselves (gophercloud does).
+        endpoint("image", "glance", "OneStack Image Service", cfg.image_url()),
+    ]
 }
 
 async fn healthy(cfg: &Config) -> bool {

@@ -37,6 +37,10 @@ impl DataDir {
     pub fn fernet_keys(&self) -> PathBuf {
         self.secrets().join("fernet-keys")
     }
+    /// Image data files, one per active image, named by image id.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }

@@ -1,10 +1,12 @@
-//! Runs the controller's API services in this process until SIGTERM or Ctrl-C.
+//! Runs the controller's API services (identity, image) in this process until SIGTERM or Ctrl-C.
 
 use crate::config::Config;
 use crate::paths::DataDir;
 use anyhow::{Context, Result};
+use onestack_api::image::ImageState;
 use onestack_api::AppState;
 use onestack_core::identity::IdentityService;
+use onestack_core::image::ImageService;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         .await
         .context("cannot open the state store")?;
     let identity = IdentityService::new(
-        store,
+        store.clone(),
         dd.fernet_keys(),
         Duration::from_secs(cfg.identity.token_lifetime),
     )
@@ -33,20 +35,52 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         identity,
         identity_url: cfg.identity_url().into(),
     };
-    let addr = SocketAddr::new(cfg.api.listen, cfg.api.identity_port);
-    let listener = tokio::net::TcpListener::bind(addr)
+    let images = ImageService::new(store, dd.images(), cfg.image.size_cap)
         .await
-        .with_context(|| format!("cannot listen on {addr} (identity API)"))?;
-    tracing::info!(%addr, url = %cfg.identity_url(), "identity API listening");
-    onestack_api::serve(
-        listener,
+        .context("cannot start the image service")?;
+    let image_state = ImageState {
+        app: state.clone(),
+        images,
+        base_url: cfg.image_url().into(),
+    };
+    let identity_listener = bind(&cfg, cfg.api.identity_port, "identity").await?;
+    let image_listener = bind(&cfg, cfg.api.image_port, "image").await?;
+    tracing::info!(url = %cfg.identity_url(), "identity API listening");
+    tracing::info!(url = %cfg.image_url(), "image API listening");
+    // One shutdown signal stops every listener; the first server to fail stops the process.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let identity_server = onestack_api::serve(
+        identity_listener,
         onestack_api::identity::router(state),
-        shutdown_signal(),
-    )
-    .await
-    .context("identity API server failed")?;
+        stopped(),
+    );
+    let image_server = onestack_api::serve(
+        image_listener,
+        onestack_api::image::router(image_state),
+        stopped(),
+    );
+    let signal = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    let (a, b, ()) = tokio::join!(identity_server, image_server, signal);
+    a.context("identity API server failed")?;
+    b.context("image API server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(cfg: &Config, port: u16, what: &str) -> Result<tokio::net::TcpListener> {
+    let addr = SocketAddr::new(cfg.api.listen, port);
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what} API)"))
 }
 
 pub async fn shutdown_signal() {

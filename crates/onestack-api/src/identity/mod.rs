@@ -125,7 +125,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), crate::error::ErrorFlavor::Keystone),
             crate::middleware::request_context,
         ))
         .with_state(state)
