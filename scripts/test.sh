@@ -40,6 +40,20 @@ su postgres -c "$PGBIN/initdb -D $PGDATA -A trust -U postgres" >/dev/null
 su postgres -c "$PGBIN/pg_ctl -D $PGDATA -w -l $PGDATA/server.log -o '-k $PGDATA -c listen_addresses=127.0.0.1 -p $PGPORT' start" >/dev/null
 export ONESTACK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 
+step "QEMU, ISO and SSH tools for the guest image tests"
+# Debian's qemu-system-x86 needs the matching qemu-utils (a newer backport blocks it).
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v genisoimage >/dev/null \
+    || ! command -v ssh >/dev/null || ! command -v readelf >/dev/null; then
+  apt-get update -qq
+  QEMU_V=$(apt-cache madison qemu-system-x86 | awk -F'|' 'NR==1 {gsub(/ /, "", $2); print $2}')
+  UTILS_V=$(apt-cache madison qemu-utils | awk -F'|' 'NR==1 {gsub(/ /, "", $2); print $2}')
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades --no-install-recommends \
+    "qemu-system-x86=$QEMU_V" "qemu-utils=$UTILS_V" genisoimage openssh-client binutils >/dev/null
+fi
+# apt-get download (the image builder) needs package lists.
+ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq
+export ONESTACK_IMAGE_CACHE="$CACHE/images"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -67,6 +67,11 @@ enum Command {
         #[command(flatten)]
         dir: DataDirArg,
     },
+    /// Guest images.
+    Image {
+        #[command(subcommand)]
+        action: ImageCommand,
+    },
     /// Run the API services (started by the supervisor).
     #[command(hide = true)]
     Serve {
@@ -78,6 +83,16 @@ enum Command {
     Supervise {
         #[command(flatten)]
         dir: DataDirArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build (or find in the cache) the default guest image, onestack-tiny, from Debian packages.
+    BuildDefault {
+        /// Where packages and built images are kept.
+        #[arg(long)]
+        cache_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -113,6 +128,24 @@ fn main() -> Result<()> {
                     no_demo,
                 )
                 .await
+            }
+            Command::Image {
+                action: ImageCommand::BuildDefault { cache_dir },
+            } => {
+                let cache = cache_dir.unwrap_or_else(onestack_image::default_cache_dir);
+                let t0 = std::time::Instant::now();
+                let img =
+                    tokio::task::spawn_blocking(move || onestack_image::build_default(&cache))
+                        .await??;
+                let size = std::fs::metadata(&img.path)?.len();
+                println!("{}", img.path.display());
+                eprintln!(
+                    "{} ({:.1} MiB, {:.1} s)",
+                    img.name,
+                    size as f64 / 1048576.0,
+                    t0.elapsed().as_secs_f64()
+                );
+                Ok(())
             }
             Command::Down { dir } => ops::down(paths::DataDir::new(dir.data_dir)?).await,
             Command::Status { dir } => {
