@@ -96,3 +96,21 @@ def test_upload_over_the_size_cap_is_refused_and_leaves_nothing(tmp_path):
         assert json.loads(cloud.os("image", "list", "-f", "json").stdout) == []
         assert [p.name for p in (cloud.data / "images").iterdir()] == []
         assert cloud.onestack("status").returncode == 0
+
+
+def test_up_registers_the_default_guest_image_once():
+    with make_cloud(default_image=True) as cloud:
+        out = cloud.up()
+        assert "onestack-tiny" in out.stdout + out.stderr
+        images = json.loads(cloud.os("image", "list", "--long", "-f", "json", cloud="onestack").stdout)
+        tiny = [i for i in images if i["Name"] == "onestack-tiny"]
+        assert len(tiny) == 1 and tiny[0]["Status"] == "active"
+        shown = json.loads(cloud.os("image", "show", "onestack-tiny", "-f", "json").stdout)
+        assert shown["visibility"] == "public" and shown["disk_format"] == "qcow2"
+        assert shown["properties"]["os_admin_user"] == "onestack"
+        assert 0 < shown["size"] < 64 << 20 and shown["virtual_size"] >= shown["size"]
+        # Down and up again: the same image, not a second copy.
+        cloud.onestack("down")
+        cloud.up()
+        images = json.loads(cloud.os("image", "list", "-f", "json").stdout)
+        assert [i["ID"] for i in images if i["Name"] == "onestack-tiny"] == [shown["id"]]

@@ -54,6 +54,69 @@ fn services(cfg: &Config) -> Vec<ServiceEndpoints> {
     ]
 }
 
+/// Builds (or finds cached) onestack-tiny and registers it as a public image. A failure is
+/// reported and `up` goes on: the cloud works without it, and the next `up` retries.
+async fn register_default_image(
+    store: &onestack_store::Store,
+    cfg: &Config,
+    dd: &DataDir,
+    t0: Instant,
+) {
+    let result: Result<Option<String>> = async {
+        let cache = onestack_image::default_cache_dir();
+        let built =
+            tokio::task::spawn_blocking(move || onestack_image::build_default(&cache)).await??;
+        let admin = store
+            .find_project(onestack_core::identity::DEFAULT_DOMAIN_ID, "admin")
+            .await
+            .context("no admin project")?;
+        let images =
+            onestack_core::image::ImageService::new(store.clone(), dd.images(), cfg.image.size_cap)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let recipe = built
+            .properties
+            .iter()
+            .find(|(k, _)| k == "onestack_recipe")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let props: Vec<(String, String)> = built
+            .properties
+            .iter()
+            .filter(|(k, _)| k != "onestack_recipe")
+            .cloned()
+            .collect();
+        let registered = images
+            .register_file(
+                &admin.id,
+                built.name,
+                &built.path,
+                built.disk_format,
+                built.container_format,
+                &props,
+                ("onestack_recipe", &recipe),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(registered.map(|i| i.id))
+    }
+    .await;
+    match result {
+        Ok(Some(id)) => step(
+            t0,
+            &format!("registered image {} ({id})", onestack_image::IMAGE_NAME),
+        ),
+        Ok(None) => step(
+            t0,
+            &format!("image {} already registered", onestack_image::IMAGE_NAME),
+        ),
+        Err(e) => eprintln!(
+            "warning: the default image {} is not available: {e:#}",
+            onestack_image::IMAGE_NAME
+        ),
+    }
+}
+
 async fn healthy(cfg: &Config) -> bool {
     let Ok(client) = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -120,6 +183,9 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     )
     .await
     .map_err(|e| anyhow::anyhow!("bootstrap failed: {e}"))?;
+    if cfg.image.default_image {
+        register_default_image(&store, &cfg, &dd, t0).await;
+    }
     drop(store);
     if report.created.is_empty() {
         step(t0, "identity bootstrap: everything already in place");

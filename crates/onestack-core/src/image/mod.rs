@@ -583,6 +583,77 @@ impl ImageService {
         Ok((out, more))
     }
 
+    /// Registers an operator-supplied image file (the built-in guest image) as a public image
+    /// owned by `owner`, through the same hashing and inspection as an upload. Returns None when
+    /// an active image with this name and the same `marker` property value already exists.
+    pub async fn register_file(
+        &self,
+        owner: &str,
+        name: &str,
+        file: &Path,
+        disk_format: &str,
+        container_format: &str,
+        properties: &[(String, String)],
+        marker: (&str, &str),
+    ) -> CoreResult<Option<Image>> {
+        let existing = self.store.list_images().await?;
+        if existing.iter().any(|i| {
+            i.name.as_deref() == Some(name)
+                && i.status == "active"
+                && i.properties.get(marker.0).map(String::as_str) == Some(marker.1)
+        }) {
+            return Ok(None);
+        }
+        let ts = now();
+        let mut img = Image {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: Some(name.to_string()),
+            owner: owner.to_string(),
+            status: "queued".into(),
+            visibility: "public".into(),
+            protected: false,
+            os_hidden: false,
+            disk_format: Some(disk_format.to_string()),
+            container_format: Some(container_format.to_string()),
+            min_disk: 0,
+            min_ram: 0,
+            size: None,
+            virtual_size: None,
+            checksum: None,
+            os_hash_algo: None,
+            os_hash_value: None,
+            created_at: ts.clone(),
+            updated_at: ts,
+            properties: properties.iter().cloned().collect(),
+            tags: Default::default(),
+        };
+        img.properties
+            .insert(marker.0.to_string(), marker.1.to_string());
+        self.store.create_image(&img).await?;
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| CoreError::Internal(format!("cannot read {}: {e}", file.display())))?;
+        let body = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+        if !self
+            .store
+            .transition_image(&img.id, &["queued"], "saving", &now())
+            .await?
+        {
+            return Err(CoreError::Conflict(
+                "image changed during registration".into(),
+            ));
+        }
+        let tmp = upload::temp_path(&self.dir, &img.id);
+        match self.receive_and_activate(&img, body, &tmp).await {
+            Ok(done) => Ok(Some(done)),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                let _ = self.store.delete_image(&img.id).await;
+                Err(e)
+            }
+        }
+    }
+
     // ---- members ----
 
     async fn load_for_members(&self, ctx: &AuthContext, id: &str) -> CoreResult<Image> {
