@@ -89,12 +89,14 @@ async fn register_default_image(
         let registered = images
             .register_file(
                 &admin.id,
-                built.name,
-                &built.path,
-                built.disk_format,
-                built.container_format,
-                &props,
-                ("onestack_recipe", &recipe),
+                &onestack_core::image::SystemImage {
+                    name: built.name,
+                    file: &built.path,
+                    disk_format: built.disk_format,
+                    container_format: built.container_format,
+                    properties: &props,
+                    marker: ("onestack_recipe", &recipe),
+                },
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -72,6 +72,18 @@ pub const SORT_KEYS: &[&str] = &[
     "min_ram",
 ];
 
+/// An image file the operator supplies (see `ImageService::register_file`).
+#[derive(Clone, Copy)]
+pub struct SystemImage<'a> {
+    pub name: &'a str,
+    pub file: &'a Path,
+    pub disk_format: &'a str,
+    pub container_format: &'a str,
+    pub properties: &'a [(String, String)],
+    /// A property that identifies this exact file (e.g. its build recipe).
+    pub marker: (&'a str, &'a str),
+}
+
 /// What a download serves: the image and its file (None when the image has no data yet).
 pub struct Download {
     pub image: Image,
@@ -589,13 +601,16 @@ impl ImageService {
     pub async fn register_file(
         &self,
         owner: &str,
-        name: &str,
-        file: &Path,
-        disk_format: &str,
-        container_format: &str,
-        properties: &[(String, String)],
-        marker: (&str, &str),
+        sys: &SystemImage<'_>,
     ) -> CoreResult<Option<Image>> {
+        let SystemImage {
+            name,
+            file,
+            disk_format,
+            container_format,
+            properties,
+            marker,
+        } = *sys;
         let existing = self.store.list_images().await?;
         if existing.iter().any(|i| {
             i.name.as_deref() == Some(name)
