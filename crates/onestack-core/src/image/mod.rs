@@ -220,30 +220,8 @@ impl ImageService {
             }
             _ => project.to_string(),
         };
-        let ts = now();
-        let mut img = Image {
-            id: id.clone(),
-            name: None,
-            owner,
-            status: "queued".into(),
-            // Glance's default since API 2.5: shared (visible to members once added).
-            visibility: "shared".into(),
-            protected: false,
-            os_hidden: false,
-            disk_format: None,
-            container_format: None,
-            min_disk: 0,
-            min_ram: 0,
-            size: None,
-            virtual_size: None,
-            checksum: None,
-            os_hash_algo: None,
-            os_hash_value: None,
-            created_at: ts.clone(),
-            updated_at: ts,
-            properties: Default::default(),
-            tags: Default::default(),
-        };
+        // Glance's default since API 2.5: shared (visible to members once added).
+        let mut img = blank_image(id.clone(), owner, "shared");
         apply_document(&mut img, doc)?;
         if img.visibility == "public" && !ctx.is_admin() {
             return Err(publicize_forbidden());
@@ -619,29 +597,15 @@ impl ImageService {
         }) {
             return Ok(None);
         }
-        let ts = now();
-        let mut img = Image {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: Some(name.to_string()),
-            owner: owner.to_string(),
-            status: "queued".into(),
-            visibility: "public".into(),
-            protected: false,
-            os_hidden: false,
-            disk_format: Some(disk_format.to_string()),
-            container_format: Some(container_format.to_string()),
-            min_disk: 0,
-            min_ram: 0,
-            size: None,
-            virtual_size: None,
-            checksum: None,
-            os_hash_algo: None,
-            os_hash_value: None,
-            created_at: ts.clone(),
-            updated_at: ts,
-            properties: properties.iter().cloned().collect(),
-            tags: Default::default(),
-        };
+        let mut img = blank_image(
+            uuid::Uuid::new_v4().to_string(),
+            owner.to_string(),
+            "public",
+        );
+        img.name = Some(name.to_string());
+        img.disk_format = Some(disk_format.to_string());
+        img.container_format = Some(container_format.to_string());
+        img.properties = properties.iter().cloned().collect();
         img.properties
             .insert(marker.0.to_string(), marker.1.to_string());
         self.store.create_image(&img).await?;
@@ -777,6 +741,33 @@ impl ImageService {
             .delete_image_member(id, member)
             .await
             .map_err(|_| CoreError::NotFound(format!("Member {member} not found for image {id}.")))
+    }
+}
+
+/// A new `queued` image with no data and Glance's attribute defaults.
+fn blank_image(id: String, owner: String, visibility: &str) -> Image {
+    let ts = now();
+    Image {
+        id,
+        name: None,
+        owner,
+        status: "queued".into(),
+        visibility: visibility.into(),
+        protected: false,
+        os_hidden: false,
+        disk_format: None,
+        container_format: None,
+        min_disk: 0,
+        min_ram: 0,
+        size: None,
+        virtual_size: None,
+        checksum: None,
+        os_hash_algo: None,
+        os_hash_value: None,
+        created_at: ts.clone(),
+        updated_at: ts,
+        properties: Default::default(),
+        tags: Default::default(),
     }
 }
 
