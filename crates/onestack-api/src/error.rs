@@ -67,6 +67,8 @@ pub enum ErrorFlavor {
     Keystone,
     /// webob's JSON: `{"message": "…", "code": "404 Not Found", "title": "Not Found"}`
     Glance,
+    /// `{"itemNotFound": {"code": 404, "message": "…"}}`, keyed by status.
+    Nova,
 }
 
 /// Carried in the response extensions so the middleware can re-render the body per flavor.
@@ -80,6 +82,22 @@ pub fn error_body(flavor: ErrorFlavor, status: StatusCode, message: &str) -> ser
     match flavor {
         ErrorFlavor::Keystone => {
             json!({"error": {"code": status.as_u16(), "title": title, "message": message}})
+        }
+        ErrorFlavor::Nova => {
+            let key = match status.as_u16() {
+                400 => "badRequest",
+                401 => "unauthorized",
+                403 => "forbidden",
+                404 => "itemNotFound",
+                405 => "badMethod",
+                406 => "notAcceptable",
+                409 => "conflictingRequest",
+                413 => "overLimit",
+                415 => "badMediaType",
+                501 => "notImplemented",
+                _ => "computeFault",
+            };
+            json!({key: {"code": status.as_u16(), "message": message}})
         }
         ErrorFlavor::Glance => json!({
             "message": message,

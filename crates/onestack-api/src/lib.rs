@@ -1,6 +1,7 @@
 //! OneStack's HTTP APIs. Handlers parse requests into calls on the application layer
 //! (`onestack-core`) and render OpenStack-shaped responses; they never touch the database.
 
+pub mod compute;
 pub mod error;
 pub mod extract;
 pub mod identity;

@@ -19,10 +19,12 @@ macro_rules! row_struct {
     (@get $row:ident, $col:literal, default) => { Default::default() };
 }
 
+mod compute;
 mod identity;
 mod image;
 mod migrations;
 
+pub use compute::*;
 pub use identity::*;
 pub use image::*;
 

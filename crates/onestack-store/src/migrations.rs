@@ -128,6 +128,120 @@ CREATE TABLE image_members (
 CREATE INDEX image_members_member ON image_members (member_id)
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE flavors (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    vcpus BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    root_gb BIGINT NOT NULL,
+    ephemeral_gb BIGINT NOT NULL,
+    swap_mb BIGINT NOT NULL,
+    is_public BIGINT NOT NULL,
+    disabled BIGINT NOT NULL,
+    description TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE flavor_extra_specs (
+    flavor_id TEXT NOT NULL REFERENCES flavors(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (flavor_id, key)
+);
+CREATE TABLE flavor_projects (
+    flavor_id TEXT NOT NULL REFERENCES flavors(id) ON DELETE CASCADE,
+    project_id TEXT NOT NULL,
+    PRIMARY KEY (flavor_id, project_id)
+);
+CREATE TABLE keypairs (
+    user_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key_type TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (user_id, name)
+);
+CREATE TABLE compute_hosts (
+    id TEXT PRIMARY KEY,
+    num BIGINT NOT NULL UNIQUE,
+    host TEXT NOT NULL UNIQUE,
+    host_ip TEXT NOT NULL,
+    agent_url TEXT NOT NULL,
+    vcpus BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    local_gb BIGINT NOT NULL,
+    cpu_info TEXT NOT NULL,
+    hypervisor_type TEXT NOT NULL,
+    hypervisor_version BIGINT NOT NULL,
+    virt_type TEXT NOT NULL,
+    availability_zone TEXT NOT NULL,
+    enabled BIGINT NOT NULL,
+    disabled_reason TEXT,
+    forced_down BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    generation BIGINT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    flavor_id TEXT NOT NULL,
+    flavor_name TEXT NOT NULL,
+    vcpus BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    root_gb BIGINT NOT NULL,
+    ephemeral_gb BIGINT NOT NULL,
+    swap_mb BIGINT NOT NULL,
+    flavor_extra_specs TEXT NOT NULL,
+    key_name TEXT,
+    key_data TEXT,
+    user_data TEXT,
+    config_drive BIGINT NOT NULL,
+    availability_zone TEXT,
+    host TEXT,
+    node TEXT,
+    reservation_id TEXT NOT NULL,
+    launch_index BIGINT NOT NULL,
+    hostname TEXT NOT NULL,
+    vm_state TEXT NOT NULL,
+    task_state TEXT,
+    power_state BIGINT NOT NULL,
+    locked BIGINT NOT NULL,
+    locked_by TEXT,
+    description TEXT,
+    access_ipv4 TEXT NOT NULL,
+    access_ipv6 TEXT NOT NULL,
+    security_groups TEXT NOT NULL,
+    requested_networks TEXT NOT NULL,
+    fault_code BIGINT,
+    fault_message TEXT,
+    fault_details TEXT,
+    fault_created TEXT,
+    snapshot_image_id TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    launched_at TEXT,
+    terminated_at TEXT,
+    deleted BIGINT NOT NULL
+);
+CREATE INDEX instances_project ON instances (project_id, deleted);
+CREATE INDEX instances_host ON instances (host, deleted);
+CREATE TABLE instance_metadata (
+    instance_id TEXT NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (instance_id, key)
+)
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

@@ -14,6 +14,46 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub image: ImageConfig,
     pub network: NetworkConfig,
+    pub compute: ComputeConfig,
+}
+
+/// Compute: the hypervisor on this host and the scheduler's allocation ratios (Nova's names).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeConfig {
+    /// `auto` (KVM only where it truly works), `kvm` or `qemu` (software emulation).
+    pub virt_type: String,
+    pub cpu_allocation_ratio: f64,
+    pub ram_allocation_ratio: f64,
+    pub disk_allocation_ratio: f64,
+    pub reserved_host_memory_mb: i64,
+    /// Seconds a guest gets to shut down (stop, soft reboot) before it is powered off.
+    pub shutdown_timeout: u64,
+    /// Always attach a config drive.
+    pub force_config_drive: bool,
+    /// Port of the compute agent's own endpoint (console output).
+    pub agent_port: u16,
+    /// The agent's host name; empty = the machine's host name.
+    pub host: String,
+    /// Run QEMU as this user (its files are handed to it); empty = the agent's user.
+    pub qemu_user: String,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig {
+            virt_type: "auto".into(),
+            cpu_allocation_ratio: 4.0,
+            ram_allocation_ratio: 1.0,
+            disk_allocation_ratio: 1.0,
+            reserved_host_memory_mb: 512,
+            shutdown_timeout: 60,
+            force_config_drive: true,
+            agent_port: 8775,
+            host: String::new(),
+            qemu_user: String::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -159,6 +199,33 @@ impl Config {
                 bail!("{k} = {p}: the same port as {k2}");
             }
         }
+        if !["auto", "kvm", "qemu"].contains(&self.compute.virt_type.as_str()) {
+            bail!(
+                "compute.virt_type = {:?}: use auto, kvm or qemu",
+                self.compute.virt_type
+            );
+        }
+        for (k, r) in [
+            (
+                "compute.cpu_allocation_ratio",
+                self.compute.cpu_allocation_ratio,
+            ),
+            (
+                "compute.ram_allocation_ratio",
+                self.compute.ram_allocation_ratio,
+            ),
+            (
+                "compute.disk_allocation_ratio",
+                self.compute.disk_allocation_ratio,
+            ),
+        ] {
+            if !(r > 0.0 && r <= 64.0) {
+                bail!("{k} = {r}: must be above 0 and at most 64");
+            }
+        }
+        if self.compute.agent_port == 0 {
+            bail!("compute.agent_port = 0: a fixed port is required");
+        }
         if self.image.size_cap == 0 {
             bail!("image.size_cap = 0: must be a positive number of bytes");
         }
@@ -191,6 +258,10 @@ impl Config {
 
     pub fn image_url(&self) -> String {
         format!("http://{}:{}", self.public_host(), self.api.image_port)
+    }
+
+    pub fn compute_url(&self) -> String {
+        format!("http://{}:{}", self.public_host(), self.api.compute_port)
     }
 
     pub fn identity_url(&self) -> String {

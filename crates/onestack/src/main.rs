@@ -1,5 +1,6 @@
 //! `onestack`: one command to a private OpenStack-compatible cloud.
 
+mod agent;
 mod config;
 mod ops;
 mod paths;
@@ -75,6 +76,12 @@ enum Command {
     /// Run the API services (started by the supervisor).
     #[command(hide = true)]
     Serve {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Run the compute agent of this host (started by the supervisor).
+    #[command(hide = true)]
+    Agent {
         #[command(flatten)]
         dir: DataDirArg,
     },
@@ -161,6 +168,12 @@ fn main() -> Result<()> {
                 let dd = paths::DataDir::new(dir.data_dir)?;
                 let cfg = ops::load_config(&dd, None)?;
                 serve::run(cfg, dd).await
+            }
+            Command::Agent { dir } => {
+                init_logging();
+                let dd = paths::DataDir::new(dir.data_dir)?;
+                let cfg = ops::load_config(&dd, None)?;
+                agent::run(cfg, dd).await
             }
             Command::Supervise { dir } => {
                 init_logging();

@@ -51,6 +51,12 @@ fn services(cfg: &Config) -> Vec<ServiceEndpoints> {
         ),
         // Unversioned: clients append /v2 themselves (gophercloud does).
         endpoint("image", "glance", "OneStack Image Service", cfg.image_url()),
+        endpoint(
+            "compute",
+            "nova",
+            "OneStack Compute Service",
+            cfg.compute_url() + "/v2.1",
+        ),
     ]
 }
 
@@ -167,6 +173,8 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
         cfg.identity.admin_password.clone()
     };
     let demo_password = dd.secret("demo-password")?;
+    // Shared by the controller and its agents; made here so both read the same one.
+    dd.secret("agent-token")?;
     KeyRepository::new(dd.fernet_keys())
         .ensure(3)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -329,7 +337,7 @@ pub async fn status(dd: DataDir) -> Result<bool> {
         Some(pid) => println!("supervisor      running   pid {pid}"),
         None => println!("supervisor      stopped"),
     }
-    for name in supervisor::SERVICES {
+    for (name, _) in supervisor::SERVICES {
         match supervisor::running_pid(&dd, name) {
             Some(pid) => println!(
                 "{name:<15} running   pid {pid}   log {}",

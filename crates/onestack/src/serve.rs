@@ -1,10 +1,12 @@
-//! Runs the controller's API services (identity, image) in this process until SIGTERM or Ctrl-C.
+//! Runs the controller's API services (identity, image, compute) in this process until SIGTERM or Ctrl-C.
 
 use crate::config::Config;
 use crate::paths::DataDir;
 use anyhow::{Context, Result};
+use onestack_api::compute::ComputeState;
 use onestack_api::image::ImageState;
 use onestack_api::AppState;
+use onestack_core::compute::{scheduler::Ratios, ComputeConfig, ComputeService};
 use onestack_core::identity::IdentityService;
 use onestack_core::image::ImageService;
 use std::net::SocketAddr;
@@ -35,9 +37,34 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         identity,
         identity_url: cfg.identity_url().into(),
     };
-    let images = ImageService::new(store, dd.images(), cfg.image.size_cap)
+    let images = ImageService::new(store.clone(), dd.images(), cfg.image.size_cap)
         .await
         .context("cannot start the image service")?;
+    let compute = ComputeService::new(
+        store,
+        images.clone(),
+        ComputeConfig {
+            ratios: Ratios {
+                cpu: cfg.compute.cpu_allocation_ratio,
+                ram: cfg.compute.ram_allocation_ratio,
+                disk: cfg.compute.disk_allocation_ratio,
+                reserved_ram_mb: cfg.compute.reserved_host_memory_mb,
+            },
+            force_config_drive: cfg.compute.force_config_drive,
+            ..ComputeConfig::default()
+        },
+    )
+    .await
+    .context("cannot start the compute service")?;
+    let compute_state = ComputeState {
+        app: state.clone(),
+        compute,
+        images: images.clone(),
+        base_url: cfg.compute_url().into(),
+        image_url: cfg.image_url().into(),
+        agent_token: dd.secret("agent-token")?.into(),
+        http: reqwest::Client::new(),
+    };
     let image_state = ImageState {
         app: state.clone(),
         images,
@@ -45,6 +72,8 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     };
     let identity_listener = bind(&cfg, cfg.api.identity_port, "identity").await?;
     let image_listener = bind(&cfg, cfg.api.image_port, "image").await?;
+    let compute_listener = bind(&cfg, cfg.api.compute_port, "compute").await?;
+    tracing::info!(url = %cfg.compute_url(), "compute API listening");
     tracing::info!(url = %cfg.identity_url(), "identity API listening");
     tracing::info!(url = %cfg.image_url(), "image API listening");
     // One shutdown signal stops every listener; the first server to fail stops the process.
@@ -65,13 +94,19 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         onestack_api::image::router(image_state),
         stopped(),
     );
+    let compute_server = onestack_api::serve(
+        compute_listener,
+        onestack_api::compute::router(compute_state),
+        stopped(),
+    );
     let signal = async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     };
-    let (a, b, ()) = tokio::join!(identity_server, image_server, signal);
+    let (a, b, c, ()) = tokio::join!(identity_server, image_server, compute_server, signal);
     a.context("identity API server failed")?;
     b.context("image API server failed")?;
+    c.context("compute API server failed")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,25 +11,27 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-/// The services a controller runs; later subsystems add theirs here.
-pub const SERVICES: &[&str] = &["api"];
+/// The services a controller runs (name, subcommand); later subsystems add theirs here.
+/// The compute agent is its own process, as it is on a compute-only host.
+pub const SERVICES: &[(&str, &str)] = &[("api", "serve"), ("compute", "agent")];
 
 struct Supervised {
     name: &'static str,
+    subcommand: &'static str,
     child: Option<Child>,
     started: Instant,
     backoff: Duration,
     restart_at: Option<Instant>,
 }
 
-fn spawn(exe: &PathBuf, dd: &DataDir, name: &str) -> Result<Child> {
+fn spawn(exe: &PathBuf, dd: &DataDir, name: &str, subcommand: &str) -> Result<Child> {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dd.log_file(name))
         .with_context(|| format!("cannot open log for {name}"))?;
     let child = Command::new(exe)
-        .arg("serve")
+        .arg(subcommand)
         .arg("--data-dir")
         .arg(&dd.root)
         .stdin(Stdio::null())
@@ -64,10 +66,11 @@ pub async fn run(dd: DataDir) -> Result<()> {
     )?;
     let exe = std::env::current_exe()?;
     let mut services: Vec<Supervised> = Vec::new();
-    for name in SERVICES {
+    for (name, subcommand) in SERVICES {
         services.push(Supervised {
             name,
-            child: Some(spawn(&exe, &dd, name)?),
+            subcommand,
+            child: Some(spawn(&exe, &dd, name, subcommand)?),
             started: Instant::now(),
             backoff: Duration::from_secs(1),
             restart_at: None,
@@ -94,7 +97,7 @@ pub async fn run(dd: DataDir) -> Result<()> {
                     s.backoff = (s.backoff * 2).min(Duration::from_secs(30));
                 }
             } else if s.restart_at.is_some_and(|t| Instant::now() >= t) {
-                match spawn(&exe, &dd, s.name) {
+                match spawn(&exe, &dd, s.name, s.subcommand) {
                     Ok(c) => {
                         s.child = Some(c);
                         s.started = Instant::now();

@@ -633,6 +633,84 @@ impl ImageService {
         }
     }
 
+    /// A `queued` private snapshot image for a server's createImage, owned by its project.
+    pub async fn create_snapshot_record(
+        &self,
+        owner: &str,
+        name: &str,
+        properties: &[(String, String)],
+        min_disk: i64,
+        min_ram: i64,
+    ) -> CoreResult<Image> {
+        let mut img = blank_image(
+            uuid::Uuid::new_v4().to_string(),
+            owner.to_string(),
+            "private",
+        );
+        img.name = Some(name.to_string());
+        img.disk_format = Some("qcow2".into());
+        img.container_format = Some("bare".into());
+        img.min_disk = min_disk;
+        img.min_ram = min_ram;
+        img.properties = properties.iter().cloned().collect();
+        self.store.create_image(&img).await?;
+        Ok(img)
+    }
+
+    /// Receives the data of a queued image on behalf of the system (a compute agent uploading a
+    /// snapshot); the same hashing, inspection and all-or-nothing rules as a user upload.
+    pub async fn upload_system<S, E>(&self, id: &str, body: S) -> CoreResult<Image>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let img = self
+            .store
+            .get_image(id)
+            .await
+            .map_err(|_| Self::not_found(id))?;
+        if !self
+            .store
+            .transition_image(id, &["queued"], "saving", &now())
+            .await?
+        {
+            return Err(CoreError::Conflict(format!(
+                "Image status transition from {} to saving is not allowed",
+                img.status
+            )));
+        }
+        let tmp = upload::temp_path(&self.dir, id);
+        match self.receive_and_activate(&img, body, &tmp).await {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                let _ = self
+                    .store
+                    .transition_image(id, &["saving"], "queued", &now())
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// An image by id, whoever owns it (agents fetching what a server boots from).
+    pub async fn get_system(&self, id: &str) -> CoreResult<Image> {
+        self.store.get_image(id).await.map_err(|e| match e {
+            StoreError::NotFound => Self::not_found(id),
+            e => e.into(),
+        })
+    }
+
+    /// Removes an image record and its data regardless of owner (a failed snapshot).
+    pub async fn delete_system(&self, id: &str) -> CoreResult<()> {
+        match self.store.delete_image(id).await {
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let _ = tokio::fs::remove_file(self.data_path(id)).await;
+        Ok(())
+    }
+
     // ---- members ----
 
     async fn load_for_members(&self, ctx: &AuthContext, id: &str) -> CoreResult<Image> {

@@ -1,0 +1,468 @@
+//! The reconcile loop. One worker task per instance receives the latest desired state and makes
+//! the host match it, one operation at a time; what it finishes (or finds) it reports. Local
+//! instance directories with no desired instance are orphans (deleted while the agent was away)
+//! and are reaped.
+
+use crate::client::Controller;
+use crate::driver::{Driver, PowerState, VmSpec};
+use crate::{configdrive, host};
+use anyhow::{bail, Context, Result};
+use onestack_core::compute::proto::{self, DesiredInstance, Report};
+use onestack_core::compute::state::{TaskState, VmState};
+use sha2::{Digest, Sha512};
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Mutex};
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The controller's compute API base URL.
+    pub controller_url: String,
+    pub token: String,
+    pub host: String,
+    pub host_ip: String,
+    pub availability_zone: Option<String>,
+    /// Where this agent's own HTTP endpoint listens, and how the controller reaches it.
+    pub listen: SocketAddr,
+    pub public_url: String,
+    /// `instances/<id>/…` and `images/<image id>` live here.
+    pub state_dir: PathBuf,
+    /// `kvm` or `qemu`, as chosen.
+    pub virt_type: String,
+    /// How long a guest gets to shut down on stop / soft reboot before it is forced.
+    pub stop_grace: Duration,
+    pub heartbeat: Duration,
+}
+
+impl AgentConfig {
+    pub fn instances_dir(&self) -> PathBuf {
+        self.state_dir.join("instances")
+    }
+    fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+}
+
+struct Shared<D: Driver> {
+    cfg: AgentConfig,
+    ctl: Controller,
+    driver: D,
+    /// One lock per cached image, so each is downloaded once.
+    image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// Runs the agent until `shutdown` resolves. VMs keep running after it returns.
+pub async fn run<D: Driver>(
+    cfg: AgentConfig,
+    driver: D,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    std::fs::create_dir_all(cfg.instances_dir())?;
+    std::fs::create_dir_all(cfg.images_dir())?;
+    clean_partial_images(&cfg.images_dir());
+    let ctl = Controller::new(&cfg.controller_url, &cfg.token);
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        ctl,
+        driver,
+        image_locks: Mutex::new(HashMap::new()),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (agent)", cfg.listen))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = {
+        let router = crate::http::router(cfg.token.clone(), cfg.instances_dir());
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    };
+    let main = tokio::spawn(reconcile_forever(shared.clone(), stop_rx.clone()));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    main.abort();
+    let _ = server.await;
+    tracing::info!("agent stopped; VMs keep running");
+    Ok(())
+}
+
+fn registration(cfg: &AgentConfig) -> proto::RegisterHost {
+    proto::RegisterHost {
+        host: cfg.host.clone(),
+        host_ip: cfg.host_ip.clone(),
+        agent_url: cfg.public_url.clone(),
+        vcpus: host::vcpus(),
+        memory_mb: host::memory_mb(),
+        local_gb: host::disk_gb(&cfg.state_dir),
+        cpu_info: host::cpu_info(),
+        hypervisor_type: "QEMU".into(),
+        hypervisor_version: host::qemu_version("qemu-system-x86_64"),
+        virt_type: cfg.virt_type.clone(),
+        availability_zone: cfg.availability_zone.clone(),
+    }
+}
+
+async fn reconcile_forever<D: Driver>(s: Arc<Shared<D>>, stop: watch::Receiver<bool>) {
+    // Register, retrying while the controller is not there yet.
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match s.ctl.register(&registration(&s.cfg)).await {
+            Ok(r) => {
+                tracing::info!(host = %s.cfg.host, id = %r.id, virt_type = %s.cfg.virt_type, "registered with the controller");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    {
+        let s = s.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(s.cfg.heartbeat).await;
+                if let Err(e) = s.ctl.heartbeat(&s.cfg.host).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        });
+    }
+    let mut workers: HashMap<String, watch::Sender<DesiredInstance>> = HashMap::new();
+    let mut generation = -1;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let desired = match s
+            .ctl
+            .desired(&s.cfg.host, generation, Duration::from_secs(20))
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch desired state; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                // A restarted controller may have lost our registration.
+                let _ = s.ctl.register(&registration(&s.cfg)).await;
+                generation = -1;
+                continue;
+            }
+        };
+        generation = desired.generation;
+        let wanted: std::collections::HashSet<String> =
+            desired.instances.iter().map(|i| i.id.clone()).collect();
+        for inst in desired.instances {
+            match workers.get(&inst.id) {
+                Some(tx) if !tx.is_closed() => {
+                    tx.send_replace(inst);
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(inst.clone());
+                    tokio::spawn(worker(s.clone(), rx));
+                    workers.insert(inst.id, tx);
+                }
+            }
+        }
+        workers.retain(|id, tx| wanted.contains(id) && !tx.is_closed());
+        reap_orphans(&s, &wanted).await;
+    }
+}
+
+/// Instance directories nobody wants any more: destroy the VM and remove the files.
+async fn reap_orphans<D: Driver>(s: &Shared<D>, wanted: &std::collections::HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(s.cfg.instances_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().to_string();
+        if wanted.contains(&id) {
+            continue;
+        }
+        tracing::warn!(instance = %id, "reaping an instance the controller no longer has");
+        if let Err(err) = s.driver.destroy(&id).await {
+            tracing::error!(instance = %id, error = %err, "cannot destroy orphan");
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
+/// How often a worker checks its VM is still in the power state it should be in.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredInstance>) {
+    // The task this worker last finished: a stale copy of the desired state (from before the
+    // controller applied our report) must not run it twice.
+    let mut finished: Option<TaskState> = None;
+    loop {
+        let d = rx.borrow_and_update().clone();
+        if d.task_state.is_none() || d.task_state != finished {
+            finished = None;
+        }
+        match d.task_state {
+            Some(task) if finished != Some(task) => {
+                let outcome = perform(&s, &d, task).await;
+                let power = s.driver.power_state(&d.id).await;
+                let report = match &outcome {
+                    Ok(()) => Report {
+                        task: Some(task),
+                        ok: true,
+                        power_state: power.code(),
+                        fault: None,
+                    },
+                    Err(e) => {
+                        tracing::error!(instance = %d.id, task = task.as_str(), error = %format!("{e:#}"), "task failed");
+                        Report {
+                            task: Some(task),
+                            ok: false,
+                            power_state: power.code(),
+                            fault: Some(proto::Fault {
+                                code: 500,
+                                message: fault_message(task, &d.id, e),
+                                details: format!("{e:#}"),
+                            }),
+                        }
+                    }
+                };
+                send_report(&s, &d.id, &report).await;
+                finished = Some(task);
+                if task == TaskState::Deleting && outcome.is_ok() {
+                    return;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if d.task_state.is_none() {
+            observe(&s, &d).await;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return; },
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+    }
+}
+
+fn fault_message(task: TaskState, id: &str, e: &anyhow::Error) -> String {
+    match task {
+        TaskState::Spawning => format!("Build of instance {id} aborted: {e}"),
+        _ => format!("{}: {e}", task.as_str()),
+    }
+}
+
+async fn send_report<D: Driver>(s: &Shared<D>, id: &str, r: &Report) {
+    for attempt in 0..20 {
+        match s.ctl.report(&s.cfg.host, id, r).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(instance = %id, attempt, error = %e, "report failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Compares the VM with what the server should be and reports drift (a VM that died is
+/// SHUTOFF, never a stale ACTIVE); a VM running that should be off is stopped.
+async fn observe<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
+    let power = s.driver.power_state(&d.id).await;
+    if d.vm_state == VmState::Stopped && matches!(power, PowerState::Running | PowerState::Paused) {
+        tracing::warn!(instance = %d.id, "VM runs but the server is stopped; stopping it");
+        let _ = s.driver.stop(&d.id, s.cfg.stop_grace).await;
+        return;
+    }
+    if power.code() != d.power_state {
+        send_report(
+            s,
+            &d.id,
+            &Report {
+                task: None,
+                ok: true,
+                power_state: power.code(),
+                fault: None,
+            },
+        )
+        .await;
+    }
+}
+
+fn spec(s: &Shared<impl Driver>, d: &DesiredInstance) -> VmSpec {
+    let dir = s.cfg.instances_dir().join(&d.id);
+    let cd = dir.join("disk.config");
+    VmSpec {
+        id: d.id.clone(),
+        name: d.name.clone(),
+        vcpus: d.vcpus.max(1) as u32,
+        memory_mb: d.memory_mb.max(16) as u64,
+        disk: dir.join("disk"),
+        config_drive: cd.exists().then_some(cd),
+        nics: Vec::new(),
+    }
+}
+
+async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState) -> Result<()> {
+    let grace = s.cfg.stop_grace;
+    match task {
+        TaskState::Scheduling => Ok(()),
+        TaskState::Spawning => {
+            prepare_disk(s, d, false).await?;
+            s.driver.start(&spec(s, d)).await?;
+            Ok(())
+        }
+        TaskState::Rebuilding => {
+            s.driver.destroy(&d.id).await?;
+            prepare_disk(s, d, true).await?;
+            s.driver.start(&spec(s, d)).await?;
+            Ok(())
+        }
+        TaskState::PoweringOff => Ok(s.driver.stop(&d.id, grace).await?),
+        TaskState::PoweringOn => Ok(s.driver.start(&spec(s, d)).await?),
+        TaskState::Rebooting | TaskState::RebootingHard => {
+            let hard = task == TaskState::RebootingHard;
+            match s.driver.power_state(&d.id).await {
+                PowerState::Running => Ok(s.driver.reboot(&d.id, hard, grace).await?),
+                PowerState::Suspended => Ok(s.driver.resume(&spec(s, d)).await?),
+                PowerState::Paused => {
+                    s.driver.reboot(&d.id, true, grace).await?;
+                    Ok(s.driver.unpause(&d.id).await?)
+                }
+                _ => Ok(s.driver.start(&spec(s, d)).await?),
+            }
+        }
+        TaskState::Pausing => Ok(s.driver.pause(&d.id).await?),
+        TaskState::Unpausing => Ok(s.driver.unpause(&d.id).await?),
+        TaskState::Suspending => Ok(s.driver.suspend(&d.id).await?),
+        TaskState::Resuming => Ok(s.driver.resume(&spec(s, d)).await?),
+        TaskState::ImageSnapshot => {
+            let Some(image) = &d.snapshot_image_id else {
+                bail!("no snapshot image to upload to");
+            };
+            let dir = s.cfg.instances_dir().join(&d.id);
+            let tmp = dir.join("snapshot.qcow2");
+            let r = async {
+                s.driver.snapshot(&d.id, &dir.join("disk"), &tmp).await?;
+                s.ctl.upload_snapshot(image, &tmp).await
+            }
+            .await;
+            let _ = std::fs::remove_file(&tmp);
+            r
+        }
+        TaskState::Deleting => {
+            s.driver.destroy(&d.id).await?;
+            let dir = s.cfg.instances_dir().join(&d.id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
+    }
+}
+
+/// The instance's disk (a qcow2 overlay on the cached image) and config drive.
+async fn prepare_disk<D: Driver>(s: &Shared<D>, d: &DesiredInstance, fresh: bool) -> Result<()> {
+    let image = d
+        .image
+        .as_ref()
+        .context("the server's image no longer exists")?;
+    let base = cached_image(s, image).await?;
+    let dir = s.cfg.instances_dir().join(&d.id);
+    std::fs::create_dir_all(&dir)?;
+    let disk = dir.join("disk");
+    if fresh || !disk.exists() {
+        let _ = std::fs::remove_file(&disk);
+        let fmt = match image.disk_format.as_str() {
+            "qcow2" | "raw" | "vmdk" | "vdi" | "vhdx" => image.disk_format.as_str(),
+            "vhd" => "vpc",
+            _ => "raw",
+        };
+        let root = d.root_gb << 30;
+        let size = root.max(image.virtual_size);
+        let tmp = dir.join("disk.tmp");
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
+            .arg(&base)
+            .arg(&tmp)
+            .arg(size.to_string())
+            .output()
+            .await
+            .context("cannot run qemu-img")?;
+        if !out.status.success() {
+            bail!(
+                "qemu-img create failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        std::fs::rename(&tmp, &disk)?;
+    }
+    let cd_path = dir.join("disk.config");
+    match &d.config_drive {
+        Some(cd) => {
+            let cd = cd.clone();
+            tokio::task::spawn_blocking(move || configdrive::build(&cd, &cd_path)).await??;
+        }
+        None => {
+            let _ = std::fs::remove_file(&cd_path);
+        }
+    }
+    Ok(())
+}
+
+/// The image file on this host, downloaded once and verified against its SHA-512.
+async fn cached_image<D: Driver>(s: &Shared<D>, image: &proto::ImageRef) -> Result<PathBuf> {
+    let lock = {
+        let mut locks = s.image_locks.lock().await;
+        locks.entry(image.id.clone()).or_default().clone()
+    };
+    let _held = lock.lock().await;
+    let path = s.cfg.images_dir().join(&image.id);
+    if path.exists() {
+        return Ok(path);
+    }
+    let part = s.cfg.images_dir().join(format!("{}.part", image.id));
+    s.ctl.download_image(&image.id, &part).await?;
+    let p2 = part.clone();
+    let got = tokio::task::spawn_blocking(move || sha512_file(&p2)).await??;
+    if !image.sha512.is_empty() && got != image.sha512 {
+        let _ = std::fs::remove_file(&part);
+        bail!("image {} failed verification: SHA-512 mismatch", image.id);
+    }
+    std::fs::rename(&part, &path)?;
+    tracing::info!(image = %image.id, "image cached");
+    Ok(path)
+}
+
+fn sha512_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha512::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn clean_partial_images(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".part") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}

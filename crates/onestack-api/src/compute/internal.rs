@@ -1,0 +1,224 @@
+//! The internal API compute agents use: register, heartbeat, long-poll desired state, report,
+//! fetch images and upload snapshots. Authenticated by a shared secret in a header, compared in
+//! constant time; never in the catalog.
+
+use super::ComputeState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::JsonBody;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use onestack_core::compute::proto;
+use onestack_core::policy::AuthContext;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub const AGENT_TOKEN_HEADER: &str = "x-onestack-agent-token";
+
+/// Largest console output returned (Nova's `MAX_CONSOLE_BYTES`).
+const MAX_CONSOLE_BYTES: i64 = 100 * 1024;
+
+pub fn routes(state: ComputeState) -> Router<ComputeState> {
+    Router::new()
+        .route("/hosts", post(register))
+        .route("/hosts/{host}/heartbeat", post(heartbeat))
+        .route("/hosts/{host}/desired", get(desired))
+        .route("/hosts/{host}/instances/{id}/report", post(report))
+        .route("/images/{id}/file", get(image_file).put(snapshot_upload))
+        .layer(axum::middleware::from_fn_with_state(state, require_agent))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_agent(State(s): State<ComputeState>, req: Request<Body>, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(AGENT_TOKEN_HEADER)
+        .is_some_and(|v| constant_time_eq(v.as_bytes(), s.agent_token.as_bytes()));
+    if !ok || s.agent_token.is_empty() {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "agent authentication failed")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+async fn register(
+    State(s): State<ComputeState>,
+    JsonBody(body): JsonBody<proto::RegisterHost>,
+) -> ApiResult<Json<proto::Registered>> {
+    let h = s.compute.register_host(body).await?;
+    Ok(Json(proto::Registered { id: h.id }))
+}
+
+#[derive(Deserialize)]
+struct HostPath {
+    host: String,
+}
+
+async fn heartbeat(
+    State(s): State<ComputeState>,
+    Path(p): Path<HostPath>,
+) -> ApiResult<StatusCode> {
+    s.compute.heartbeat(&p.host).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn desired(
+    State(s): State<ComputeState>,
+    Path(p): Path<HostPath>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<proto::DesiredState>> {
+    let after = q
+        .get("after")
+        .and_then(|a| a.parse::<i64>().ok())
+        .unwrap_or(-1);
+    let wait = q
+        .get("wait")
+        .and_then(|w| w.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(60);
+    // Polling counts as a heartbeat: an agent waiting on us is alive.
+    s.compute.heartbeat(&p.host).await?;
+    let d = s
+        .compute
+        .desired_state(&p.host, after, Duration::from_secs(wait))
+        .await?;
+    Ok(Json(d))
+}
+
+#[derive(Deserialize)]
+struct InstancePath {
+    host: String,
+    id: String,
+}
+
+async fn report(
+    State(s): State<ComputeState>,
+    Path(p): Path<InstancePath>,
+    JsonBody(body): JsonBody<proto::Report>,
+) -> ApiResult<StatusCode> {
+    s.compute.report(&p.host, &p.id, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ImagePath {
+    id: String,
+}
+
+async fn image_file(
+    State(s): State<ComputeState>,
+    Path(p): Path<ImagePath>,
+) -> ApiResult<Response> {
+    let img = s.images.get_system(&p.id).await?;
+    if img.status != "active" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Image {} is not active.", p.id),
+        ));
+    }
+    let f = tokio::fs::File::open(s.images.data_path(&p.id))
+        .await
+        .map_err(|_| ApiError::not_found(format!("Image {} has no data.", p.id)))?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&len.to_string()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    Ok(resp)
+}
+
+/// A snapshot's data from the agent that made it. Only queued snapshot images accept it.
+async fn snapshot_upload(
+    State(s): State<ComputeState>,
+    Path(p): Path<ImagePath>,
+    req: Request<Body>,
+) -> ApiResult<StatusCode> {
+    let img = s.images.get_system(&p.id).await?;
+    if img.properties.get("image_type").map(String::as_str) != Some("snapshot")
+        || img.status != "queued"
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Not a pending snapshot image.",
+        ));
+    }
+    let stream = req
+        .into_body()
+        .into_data_stream()
+        .map_err(|e| e.to_string());
+    s.images.upload_system(&p.id, stream).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The agent-side address of a server's console output, fetched for `os-getConsoleOutput`.
+pub async fn console_output(
+    s: &ComputeState,
+    ctx: &AuthContext,
+    id: &str,
+    length: Option<i64>,
+) -> ApiResult<String> {
+    let (host, _) = s.compute.server_host(ctx, id).await?;
+    let url = format!(
+        "{}/v1/instances/{id}/console",
+        host.agent_url.trim_end_matches('/')
+    );
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = header::HeaderValue::from_str(&s.agent_token) {
+        headers.insert(AGENT_TOKEN_HEADER, v);
+    }
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Instance {id} console output is unavailable: its compute host does not answer."
+            ),
+        )
+    };
+    let resp = s
+        .http
+        .get(&url)
+        .headers(headers)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|_| unavailable())?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(ApiError::not_found(
+            "Guest does not have a console available.",
+        ));
+    }
+    if !resp.status().is_success() {
+        return Err(unavailable());
+    }
+    let bytes = resp.bytes().await.map_err(|_| unavailable())?;
+    let text = String::from_utf8_lossy(&bytes);
+    // Nova keeps the last `length` lines (all for None or -1), within MAX_CONSOLE_BYTES.
+    let start = text.len().saturating_sub(MAX_CONSOLE_BYTES as usize);
+    let mut tail = &text[text
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|i| *i >= start)
+        .unwrap_or(0)..];
+    if let Some(n) = length.filter(|n| *n >= 0) {
+        let lines: Vec<&str> = tail.split_inclusive('\n').collect();
+        let from = lines.len().saturating_sub(n as usize);
+        let kept: usize = lines[..from].iter().map(|l| l.len()).sum();
+        tail = &tail[kept..];
+    }
+    Ok(tail.to_string())
+}

@@ -1,0 +1,314 @@
+//! Operator views: hypervisors (real host figures from the agents), services, availability
+//! zones, and the caller's absolute limits.
+
+use super::ComputeState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Auth, JsonBody};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use onestack_core::policy::AuthContext;
+use onestack_store::{HostRecord, HostUsage};
+use serde_json::{json, Value};
+
+fn admin(ctx: &AuthContext, rule: &str) -> ApiResult<()> {
+    ctx.require_admin(rule).map_err(ApiError::from)
+}
+
+fn state_of(s: &ComputeState, h: &HostRecord) -> &'static str {
+    if s.compute.host_alive(h) {
+        "up"
+    } else {
+        "down"
+    }
+}
+
+fn status_of(h: &HostRecord) -> &'static str {
+    if h.enabled {
+        "enabled"
+    } else {
+        "disabled"
+    }
+}
+
+fn hypervisor_detail(s: &ComputeState, h: &HostRecord, u: &HostUsage) -> Value {
+    json!({
+        "id": h.num,
+        "hypervisor_hostname": h.host,
+        "state": state_of(s, h),
+        "status": status_of(h),
+        "vcpus": h.vcpus,
+        "memory_mb": h.memory_mb,
+        "local_gb": h.local_gb,
+        "vcpus_used": u.vcpus,
+        "memory_mb_used": u.memory_mb,
+        "local_gb_used": u.disk_gb,
+        "free_ram_mb": h.memory_mb - u.memory_mb,
+        "free_disk_gb": h.local_gb - u.disk_gb,
+        "hypervisor_type": h.hypervisor_type,
+        "hypervisor_version": h.hypervisor_version,
+        "current_workload": 0,
+        "running_vms": u.instances,
+        "disk_available_least": h.local_gb - u.disk_gb,
+        "host_ip": h.host_ip,
+        "cpu_info": h.cpu_info,
+        "service": {"host": h.host, "id": h.num, "disabled_reason": h.disabled_reason},
+    })
+}
+
+async fn hosts_with_usage(s: &ComputeState) -> ApiResult<Vec<(HostRecord, HostUsage)>> {
+    let hosts = s.compute.list_hosts().await?;
+    let usage = s.compute.host_usage().await?;
+    Ok(hosts
+        .into_iter()
+        .map(|h| {
+            let u = usage.get(&h.host).cloned().unwrap_or_default();
+            (h, u)
+        })
+        .collect())
+}
+
+pub async fn hypervisors(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
+    admin(&ctx, "os_compute_api:os-hypervisors:list")?;
+    let list: Vec<Value> = hosts_with_usage(&s)
+        .await?
+        .iter()
+        .map(|(h, _)| {
+            json!({"id": h.num, "hypervisor_hostname": h.host, "state": state_of(&s, h),
+                   "status": status_of(h)})
+        })
+        .collect();
+    Ok(Json(json!({"hypervisors": list})))
+}
+
+pub async fn hypervisors_detail(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+) -> ApiResult<Json<Value>> {
+    admin(&ctx, "os_compute_api:os-hypervisors:list-detail")?;
+    let list: Vec<Value> = hosts_with_usage(&s)
+        .await?
+        .iter()
+        .map(|(h, u)| hypervisor_detail(&s, h, u))
+        .collect();
+    Ok(Json(json!({"hypervisors": list})))
+}
+
+pub async fn hypervisor(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(id): Path<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    admin(&ctx, "os_compute_api:os-hypervisors:show")?;
+    let want = id.get("id").cloned().unwrap_or_default();
+    let all = hosts_with_usage(&s).await?;
+    let found = all
+        .iter()
+        .find(|(h, _)| h.num.to_string() == want)
+        .ok_or_else(|| ApiError::not_found(format!("Hypervisor {want} could not be found.")))?;
+    Ok(Json(
+        json!({"hypervisor": hypervisor_detail(&s, &found.0, &found.1)}),
+    ))
+}
+
+pub async fn hypervisor_statistics(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+) -> ApiResult<Json<Value>> {
+    admin(&ctx, "os_compute_api:os-hypervisors:statistics")?;
+    let all = hosts_with_usage(&s).await?;
+    let sum = |f: &dyn Fn(&(HostRecord, HostUsage)) -> i64| all.iter().map(f).sum::<i64>();
+    Ok(Json(json!({"hypervisor_statistics": {
+        "count": all.len(),
+        "vcpus": sum(&|(h, _)| h.vcpus),
+        "memory_mb": sum(&|(h, _)| h.memory_mb),
+        "local_gb": sum(&|(h, _)| h.local_gb),
+        "vcpus_used": sum(&|(_, u)| u.vcpus),
+        "memory_mb_used": sum(&|(_, u)| u.memory_mb),
+        "local_gb_used": sum(&|(_, u)| u.disk_gb),
+        "free_ram_mb": sum(&|(h, u)| h.memory_mb - u.memory_mb),
+        "free_disk_gb": sum(&|(h, u)| h.local_gb - u.disk_gb),
+        "current_workload": 0,
+        "running_vms": sum(&|(_, u)| u.instances),
+        "disk_available_least": sum(&|(h, u)| h.local_gb - u.disk_gb),
+    }})))
+}
+
+fn service(s: &ComputeState, h: &HostRecord) -> Value {
+    json!({
+        "id": h.num,
+        "binary": "nova-compute",
+        "host": h.host,
+        "zone": h.availability_zone,
+        "status": status_of(h),
+        "state": state_of(s, h),
+        "updated_at": chrono_from_micros(h.last_seen),
+        "disabled_reason": h.disabled_reason,
+    })
+}
+
+fn chrono_from_micros(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    match chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        None => String::new(),
+    }
+}
+
+pub async fn services(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
+    admin(&ctx, "os_compute_api:os-services:list")?;
+    let hosts = s.compute.list_hosts().await?;
+    let list: Vec<Value> = hosts.iter().map(|h| service(&s, h)).collect();
+    Ok(Json(json!({"services": list})))
+}
+
+/// `PUT /os-services/{enable|disable|disable-log-reason}` with `{"host", "binary"}`.
+pub async fn service_update(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(p): Path<std::collections::HashMap<String, String>>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    let action = p.get("id").cloned().unwrap_or_default();
+    let host = body
+        .get("host")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("Invalid input for field/attribute host."))?;
+    let binary = body
+        .get("binary")
+        .and_then(Value::as_str)
+        .unwrap_or("nova-compute");
+    if binary != "nova-compute" {
+        return Err(ApiError::not_found(format!(
+            "Service {binary} on host {host} could not be found."
+        )));
+    }
+    let reason = body.get("disabled_reason").and_then(Value::as_str);
+    let h = match action.as_str() {
+        "enable" => s.compute.set_host_enabled(&ctx, host, true, None).await?,
+        "disable" => s.compute.set_host_enabled(&ctx, host, false, None).await?,
+        "disable-log-reason" => {
+            let r = reason
+                .filter(|r| !r.is_empty() && r.len() <= 255)
+                .ok_or_else(|| ApiError::bad_request("Missing disabled reason field"))?;
+            s.compute
+                .set_host_enabled(&ctx, host, false, Some(r))
+                .await?
+        }
+        "force-down" => {
+            let down = body
+                .get("forced_down")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            s.compute.set_host_forced_down(&ctx, host, down).await?
+        }
+        _ => return Err(ApiError::not_found("Unknown action")),
+    };
+    let mut v = json!({"host": h.host, "binary": "nova-compute", "status": status_of(&h)});
+    if let (Some(r), Some(o)) = (&h.disabled_reason, v.as_object_mut()) {
+        o.insert("disabled_reason".into(), json!(r));
+    }
+    Ok(Json(json!({"service": v})))
+}
+
+/// Removes a compute host that holds no servers (its agent re-registers if it comes back).
+pub async fn service_delete(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(p): Path<std::collections::HashMap<String, String>>,
+) -> ApiResult<StatusCode> {
+    admin(&ctx, "os_compute_api:os-services:delete")?;
+    let id = p.get("id").cloned().unwrap_or_default();
+    let hosts = s.compute.list_hosts().await?;
+    let h = hosts
+        .iter()
+        .find(|h| h.num.to_string() == id)
+        .ok_or_else(|| ApiError::not_found(format!("Service {id} could not be found.")))?;
+    let usage = s.compute.host_usage().await?;
+    if usage.get(&h.host).is_some_and(|u| u.instances > 0) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Unable to delete compute service that is hosting instances: {}",
+                h.host
+            ),
+        ));
+    }
+    s.compute
+        .store()
+        .delete_host(&h.host)
+        .await
+        .map_err(|e| ApiError::from(onestack_core::CoreError::from(e)))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn availability_zones(
+    State(s): State<ComputeState>,
+    Auth(_ctx): Auth,
+) -> ApiResult<Json<Value>> {
+    let zones = s.compute.availability_zones().await?;
+    let list: Vec<Value> = zones
+        .iter()
+        .map(|(z, up, _)| json!({"zoneName": z, "zoneState": {"available": up}, "hosts": null}))
+        .collect();
+    Ok(Json(json!({"availabilityZoneInfo": list})))
+}
+
+pub async fn availability_zones_detail(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+) -> ApiResult<Json<Value>> {
+    admin(&ctx, "os_compute_api:os-availability-zone:detail")?;
+    let zones = s.compute.availability_zones().await?;
+    let list: Vec<Value> = zones
+        .iter()
+        .map(|(z, up, hosts)| {
+            let mut hs = serde_json::Map::new();
+            for h in hosts {
+                hs.insert(
+                    h.host.clone(),
+                    json!({"nova-compute": {"available": s.compute.host_alive(h),
+                           "active": h.enabled, "updated_at": chrono_from_micros(h.last_seen)}}),
+                );
+            }
+            json!({"zoneName": z, "zoneState": {"available": up},
+                   "hosts": if hs.is_empty() { Value::Null } else { Value::Object(hs) }})
+        })
+        .collect();
+    Ok(Json(json!({"availabilityZoneInfo": list})))
+}
+
+pub async fn limits(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
+    let q = s.compute.config().quota;
+    let (n, cores, ram) = match ctx.project_id() {
+        Some(p) => s
+            .compute
+            .store()
+            .count_live_instances(p)
+            .await
+            .map_err(|e| ApiError::from(onestack_core::CoreError::from(e)))?,
+        None => (0, 0, 0),
+    };
+    Ok(Json(json!({"limits": {"rate": [], "absolute": {
+        "maxServerMeta": q.metadata_items,
+        "maxPersonality": 5,
+        "maxPersonalitySize": 10240,
+        "maxImageMeta": 128,
+        "maxTotalKeypairs": q.key_pairs,
+        "maxSecurityGroupRules": 20,
+        "maxSecurityGroups": 10,
+        "maxTotalCores": q.cores,
+        "maxTotalFloatingIps": 10,
+        "maxTotalInstances": q.instances,
+        "maxTotalRAMSize": q.ram_mb,
+        "maxServerGroups": 10,
+        "maxServerGroupMembers": 10,
+        "totalCoresUsed": cores,
+        "totalInstancesUsed": n,
+        "totalRAMUsed": ram,
+        "totalSecurityGroupsUsed": 0,
+        "totalFloatingIpsUsed": 0,
+        "totalServerGroupsUsed": 0,
+    }}})))
+}

@@ -1,0 +1,91 @@
+//! The controller ↔ agent wire format (the internal API): registration, heartbeat, the desired
+//! state of a host's instances, and what an agent reports back. Versioned by path
+//! (`/internal/v1/…`); both sides are this crate, so they cannot drift apart.
+
+use super::state::{TaskState, VmState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterHost {
+    pub host: String,
+    pub host_ip: String,
+    /// The agent's own HTTP endpoint (console output).
+    pub agent_url: String,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub local_gb: i64,
+    pub cpu_info: Value,
+    pub hypervisor_type: String,
+    pub hypervisor_version: i64,
+    /// `kvm` or `qemu` (TCG), what the agent actually uses.
+    pub virt_type: String,
+    pub availability_zone: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Registered {
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Changes whenever any instance of the host changes; poll with `?after=<generation>`.
+    pub generation: i64,
+    pub instances: Vec<DesiredInstance>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredInstance {
+    pub id: String,
+    /// `instance-%08x`
+    pub name: String,
+    pub vm_state: VmState,
+    pub task_state: Option<TaskState>,
+    pub power_state: i64,
+    pub vcpus: i64,
+    pub memory_mb: i64,
+    pub root_gb: i64,
+    pub image: Option<ImageRef>,
+    pub config_drive: Option<ConfigDrive>,
+    /// The image a running createImage uploads to.
+    pub snapshot_image_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageRef {
+    pub id: String,
+    pub disk_format: String,
+    pub size: i64,
+    pub virtual_size: i64,
+    /// SHA-512 of the data (Glance's `os_hash_value`); the agent verifies its download.
+    pub sha512: String,
+}
+
+/// The config drive's contents (the agent writes the ISO).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigDrive {
+    pub meta_data: Value,
+    pub network_data: Value,
+    pub vendor_data: Value,
+    pub ec2_meta_data: Value,
+    /// Decoded user data, base64 as the client sent it.
+    pub user_data: Option<String>,
+}
+
+/// What an agent observed or finished.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    /// The task the agent completed (None: a power state observation only).
+    pub task: Option<TaskState>,
+    pub ok: bool,
+    pub power_state: i64,
+    pub fault: Option<Fault>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Fault {
+    pub code: i64,
+    pub message: String,
+    pub details: String,
+}
