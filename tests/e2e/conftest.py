@@ -33,18 +33,25 @@ def pids_of(data_dir):
 
 
 class Cloud:
-    def __init__(self, root, default_image=False, image_size_cap=None):
+    def __init__(self, root, default_image=False, image_size_cap=None, compute=""):
         self.root = Path(root)
         self.data = self.root / "data"
         self.port = free_port()
         self.image_port = free_port()
+        self.compute_port = free_port()
+        self.agent_port = free_port()
         self.config = self.root / "onestack.toml"
         image = f"[image]\ndefault_image = {'true' if default_image else 'false'}\n"
         if image_size_cap is not None:
             image += f"size_cap = {image_size_cap}\n"
+        accel = os.environ.get("ONESTACK_TEST_ACCEL", "tcg")
+        virt = "kvm" if accel == "kvm" else "qemu"
         self.config.write_text(
             f'[api]\nlisten = "127.0.0.1"\nidentity_port = {self.port}\nimage_port = {self.image_port}\n'
+            f'compute_port = {self.compute_port}\n'
             '[identity]\ntoken_lifetime = 3600\n' + image
+            + f'[compute]\nagent_port = {self.agent_port}\nvirt_type = "{virt}"\nshutdown_timeout = 5\n'
+            + compute
         )
 
     def onestack(self, *args, check=True):
@@ -59,10 +66,13 @@ class Cloud:
     def os(self, *args, cloud="onestack-admin", check=True, extra_env=None):
         env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(self.data / "clouds.yaml"))
         env.update(extra_env or {})
-        return subprocess.run(
+        r = subprocess.run(
             [OPENSTACK, "--os-cloud", cloud, *args],
-            capture_output=True, text=True, timeout=120, check=check, env=env,
+            capture_output=True, text=True, timeout=120, env=env,
         )
+        if check and r.returncode != 0:
+            raise AssertionError(f"openstack {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
+        return r
 
 
 @pytest.fixture
@@ -86,9 +96,23 @@ class make_cloud:
         stop_cloud(self.cloud, self.root)
 
 
+def qemu_pids(data_dir):
+    """Live QEMU processes of this cloud's instances (VMs outlive `onestack down` by design)."""
+    out = []
+    for f in (Path(data_dir) / "compute" / "instances").glob("*/qemu.pid"):
+        try:
+            pid = int(f.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ValueError, OSError):
+            continue
+        if f.parent.name.encode() in cmdline:
+            out.append(pid)
+    return out
+
+
 def stop_cloud(c, root):
     subprocess.run([BIN, "down", "--data-dir", str(c.data)], capture_output=True, timeout=60)
-    for pid in pids_of(c.data):
+    for pid in pids_of(c.data) + qemu_pids(c.data):
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
