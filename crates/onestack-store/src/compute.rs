@@ -662,39 +662,47 @@ impl Store {
     // ---- instances ----
 
     /// Inserts the instance and its metadata; `seq` is assigned here (the next free number).
+    /// The number is computed inside the INSERT, so the transaction's first statement is a
+    /// write (SQLite takes the write lock at once instead of failing a lock upgrade under
+    /// concurrency); two PostgreSQL controllers racing for a number retry on the UNIQUE index.
     pub async fn create_instance(&self, inst: &mut InstanceRecord) -> Result<()> {
         let cols = INSTANCE_COLUMNS.join(", ");
-        let params: Vec<String> = (1..=INSTANCE_COLUMNS.len())
-            .map(|i| format!("${i}"))
+        let mut n = 0;
+        let params: Vec<String> = INSTANCE_COLUMNS
+            .iter()
+            .map(|c| {
+                if *c == "seq" {
+                    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM instances)".to_string()
+                } else {
+                    n += 1;
+                    format!("${n}")
+                }
+            })
             .collect();
-        let sql = format!(
-            "INSERT INTO instances ({cols}) VALUES ({})",
-            params.join(",")
-        );
-        // Two controllers may pick the same number; the UNIQUE constraint makes one retry.
+        let sql = format!("INSERT INTO instances ({cols}) SELECT {}", params.join(","));
         let mut attempts = 0;
         loop {
             let mut tx = self.pool().begin().await?;
-            let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM instances")
-                .fetch_one(&mut *tx)
-                .await?;
-            inst.seq = max.unwrap_or(0) + 1;
             let values = instance_values(inst);
             let mut q = sqlx::query(&sql);
-            for v in &values {
-                q = bind_value(q, v);
-            }
-            match q.execute(&mut *tx).await {
-                Ok(_) => {}
-                Err(e) => {
-                    let e = crate::StoreError::from(e);
-                    attempts += 1;
-                    if matches!(e, crate::StoreError::Conflict(_)) && attempts < 5 {
-                        continue;
-                    }
-                    return Err(e);
+            for (col, v) in INSTANCE_COLUMNS.iter().zip(&values) {
+                if *col != "seq" {
+                    q = bind_value(q, v);
                 }
             }
+            if let Err(e) = q.execute(&mut *tx).await {
+                let e = crate::StoreError::from(e);
+                attempts += 1;
+                if matches!(e, crate::StoreError::Conflict(_)) && attempts < 5 {
+                    continue;
+                }
+                return Err(e);
+            }
+            let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM instances WHERE id = $1")
+                .bind(&inst.id)
+                .fetch_one(&mut *tx)
+                .await?;
+            inst.seq = seq;
             for (k, v) in &inst.metadata {
                 sqlx::query(
                     "INSERT INTO instance_metadata (instance_id, key, value) VALUES ($1,$2,$3)",
@@ -803,6 +811,14 @@ impl Store {
             return Ok(true);
         }
         let mut tx = self.pool().begin().await?;
+        // A write first, so SQLite takes its write lock now (rolled back if nothing matches).
+        sqlx::query(
+            "UPDATE compute_hosts SET generation = generation + 1 WHERE host = \
+             (SELECT host FROM instances WHERE id = $1 AND deleted = 0)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let old_host: Option<(Option<String>,)> =
             sqlx::query_as("SELECT host FROM instances WHERE id = $1 AND deleted = 0")
                 .bind(id)
@@ -856,7 +872,7 @@ impl Store {
             (&"host", SqlValue::Text(t)) => Some(t.clone()),
             _ => None,
         });
-        for h in [old_host, new_host.flatten()].into_iter().flatten() {
+        for h in new_host.flatten().filter(|h| Some(h) != old_host.as_ref()) {
             sqlx::query("UPDATE compute_hosts SET generation = generation + 1 WHERE host = $1")
                 .bind(h)
                 .execute(&mut *tx)

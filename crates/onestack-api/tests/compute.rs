@@ -1,0 +1,812 @@
+//! Compute API integration tests (control plane only): the real identity, image and compute
+//! routers over a temporary SQLite store, with compute hosts registered through the internal
+//! agent API — no hypervisor, the test plays the agent.
+
+use onestack_api::compute::{ComputeState, AGENT_TOKEN_HEADER};
+use onestack_api::image::ImageState;
+use onestack_api::AppState;
+use onestack_core::compute::{ComputeConfig, ComputeService};
+use onestack_core::identity::bootstrap::{self, BootstrapParams};
+use onestack_core::identity::IdentityService;
+use onestack_core::image::ImageService;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const ADMIN_PW: &str = "admin-secret";
+const DEMO_PW: &str = "demo-secret";
+const AGENT_TOKEN: &str = "agent-secret-for-tests";
+
+struct Cloud {
+    identity_url: String,
+    image_url: String,
+    url: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Cloud {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = onestack_store::Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .expect("store");
+    let bind = || async {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+    };
+    let (l_id, l_img, l_cmp) = (bind().await, bind().await, bind().await);
+    let addr = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().expect("addr"));
+    let (identity_url, image_url, url) = (addr(&l_id), addr(&l_img), addr(&l_cmp));
+    bootstrap::run(
+        &store,
+        &BootstrapParams {
+            admin_password: ADMIN_PW.into(),
+            demo_password: DEMO_PW.into(),
+            region: "RegionOne".into(),
+            services: vec![],
+        },
+    )
+    .await
+    .expect("bootstrap");
+    let identity = IdentityService::new(
+        store.clone(),
+        dir.path().join("keys"),
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("identity");
+    let app = AppState {
+        identity,
+        identity_url: identity_url.clone().into(),
+    };
+    let images = ImageService::new(store.clone(), dir.path().join("images"), 1 << 40)
+        .await
+        .expect("images");
+    let compute = ComputeService::new(store, images.clone(), ComputeConfig::default())
+        .await
+        .expect("compute");
+    let cs = ComputeState {
+        app: app.clone(),
+        compute,
+        images: images.clone(),
+        base_url: url.clone().into(),
+        image_url: image_url.clone().into(),
+        agent_token: AGENT_TOKEN.into(),
+        http: reqwest::Client::new(),
+    };
+    let is = ImageState {
+        app: app.clone(),
+        images,
+        base_url: image_url.clone().into(),
+    };
+    tokio::spawn(onestack_api::serve(
+        l_id,
+        onestack_api::identity::router(app),
+        std::future::pending(),
+    ));
+    tokio::spawn(onestack_api::serve(
+        l_img,
+        onestack_api::image::router(is),
+        std::future::pending(),
+    ));
+    tokio::spawn(onestack_api::serve(
+        l_cmp,
+        onestack_api::compute::router(cs),
+        std::future::pending(),
+    ));
+    Cloud {
+        identity_url,
+        image_url,
+        url,
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Cloud {
+    async fn token(&self, user: &str, pw: &str, project: &str) -> String {
+        let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": user, "domain": {"name": "Default"}, "password": pw}}},
+            "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
+        let resp = self
+            .http
+            .post(format!("{}/v3/auth/tokens", self.identity_url))
+            .json(&body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        resp.headers()["x-subject-token"]
+            .to_str()
+            .expect("header")
+            .to_string()
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.url)
+        };
+        let mut req = self.http.request(method, url).header("x-auth-token", token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            headers,
+        )
+    }
+
+    /// Plays a compute agent: registers a host with the given capacity.
+    async fn register_host(&self, host: &str, vcpus: i64, memory_mb: i64, disk_gb: i64) {
+        let resp = self
+            .http
+            .post(format!("{}/internal/v1/hosts", self.url))
+            .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+            .json(
+                &json!({"host": host, "host_ip": "198.18.0.2", "agent_url": "http://198.18.0.2:1",
+                "vcpus": vcpus, "memory_mb": memory_mb, "local_gb": disk_gb, "cpu_info": {},
+                "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
+                "availability_zone": null}),
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    /// An active raw image of `size` bytes, public.
+    async fn image(&self, admin: &str, size: usize) -> String {
+        let (st, img, _) = self
+            .call(Method::POST, &format!("{}/v2/images", self.image_url), admin,
+                Some(json!({"name": "img", "disk_format": "raw", "container_format": "bare", "visibility": "public"})))
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let id = img["id"].as_str().expect("id").to_string();
+        let resp = self
+            .http
+            .put(format!("{}/v2/images/{id}/file", self.image_url))
+            .header("x-auth-token", admin)
+            .header("content-type", "application/octet-stream")
+            .body(vec![7u8; size])
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        id
+    }
+}
+
+fn server_body(image: &str, flavor: &str) -> Value {
+    json!({"server": {"name": "s", "imageRef": image, "flavorRef": flavor}})
+}
+
+#[tokio::test]
+async fn versions_microversions_and_nova_error_bodies() {
+    let c = start().await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    let (st, v, _) = c.call(Method::GET, "/", &demo, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["versions"][1]["id"], "v2.1");
+    assert_eq!(v["versions"][1]["version"], "2.1");
+    let resp = c
+        .http
+        .get(format!("{}/v2.1/flavors", c.url))
+        .header("x-auth-token", &demo)
+        .header("openstack-api-version", "compute 2.1")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["openstack-api-version"], "compute 2.1");
+    assert_eq!(resp.headers()["x-openstack-nova-api-version"], "2.1");
+    for (h, want) in [
+        ("compute 2.90", 406),
+        ("compute latest", 200),
+        ("compute 3.0", 406),
+        ("compute x.y", 400),
+    ] {
+        let resp = c
+            .http
+            .get(format!("{}/v2.1/flavors", c.url))
+            .header("x-auth-token", &demo)
+            .header("openstack-api-version", h)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), want, "{h}");
+    }
+    // Nova's error bodies, keyed by status; project id in the path works too.
+    let (st, body, _) = c.call(Method::GET, "/v2.1/servers/nope", &demo, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(body["itemNotFound"]["code"], 404);
+    let (st, body, _) = c
+        .call(
+            Method::GET,
+            "/v2.1/0123456789abcdef0123456789abcdef/servers/nope",
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    let resp = c
+        .http
+        .post(format!("{}/v2.1/servers", c.url))
+        .header("x-auth-token", &demo)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["badRequest"]["code"], 400);
+    let (st, _, _) = c
+        .call(Method::GET, "/v2.1/servers", "bogus-token", None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // The internal API refuses anyone without the agent secret.
+    let resp = c
+        .http
+        .post(format!("{}/internal/v1/hosts", c.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn create_validates_everything_and_leaks_nothing() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    c.register_host("h1", 8, 16384, 100).await;
+    let image = c.image(&admin, 4 << 20).await;
+    let cases: Vec<(Value, u16)> = vec![
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "999"}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": "nope", "flavorRef": "1"}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1",
+                            "networks": [{"uuid": "5d9ef4ce-2d3c-4e0e-bd31-9b8ad2c5f9a1"}]}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1", "networks": "auto"}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1", "key_name": "none"}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1", "user_data": "%%%"}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1", "min_count": 0}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "", "imageRef": image, "flavorRef": "1"}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": 5, "imageRef": image, "flavorRef": "1"}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1", "bogus": 1}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1", "availability_zone": "mars"}}),
+            400,
+        ),
+        (
+            json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1", "min_count": 11, "max_count": 11}}),
+            403,
+        ),
+        (json!({"nothing": 1}), 400),
+    ];
+    for (body, want) in cases {
+        let (st, resp, _) = c
+            .call(Method::POST, "/v2.1/servers", &demo, Some(body.clone()))
+            .await;
+        assert_eq!(st.as_u16(), want, "{body} → {resp}");
+        assert!(
+            resp.as_object().is_some_and(|o| o.len() == 1),
+            "Nova error body: {resp}"
+        );
+    }
+    // Another tenant's private image is "not found".
+    let (_, img, _) = c
+        .call(Method::POST, &format!("{}/v2/images", c.image_url), &admin,
+            Some(json!({"name": "private", "disk_format": "raw", "container_format": "bare", "visibility": "private"})))
+        .await;
+    let (st, _, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &demo,
+            Some(server_body(img["id"].as_str().unwrap_or(""), "1")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // A flavor whose disk is smaller than the image.
+    let (st, _, _) = c
+        .call(Method::POST, "/v2.1/flavors", &admin,
+            Some(json!({"flavor": {"name": "small-disk", "ram": 64, "vcpus": 1, "disk": 1, "id": "sd"}})))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, big, _) = c
+        .call(Method::POST, &format!("{}/v2/images", c.image_url), &admin,
+            Some(json!({"name": "big", "disk_format": "raw", "container_format": "bare", "visibility": "public", "min_disk": 5})))
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let big_id = big["id"].as_str().unwrap_or("").to_string();
+    let resp = c
+        .http
+        .put(format!("{}/v2/images/{big_id}/file", c.image_url))
+        .header("x-auth-token", &admin)
+        .header("content-type", "application/octet-stream")
+        .body(vec![1u8; 4096])
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (st, err, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &demo,
+            Some(server_body(&big_id, "sd")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(
+        err["badRequest"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("too small"),
+        "{err}"
+    );
+    let (_, list, _) = c.call(Method::GET, "/v2.1/servers", &demo, None).await;
+    assert_eq!(list["servers"], json!([]), "nothing was created");
+    // Over quota with min < max: as many as fit are created.
+    let (st, _, _) = c
+        .call(Method::POST, "/v2.1/servers", &demo,
+            Some(json!({"server": {"name": "many", "imageRef": image, "flavorRef": "1", "min_count": 1, "max_count": 50}})))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (_, list, _) = c
+        .call(Method::GET, "/v2.1/servers/detail", &demo, None)
+        .await;
+    let servers = list["servers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(servers.len(), 10, "the default quota is 10 instances");
+    assert!(servers
+        .iter()
+        .all(|s| s["name"].as_str().is_some_and(|n| n.starts_with("many-"))));
+    // Non-admins see no admin-only fields; admins see the host.
+    assert!(servers[0].get("OS-EXT-SRV-ATTR:host").is_none());
+    let (_, one, _) = c
+        .call(
+            Method::GET,
+            &format!("/v2.1/servers/{}", servers[0]["id"].as_str().unwrap_or("")),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(one["server"]["OS-EXT-SRV-ATTR:host"], "h1");
+    assert_eq!(one["server"]["status"], "BUILD");
+    assert_eq!(one["server"]["OS-EXT-STS:task_state"], "spawning");
+    // Paging: limit + marker walk the list exactly once.
+    let mut seen = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let q = if marker.is_empty() {
+            "/v2.1/servers?limit=3".to_string()
+        } else {
+            format!("/v2.1/servers?limit=3&marker={marker}")
+        };
+        let (_, page, _) = c.call(Method::GET, &q, &demo, None).await;
+        let ids: Vec<String> = page["servers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s["id"].as_str().map(String::from))
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        marker = ids.last().cloned().unwrap_or_default();
+        seen.extend(ids);
+    }
+    assert_eq!(seen.len(), 10);
+    // A tenant never sees or touches another's server.
+    let other = servers[0]["id"].as_str().unwrap_or("");
+    let (st, _, _) = c
+        .call(Method::GET, &format!("/v2.1/servers/{other}"), &admin, None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let admin_server = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &admin,
+            Some(server_body(&image, "1")),
+        )
+        .await
+        .1;
+    let aid = admin_server["server"]["id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    for (m, path, body) in [
+        (Method::GET, format!("/v2.1/servers/{aid}"), None),
+        (Method::DELETE, format!("/v2.1/servers/{aid}"), None),
+        (
+            Method::POST,
+            format!("/v2.1/servers/{aid}/action"),
+            Some(json!({"os-stop": null})),
+        ),
+    ] {
+        let (st, _, _) = c.call(m, &path, &demo, body).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_creates_never_oversubscribe() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    // Two hosts with room for exactly 6 m1.tiny (512 MB) servers in all, after the 512 MB reserve.
+    c.register_host("a", 64, 512 + 3 * 512, 1000).await;
+    c.register_host("b", 64, 512 + 3 * 512, 1000).await;
+    let image = c.image(&admin, 1 << 20).await;
+    let c = std::sync::Arc::new(c);
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let c = c.clone();
+        let admin = admin.clone();
+        let image = image.clone();
+        tasks.push(tokio::spawn(async move {
+            c.call(Method::POST, "/v2.1/servers", &admin,
+                Some(json!({"server": {"name": format!("p{i}"), "imageRef": image, "flavorRef": "1"}})))
+                .await
+                .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::ACCEPTED);
+    }
+    let (_, list, _) = c
+        .call(Method::GET, "/v2.1/servers/detail", &admin, None)
+        .await;
+    let servers = list["servers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(servers.len(), 10);
+    let on = |h: &str| {
+        servers
+            .iter()
+            .filter(|s| s["OS-EXT-SRV-ATTR:host"] == h)
+            .count()
+    };
+    assert_eq!(on("a"), 3, "spread, and no more than fits");
+    assert_eq!(on("b"), 3);
+    let errors: Vec<&Value> = servers.iter().filter(|s| s["status"] == "ERROR").collect();
+    assert_eq!(errors.len(), 4);
+    for e in errors {
+        assert_eq!(e["fault"]["code"], 500);
+        assert!(e["fault"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("No valid host was found"));
+    }
+    // Hypervisor statistics add up to what was placed.
+    let (_, stats, _) = c
+        .call(Method::GET, "/v2.1/os-hypervisors/statistics", &admin, None)
+        .await;
+    assert_eq!(stats["hypervisor_statistics"]["running_vms"], 6);
+    assert_eq!(stats["hypervisor_statistics"]["memory_mb_used"], 6 * 512);
+    // Deleting a server on a host whose agent is alive waits for the agent (task deleting);
+    // an ERROR server that never reached a host goes at once.
+    let err_id = servers
+        .iter()
+        .find(|s| s["status"] == "ERROR")
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let (st, _, _) = c
+        .call(
+            Method::DELETE,
+            &format!("/v2.1/servers/{err_id}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _, _) = c
+        .call(
+            Method::GET,
+            &format!("/v2.1/servers/{err_id}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn actions_follow_the_state_machine_and_agent_reports() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    c.register_host("h1", 8, 16384, 100).await;
+    let image = c.image(&admin, 1 << 20).await;
+    let (st, created, headers) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &demo,
+            Some(server_body(&image, "1")),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    assert!(headers.contains_key("location"));
+    assert!(created["server"]["adminPass"].is_string());
+    let id = created["server"]["id"].as_str().unwrap_or("").to_string();
+    let report = |task: Option<&str>, power: i64| {
+        let c = &c;
+        let id = id.clone();
+        let body = json!({"task": task, "ok": true, "power_state": power, "fault": null});
+        async move {
+            let resp = c
+                .http
+                .post(format!(
+                    "{}/internal/v1/hosts/h1/instances/{id}/report",
+                    c.url
+                ))
+                .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        }
+    };
+    let status = |who: String| {
+        let c = &c;
+        let id = id.clone();
+        async move {
+            c.call(Method::GET, &format!("/v2.1/servers/{id}"), &who, None)
+                .await
+                .1["server"]
+                .clone()
+        }
+    };
+    let act = |body: Value| {
+        let c = &c;
+        let id = id.clone();
+        let demo = demo.clone();
+        async move {
+            c.call(
+                Method::POST,
+                &format!("/v2.1/servers/{id}/action"),
+                &demo,
+                Some(body),
+            )
+            .await
+            .0
+        }
+    };
+    // While building, actions conflict.
+    assert_eq!(act(json!({"os-stop": null})).await, StatusCode::CONFLICT);
+    report(Some("spawning"), 1).await;
+    let s = status(demo.clone()).await;
+    assert_eq!(s["status"], "ACTIVE");
+    assert!(s["OS-SRV-USG:launched_at"].is_string());
+    assert_eq!(act(json!({"os-stop": null})).await, StatusCode::ACCEPTED);
+    assert_eq!(
+        status(demo.clone()).await["OS-EXT-STS:task_state"],
+        "powering-off"
+    );
+    assert_eq!(act(json!({"pause": null})).await, StatusCode::CONFLICT);
+    // A stale report (of a task no longer running) changes nothing.
+    report(Some("pausing"), 3).await;
+    report(Some("powering-off"), 4).await;
+    assert_eq!(status(demo.clone()).await["status"], "SHUTOFF");
+    assert_eq!(act(json!({"unpause": null})).await, StatusCode::CONFLICT);
+    assert_eq!(
+        act(json!({"reboot": {"type": "SOFT"}})).await,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        act(json!({"reboot": {"type": "sideways"}})).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(act(json!({"os-start": null})).await, StatusCode::ACCEPTED);
+    report(Some("powering-on"), 1).await;
+    assert_eq!(status(demo.clone()).await["status"], "ACTIVE");
+    // A VM that vanished is SHUTOFF, never a stale ACTIVE.
+    report(None, 4).await;
+    assert_eq!(status(demo.clone()).await["status"], "SHUTOFF");
+    // Locking: the owner's lock stops the owner's actions until unlocked.
+    assert_eq!(act(json!({"lock": null})).await, StatusCode::ACCEPTED);
+    assert_eq!(act(json!({"os-start": null})).await, StatusCode::CONFLICT);
+    assert_eq!(act(json!({"unlock": null})).await, StatusCode::ACCEPTED);
+    assert_eq!(
+        act(json!({"no-such-action": null})).await,
+        StatusCode::BAD_REQUEST
+    );
+    // Metadata round trip.
+    let (st, m, _) = c
+        .call(
+            Method::POST,
+            &format!("/v2.1/servers/{id}/metadata"),
+            &demo,
+            Some(json!({"metadata": {"a": "1"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(m["metadata"]["a"], "1");
+    let (st, _, _) = c
+        .call(
+            Method::DELETE,
+            &format!("/v2.1/servers/{id}/metadata/zz"),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    // Delete: the agent is alive, so the server is deleting until the agent reports.
+    let (st, _, _) = c
+        .call(Method::DELETE, &format!("/v2.1/servers/{id}"), &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(
+        status(admin.clone()).await["OS-EXT-STS:task_state"],
+        "deleting"
+    );
+    report(Some("deleting"), 0).await;
+    let (st, _, _) = c
+        .call(Method::GET, &format!("/v2.1/servers/{id}"), &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn keypairs_and_flavors() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    // Generated: the private key comes back once.
+    let (st, k, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/os-keypairs",
+            &demo,
+            Some(json!({"keypair": {"name": "gen"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(k["keypair"]["private_key"]
+        .as_str()
+        .unwrap_or("")
+        .contains("PRIVATE KEY"));
+    let (_, shown, _) = c
+        .call(Method::GET, "/v2.1/os-keypairs/gen", &demo, None)
+        .await;
+    assert!(shown["keypair"].get("private_key").is_none());
+    let (st, _, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/os-keypairs",
+            &demo,
+            Some(json!({"keypair": {"name": "gen"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, _, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/os-keypairs",
+            &demo,
+            Some(json!({"keypair": {"name": "bad", "public_key": "ssh-rsa garbage"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/os-keypairs",
+            &demo,
+            Some(json!({"keypair": {"name": "t", "type": "ssh"}})),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "type arrives with microversion 2.2"
+    );
+    // Keypairs are per user: the admin does not see demo's.
+    let (_, list, _) = c.call(Method::GET, "/v2.1/os-keypairs", &admin, None).await;
+    assert_eq!(list["keypairs"], json!([]));
+    let (st, _, _) = c
+        .call(Method::DELETE, "/v2.1/os-keypairs/gen", &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    // Private flavors: invisible until access is granted.
+    let (st, f, _) = c.call(Method::POST, "/v2.1/flavors", &admin,
+        Some(json!({"flavor": {"name": "secret", "ram": "256", "vcpus": 1, "disk": 0, "os-flavor-access:is_public": false}}))).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(f["flavor"]["ram"], 256);
+    assert_eq!(f["flavor"]["swap"], "");
+    let fid = f["flavor"]["id"].as_str().unwrap_or("").to_string();
+    let (st, _, _) = c
+        .call(Method::GET, &format!("/v2.1/flavors/{fid}"), &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let demo_project = c.call(Method::GET, "/v2.1/limits", &demo, None).await;
+    assert_eq!(
+        demo_project.1["limits"]["absolute"]["maxTotalInstances"],
+        10
+    );
+    let (st, all, _) = c
+        .call(
+            Method::GET,
+            "/v2.1/flavors/detail?is_public=None",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(all["flavors"].as_array().map(Vec::len), Some(6));
+    let (st, _, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/flavors",
+            &demo,
+            Some(json!({"flavor": {"name": "mine", "ram": 64, "vcpus": 1, "disk": 0}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, specs, _) = c
+        .call(
+            Method::POST,
+            &format!("/v2.1/flavors/{fid}/os-extra_specs"),
+            &admin,
+            Some(json!({"extra_specs": {"hw:cpu_policy": "shared"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(specs["extra_specs"]["hw:cpu_policy"], "shared");
+    let (st, _, _) = c
+        .call(
+            Method::DELETE,
+            &format!("/v2.1/flavors/{fid}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+}
