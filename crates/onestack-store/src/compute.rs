@@ -872,7 +872,7 @@ impl Store {
             (&"host", SqlValue::Text(t)) => Some(t.clone()),
             _ => None,
         });
-        for h in new_host.flatten().filter(|h| Some(h) != old_host.as_ref()) {
+        if let Some(h) = new_host.flatten().filter(|h| Some(h) != old_host.as_ref()) {
             sqlx::query("UPDATE compute_hosts SET generation = generation + 1 WHERE host = $1")
                 .bind(h)
                 .execute(&mut *tx)
