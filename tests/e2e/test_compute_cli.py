@@ -55,6 +55,28 @@ def wait_console(cloud, server, text, count=1, timeout=180):
     raise AssertionError(f"{text!r} x{count} not on the console of {server}:\n{out[-2000:]}")
 
 
+def serial_roundtrip(url, command=b"echo $((6*7))XY", want=b"42XY", timeout=20):
+    """Types a command on the serial console websocket and returns what came back."""
+    import asyncio
+    import websockets
+
+    async def run():
+        async with websockets.connect(url, subprotocols=["binary"]) as ws:
+            await ws.send(b"\n" + command + b"\n")
+            out = b""
+            deadline = time.time() + timeout
+            while want not in out and time.time() < deadline:
+                try:
+                    m = await asyncio.wait_for(ws.recv(), 2)
+                except asyncio.TimeoutError:
+                    await ws.send(b"\n" + command + b"\n")
+                    continue
+                out += m if isinstance(m, bytes) else m.encode()
+            return out
+
+    return asyncio.run(run())
+
+
 def instance_dirs(cloud):
     d = cloud.data / "compute" / "instances"
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
@@ -84,6 +106,14 @@ def test_server_lifecycle_with_a_real_guest(tmp_path):
         assert "hostname vm1" in out
         assert "1 SSH key(s) installed" in out
         assert len(qemu_pids(cloud.data)) == 1
+
+        # The interactive serial console: a websocket URL with a signed, expiring token.
+        url = json.loads(demo(cloud, "console", "url", "show", "--serial", "vm1", "-f", "json").stdout)["url"]
+        assert url.startswith("ws://") and "token=" in url
+        assert b"42XY" in serial_roundtrip(url)
+        with pytest.raises(Exception) as refused:
+            serial_roundtrip(url[:-2] + "xx", timeout=3)
+        assert "401" in str(refused.value)
 
         # Every power action round-trips, on a real VM.
         demo(cloud, "server", "stop", "vm1")

@@ -1,12 +1,17 @@
-//! The agent's own endpoint: what only the host has — console output.
+//! The agent's own endpoint: what only the host has — console output, and the interactive serial
+//! console as a websocket (the URL the compute API hands out carries a signed, expiring token).
 
-use axum::extract::{Path, Request, State};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
 use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone)]
 struct HttpState {
@@ -16,9 +21,12 @@ struct HttpState {
 
 pub fn router(token: String, instances: PathBuf) -> Router {
     let state = HttpState { token, instances };
-    Router::new()
+    let internal = Router::new()
         .route("/v1/instances/{id}/console", get(console))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/v1/serial", get(serial))
+        .merge(internal)
         .with_state(state)
 }
 
@@ -43,5 +51,83 @@ async fn console(State(s): State<HttpState>, Path(id): Path<String>) -> Response
     match tokio::fs::read(s.instances.join(&id).join("console.log")).await {
         Ok(bytes) => bytes.into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `GET /v1/serial?token=…`: a websocket bridged to the VM's serial console socket.
+async fn serial(
+    State(s): State<HttpState>,
+    Query(q): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let now = chrono_now();
+    let Some(id) = q
+        .get("token")
+        .and_then(|t| onestack_core::compute::console::verify(&s.token, t, now))
+    else {
+        return (StatusCode::UNAUTHORIZED, "invalid or expired console token").into_response();
+    };
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let sock = s.instances.join(&id).join("console.sock");
+    let stream = match tokio::net::UnixStream::connect(&sock).await {
+        Ok(st) => st,
+        Err(_) => {
+            return (
+                StatusCode::CONFLICT,
+                "the server's console is not available (is it running?)",
+            )
+                .into_response()
+        }
+    };
+    ws.protocols(["binary", "base64"])
+        .on_upgrade(move |socket| bridge(socket, stream))
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn bridge(socket: WebSocket, stream: tokio::net::UnixStream) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (mut rd, mut wr) = stream.into_split();
+    let to_vm = async move {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let data = match msg {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_str().as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    };
+    let from_vm = async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    // Either side closing ends the session (QEMU then accepts the next client).
+    tokio::select! {
+        _ = to_vm => {},
+        _ = from_vm => {},
     }
 }

@@ -222,3 +222,33 @@ pub async fn console_output(
     }
     Ok(tail.to_string())
 }
+
+/// A websocket URL to the server's serial console on its host, with a signed token that
+/// expires in 10 minutes. The server must be running.
+pub async fn serial_console_url(
+    s: &ComputeState,
+    ctx: &AuthContext,
+    id: &str,
+) -> ApiResult<String> {
+    let (host, inst) = s.compute.server_host(ctx, id).await?;
+    if onestack_core::compute::server_status(&inst) != "ACTIVE" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Instance {id} is not running; its console is unavailable."),
+        ));
+    }
+    let now = chrono::Utc::now().timestamp();
+    let token = onestack_core::compute::console::issue(
+        &s.agent_token,
+        id,
+        now,
+        onestack_core::compute::console::TOKEN_TTL_SECS,
+    );
+    let base = host.agent_url.trim_end_matches('/');
+    let ws = base
+        .strip_prefix("https://")
+        .map(|r| format!("wss://{r}"))
+        .or_else(|| base.strip_prefix("http://").map(|r| format!("ws://{r}")))
+        .unwrap_or_else(|| base.to_string());
+    Ok(format!("{ws}/v1/serial?token={token}"))
+}

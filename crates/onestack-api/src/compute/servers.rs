@@ -488,11 +488,19 @@ pub async fn action(
             }
             Ok((StatusCode::ACCEPTED, Json(json!({"server": v}))).into_response())
         }
-        "os-getSerialConsole" | "os-getVNCConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => {
-            Err(ApiError::bad_request(
-                "Unavailable console type: remote consoles are not available on this cloud yet; use os-getConsoleOutput.",
-            ))
+        "os-getSerialConsole" => {
+            let t = arg.get("type").and_then(Value::as_str).unwrap_or("");
+            if t != "serial" {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid input for field/attribute type. Value: {t}. '{t}' is not one of ['serial']"
+                )));
+            }
+            let url = super::internal::serial_console_url(&s, &ctx, &p.id).await?;
+            Ok(Json(json!({"console": {"type": "serial", "url": url}})).into_response())
         }
+        "os-getVNCConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => Err(ApiError::bad_request(
+            "Unavailable console type: this cloud offers the serial console (os-getSerialConsole).",
+        )),
         other => Err(ApiError::bad_request(format!(
             "There is no such action: {other}"
         ))),

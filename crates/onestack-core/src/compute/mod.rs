@@ -2,6 +2,7 @@
 //! scheduler call, and the controller side of the agent protocol. Desired state lives in the
 //! database; agents reconcile their host to it and report back (see `proto`).
 
+pub mod console;
 pub mod keypair;
 pub mod metadata;
 pub mod proto;
