@@ -253,3 +253,44 @@ def test_bad_requests_are_refused_and_leak_nothing(tmp_path):
         refused(["flavor", "create", "--ram", "64", "--disk", "1", "--vcpus", "1", "mine"], 403)
         assert json.loads(demo(cloud, "server", "list", "-f", "json").stdout) == []
         assert qemu_pids(cloud.data) == [] and instance_dirs(cloud) == []
+
+
+def test_operator_views_with_the_cli():
+    with make_cloud() as cloud:
+        cloud.up()
+        flavors = {f["Name"]: f for f in json.loads(demo(cloud, "flavor", "list", "-f", "json").stdout)}
+        assert set(flavors) == {"m1.tiny", "m1.small", "m1.medium", "m1.large", "m1.xlarge"}
+        assert flavors["m1.small"]["RAM"] == 2048 and flavors["m1.small"]["Disk"] == 20
+        # The agent registered this host with its real figures.
+        deadline = time.time() + 30
+        while True:
+            hyps = json.loads(cloud.os("hypervisor", "list", "--long", "-f", "json").stdout)
+            if hyps or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(hyps) == 1 and hyps[0]["State"] == "up"
+        assert hyps[0]["vCPUs"] == os.cpu_count()
+        mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
+        assert abs(hyps[0]["Memory MB"] - mem_mb) <= 64
+        services = json.loads(cloud.os("compute", "service", "list", "-f", "json").stdout)
+        assert [(s["Binary"], s["State"], s["Status"]) for s in services] == [("nova-compute", "up", "enabled")]
+        zones = json.loads(demo(cloud, "availability", "zone", "list", "-f", "json").stdout)
+        assert zones == [{"Zone Name": "nova", "Zone Status": "available"}]
+        limits = {l["Name"]: l["Value"] for l in json.loads(
+            demo(cloud, "limits", "show", "--absolute", "-f", "json").stdout)}
+        assert limits["instances"] == 10 and limits["instances_used"] == 0
+        usage = demo(cloud, "usage", "show", "-f", "json")
+        assert usage.returncode == 0
+        r = demo(cloud, "hypervisor", "list", check=False)
+        assert r.returncode != 0 and "403" in r.stderr
+        # A private flavor, visible to the project it is shared with.
+        cloud.os("flavor", "create", "--private", "--ram", "128", "--disk", "1", "--vcpus", "1", "--id", "p1", "private.small")
+        assert "private.small" not in demo(cloud, "flavor", "list", "-f", "value", "-c", "Name").stdout
+        demo_project = json.loads(cloud.os("project", "show", "demo", "-f", "json").stdout)["id"]
+        cloud.os("flavor", "set", "--project", demo_project, "private.small")
+        assert "private.small" in demo(cloud, "flavor", "list", "--all", "-f", "value", "-c", "Name").stdout
+        cloud.os("flavor", "set", "--property", "hw:cpu_policy=shared", "private.small")
+        shown = json.loads(cloud.os("flavor", "show", "private.small", "-f", "json").stdout)
+        assert shown["properties"] == {"hw:cpu_policy": "shared"}
+        cloud.os("flavor", "delete", "private.small")
+        assert "private.small" not in cloud.os("flavor", "list", "--all", "-f", "value", "-c", "Name").stdout

@@ -316,8 +316,17 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
     match task {
         TaskState::Scheduling => Ok(()),
         TaskState::Spawning => {
+            let t0 = std::time::Instant::now();
             prepare_disk(s, d, false).await?;
+            let prepared = t0.elapsed();
             s.driver.start(&spec(s, d)).await?;
+            // Read by scripts/bench-compute.sh to split host time from control-plane time.
+            tracing::info!(
+                instance = %d.id,
+                prepare_ms = prepared.as_secs_f64() * 1000.0,
+                qemu_start_ms = (t0.elapsed() - prepared).as_secs_f64() * 1000.0,
+                "spawned"
+            );
             Ok(())
         }
         TaskState::Rebuilding => {

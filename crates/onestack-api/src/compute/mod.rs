@@ -118,6 +118,8 @@ fn api_routes() -> Router<ComputeState> {
             put(os::service_update).delete(os::service_delete),
         )
         .route("/limits", get(os::limits))
+        .route("/os-simple-tenant-usage", get(os::usage_list))
+        .route("/os-simple-tenant-usage/{project}", get(os::usage_show))
 }
 
 pub fn router(state: ComputeState) -> Router {

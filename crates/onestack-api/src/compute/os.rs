@@ -312,3 +312,111 @@ pub async fn limits(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult
         "totalServerGroupsUsed": 0,
     }}})))
 }
+
+fn usage_doc(
+    project: &str,
+    start: &chrono::NaiveDateTime,
+    end: &chrono::NaiveDateTime,
+    rows: &[&onestack_core::compute::ServerUsage],
+    detailed: bool,
+) -> Value {
+    let fmt = |t: &chrono::NaiveDateTime| t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+    let sum = |f: &dyn Fn(&onestack_core::compute::ServerUsage) -> f64| {
+        rows.iter().map(|r| f(r)).sum::<f64>()
+    };
+    let mut doc = json!({
+        "tenant_id": project,
+        "start": fmt(start),
+        "stop": fmt(end),
+        "total_hours": sum(&|r| r.hours),
+        "total_vcpus_usage": sum(&|r| r.hours * r.instance.vcpus as f64),
+        "total_memory_mb_usage": sum(&|r| r.hours * r.instance.memory_mb as f64),
+        "total_local_gb_usage": sum(&|r| r.hours * (r.instance.root_gb + r.instance.ephemeral_gb) as f64),
+    });
+    if detailed {
+        let now = chrono::Utc::now().naive_utc();
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let i = &r.instance;
+                let state = if i.deleted { "terminated".to_string() } else { i.vm_state.clone() };
+                let started = chrono::NaiveDateTime::parse_from_str(&r.started_at, "%Y-%m-%dT%H:%M:%S%.f").unwrap_or(now);
+                let ended = r
+                    .ended_at
+                    .as_deref()
+                    .and_then(|e| chrono::NaiveDateTime::parse_from_str(e, "%Y-%m-%dT%H:%M:%S%.f").ok())
+                    .unwrap_or(now);
+                json!({
+                    "instance_id": i.id, "name": i.name, "hours": r.hours,
+                    "memory_mb": i.memory_mb, "local_gb": i.root_gb + i.ephemeral_gb, "vcpus": i.vcpus,
+                    "tenant_id": i.project_id, "flavor": i.flavor_name, "started_at": r.started_at,
+                    "ended_at": r.ended_at, "state": state,
+                    "uptime": (ended - started).num_seconds(),
+                })
+            })
+            .collect();
+        if let Some(o) = doc.as_object_mut() {
+            o.insert("server_usages".into(), json!(list));
+        }
+    }
+    doc
+}
+
+/// `GET /os-simple-tenant-usage?start&end&detailed=1` (admin): one entry per project.
+pub async fn usage_list(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let (start, end, rows) = s
+        .compute
+        .usage(
+            &ctx,
+            None,
+            q.get("start").map(String::as_str),
+            q.get("end").map(String::as_str),
+        )
+        .await?;
+    let detailed = q
+        .get("detailed")
+        .is_some_and(|d| d == "1" || d.eq_ignore_ascii_case("true"));
+    let mut projects: std::collections::BTreeMap<&str, Vec<&onestack_core::compute::ServerUsage>> =
+        Default::default();
+    for r in &rows {
+        projects
+            .entry(r.instance.project_id.as_str())
+            .or_default()
+            .push(r);
+    }
+    let list: Vec<Value> = projects
+        .iter()
+        .map(|(p, rs)| usage_doc(p, &start, &end, rs, detailed))
+        .collect();
+    Ok(Json(json!({"tenant_usages": list})))
+}
+
+/// `GET /os-simple-tenant-usage/{project}`: the caller's own project, or any for an admin.
+pub async fn usage_show(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(p): Path<std::collections::HashMap<String, String>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let project = p.get("project").cloned().unwrap_or_default();
+    let (start, end, rows) = s
+        .compute
+        .usage(
+            &ctx,
+            Some(&project),
+            q.get("start").map(String::as_str),
+            q.get("end").map(String::as_str),
+        )
+        .await?;
+    let refs: Vec<&onestack_core::compute::ServerUsage> = rows.iter().collect();
+    let doc = if refs.is_empty() {
+        json!({})
+    } else {
+        usage_doc(&project, &start, &end, &refs, true)
+    };
+    Ok(Json(json!({"tenant_usage": doc})))
+}
