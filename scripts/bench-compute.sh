@@ -90,15 +90,15 @@ def run(n, label):
             if sid in ready:
                 continue
             r = http.post(f"{url}/servers/{sid}/action", headers=hdr,
-                          json={"os-getConsoleOutput": {"length": 5}})
+                          json={"os-getConsoleOutput": {"length": 30}})
             if r.ok and "onestack-tiny: ready" in r.json()["output"]:
                 ready[sid] = time.monotonic()
         time.sleep(0.02 if len(active) < n else 0.25)
     spawns = spawn_log()
     rows = []
-    missing = [sid for sid in start if sid not in spawns]
+    missing = [sid for sid in start if sid not in spawns or sid not in active or sid not in ready]
     if missing:
-        sys.exit(f"no spawn timings logged for {missing} in {log_path}:\n" + open(log_path, errors="replace").read()[-3000:])
+        sys.exit(f"incomplete: {missing} (active {len(active)}, ready {len(ready)}) in {log_path}:\n" + open(log_path, errors="replace").read()[-3000:])
     for sid, t0 in start.items():
         prep, qemu = spawns[sid]
         to_active = (active[sid] - t0) * 1000

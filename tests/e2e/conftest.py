@@ -89,6 +89,8 @@ class make_cloud:
 
     def __enter__(self):
         self.root = tempfile.mkdtemp(prefix="onestack-e2e-")
+        # Traversable (not readable) by others, so QEMU can run as its own unprivileged user.
+        os.chmod(self.root, 0o711)
         self.cloud = Cloud(self.root, **self.kwargs)
         return self.cloud
 

@@ -106,6 +106,12 @@ def test_server_lifecycle_with_a_real_guest(tmp_path):
         assert "hostname vm1" in out
         assert "1 SSH key(s) installed" in out
         assert len(qemu_pids(cloud.data)) == 1
+        # QEMU runs confined and unprivileged: its own user, seccomp sandbox.
+        pid = qemu_pids(cloud.data)[0]
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid = int(next(l for l in status.splitlines() if l.startswith("Uid:")).split()[1])
+        assert uid != 0
+        assert next(l for l in status.splitlines() if l.startswith("Seccomp:")).split()[1] == "2"
 
         # The interactive serial console: a websocket URL with a signed, expiring token.
         url = json.loads(demo(cloud, "console", "url", "show", "--serial", "vm1", "-f", "json").stdout)["url"]

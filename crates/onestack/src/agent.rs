@@ -42,7 +42,67 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         stop_grace: Duration::from_secs(cfg.compute.shutdown_timeout),
         heartbeat: Duration::from_secs(10),
     };
-    let run_as = Some(cfg.compute.qemu_user.clone()).filter(|u| !u.is_empty());
+    let run_as = qemu_user(&cfg.compute.qemu_user, &agent_cfg.instances_dir());
     let driver = QemuDriver::new(agent_cfg.instances_dir(), accel, run_as);
     onestack_agent::agent::run(agent_cfg, driver, crate::serve::shutdown_signal()).await
+}
+
+/// The dedicated user QEMU drops to when the agent runs as root and nothing else is configured.
+pub const QEMU_USER: &str = "onestack-qemu";
+
+/// Which user QEMU runs as. `auto`: as root, a dedicated unprivileged system user (created on
+/// first use) whenever it can reach the instance files; otherwise, and as non-root, the agent's
+/// own user. `root` or empty: the agent's user. Anything else: that user.
+fn qemu_user(setting: &str, instances: &std::path::Path) -> Option<String> {
+    match setting {
+        "" | "root" => return None,
+        "auto" => {}
+        user => return Some(user.to_string()),
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    if let Err(e) = ensure_system_user(QEMU_USER) {
+        tracing::warn!("QEMU runs as root: cannot create the {QEMU_USER} user ({e:#})");
+        return None;
+    }
+    if let Some(blocked) = unsearchable_ancestor(instances) {
+        tracing::warn!(
+            "QEMU runs as root: {} is not searchable by other users, so {QEMU_USER} could not \
+             reach the instance files (chmod o+x it to run QEMU unprivileged)",
+            blocked.display()
+        );
+        return None;
+    }
+    tracing::info!("QEMU runs as the unprivileged user {QEMU_USER}");
+    Some(QEMU_USER.to_string())
+}
+
+fn ensure_system_user(name: &str) -> Result<()> {
+    if nix::unistd::User::from_name(name)?.is_some() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("useradd")
+        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
+        .args(["--shell", "/usr/sbin/nologin", name])
+        .output()
+        .context("cannot run useradd")?;
+    if !out.status.success() && nix::unistd::User::from_name(name)?.is_none() {
+        anyhow::bail!(
+            "useradd failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The first directory on the way to `dir` (itself included) that others cannot traverse.
+fn unsearchable_ancestor(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut chain: Vec<&std::path::Path> = dir.ancestors().collect();
+    chain.reverse();
+    chain
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(|p| p.to_path_buf())
 }

@@ -35,7 +35,8 @@ pub struct ComputeConfig {
     pub agent_port: u16,
     /// The agent's host name; empty = the machine's host name.
     pub host: String,
-    /// Run QEMU as this user (its files are handed to it); empty = the agent's user.
+    /// The user QEMU runs as: `auto` (a dedicated unprivileged user when the agent is root),
+    /// `root`, or a user name.
     pub qemu_user: String,
 }
 
@@ -51,7 +52,7 @@ impl Default for ComputeConfig {
             force_config_drive: true,
             agent_port: 8775,
             host: String::new(),
-            qemu_user: String::new(),
+            qemu_user: "auto".into(),
         }
     }
 }
