@@ -35,6 +35,7 @@ compute_port = $(free_port)
 [compute]
 agent_port = $(free_port)
 virt_type = "$VIRT"
+cpu_allocation_ratio = 16.0  # 10 one-vCPU guests on a 2-core CI machine
 shutdown_timeout = 5
 TOML
 "$BIN" up --data-dir "$TMP/data" --config "$TMP/onestack.toml" --no-demo >/dev/null

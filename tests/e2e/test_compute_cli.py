@@ -300,3 +300,41 @@ def test_operator_views_with_the_cli():
         assert shown["properties"] == {"hw:cpu_policy": "shared"}
         cloud.os("flavor", "delete", "private.small")
         assert "private.small" not in cloud.os("flavor", "list", "--all", "-f", "value", "-c", "Name").stdout
+
+
+def wait_clean(cloud, timeout=60):
+    deadline = time.time() + timeout
+    while (qemu_pids(cloud.data) or instance_dirs(cloud)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert qemu_pids(cloud.data) == [], "a QEMU process leaked"
+    assert instance_dirs(cloud) == [], "an instance directory leaked"
+
+
+def test_delete_mid_boot_and_while_the_agent_is_down():
+    with make_cloud(default_image=True, compute="service_down_time = 4\n") as cloud:
+        cloud.up()
+        # Mid-boot: delete right after create, while the agent is still preparing or starting it.
+        demo(cloud, "server", "create", "--image", "onestack-tiny", "--flavor", "m1.tiny", "early")
+        demo(cloud, "server", "delete", "--wait", "early")
+        wait_clean(cloud)
+
+        # The agent down (stopped, not heartbeating) when the delete comes: the record goes at
+        # once, and the agent reaps the VM and its files when it is back.
+        demo(cloud, "server", "create", "--image", "onestack-tiny", "--flavor", "m1.tiny", "--wait", "late")
+        assert len(qemu_pids(cloud.data)) == 1
+        agent = int((cloud.data / "run" / "compute.pid").read_text().strip())
+        os.kill(agent, signal.SIGSTOP)
+        try:
+            deadline = time.time() + 30
+            while True:
+                svc = json.loads(cloud.os("compute", "service", "list", "-f", "json").stdout)
+                if svc[0]["State"] == "down":
+                    break
+                assert time.time() < deadline, svc
+                time.sleep(0.5)
+            demo(cloud, "server", "delete", "--wait", "late")
+            assert json.loads(demo(cloud, "server", "list", "-f", "json").stdout) == []
+            assert len(qemu_pids(cloud.data)) == 1, "nothing can reap it while the agent is stopped"
+        finally:
+            os.kill(agent, signal.SIGCONT)
+        wait_clean(cloud)

@@ -40,7 +40,10 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             Accel::Tcg => "qemu".into(),
         },
         stop_grace: Duration::from_secs(cfg.compute.shutdown_timeout),
-        heartbeat: Duration::from_secs(10),
+        // Several heartbeats fit in the time after which the controller calls the host down.
+        heartbeat: Duration::from_millis(
+            (cfg.compute.service_down_time * 1000 / 4).clamp(1000, 10_000),
+        ),
     };
     let run_as = qemu_user(&cfg.compute.qemu_user, &agent_cfg.instances_dir());
     let driver = QemuDriver::new(agent_cfg.instances_dir(), accel, run_as);

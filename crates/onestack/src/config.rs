@@ -33,6 +33,8 @@ pub struct ComputeConfig {
     pub force_config_drive: bool,
     /// Port of the compute agent's own endpoint (console output).
     pub agent_port: u16,
+    /// Seconds without a heartbeat after which a compute host is down (Nova's name).
+    pub service_down_time: u64,
     /// The agent's host name; empty = the machine's host name.
     pub host: String,
     /// The user QEMU runs as: `auto` (a dedicated unprivileged user when the agent is root),
@@ -51,6 +53,7 @@ impl Default for ComputeConfig {
             shutdown_timeout: 60,
             force_config_drive: true,
             agent_port: 8775,
+            service_down_time: 60,
             host: String::new(),
             qemu_user: "auto".into(),
         }
@@ -223,6 +226,12 @@ impl Config {
             if !(r > 0.0 && r <= 64.0) {
                 bail!("{k} = {r}: must be above 0 and at most 64");
             }
+        }
+        if !(3..=3600).contains(&self.compute.service_down_time) {
+            bail!(
+                "compute.service_down_time = {}: must be between 3 and 3600 seconds",
+                self.compute.service_down_time
+            );
         }
         if self.compute.agent_port == 0 {
             bail!("compute.agent_port = 0: a fixed port is required");

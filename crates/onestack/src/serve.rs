@@ -51,6 +51,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
                 reserved_ram_mb: cfg.compute.reserved_host_memory_mb,
             },
             force_config_drive: cfg.compute.force_config_drive,
+            service_down_time: Duration::from_secs(cfg.compute.service_down_time),
             ..ComputeConfig::default()
         },
     )
