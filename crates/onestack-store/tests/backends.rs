@@ -153,6 +153,195 @@ async fn scenario(s: &Store) {
     assert!(s.active_revocations(101).await.expect("pruned").is_empty());
 }
 
+/// Compute records: flavors with specs and access, keypairs, hosts, instances with conditional
+/// task updates, host usage and generations.
+async fn compute_scenario(s: &Store) {
+    let mut specs = std::collections::BTreeMap::new();
+    specs.insert("hw:cpu_policy".to_string(), "shared".to_string());
+    let flavor = FlavorRecord {
+        id: "f1".into(),
+        name: "m1.test".into(),
+        vcpus: 2,
+        memory_mb: 512,
+        root_gb: 1,
+        ephemeral_gb: 0,
+        swap_mb: 0,
+        is_public: false,
+        disabled: false,
+        description: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        extra_specs: specs,
+    };
+    s.create_flavor(&flavor).await.expect("flavor");
+    assert_eq!(s.get_flavor("f1").await.expect("get"), flavor);
+    assert!(matches!(
+        s.create_flavor(&flavor).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.add_flavor_project("f1", "p1").await.expect("access");
+    assert_eq!(
+        s.flavors_of_project("p1").await.expect("of"),
+        vec!["f1".to_string()]
+    );
+    let key = KeypairRecord {
+        user_id: "u1".into(),
+        name: "k".into(),
+        key_type: "ssh".into(),
+        public_key: "ssh-ed25519 AAAA".into(),
+        fingerprint: "00".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+    };
+    s.create_keypair(&key).await.expect("key");
+    assert!(matches!(
+        s.create_keypair(&key).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let host = HostRecord {
+        id: "h-1".into(),
+        num: 0,
+        host: "h1".into(),
+        host_ip: "198.18.0.2".into(),
+        agent_url: "http://198.18.0.2:8775".into(),
+        vcpus: 4,
+        memory_mb: 4096,
+        local_gb: 100,
+        cpu_info: "{}".into(),
+        hypervisor_type: "QEMU".into(),
+        hypervisor_version: 7002000,
+        virt_type: "qemu".into(),
+        availability_zone: "nova".into(),
+        enabled: true,
+        disabled_reason: None,
+        forced_down: false,
+        last_seen: 1,
+        generation: 1,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+    };
+    let stored = s.upsert_host(&host).await.expect("host");
+    assert_eq!(stored.num, 1);
+    let again = s.upsert_host(&host).await.expect("re-register");
+    assert_eq!((again.id.as_str(), again.num), ("h-1", 1));
+    assert!(again.generation > stored.generation);
+    let mut inst = InstanceRecord {
+        id: "i-1".into(),
+        seq: 0,
+        name: "vm".into(),
+        project_id: "p1".into(),
+        user_id: "u1".into(),
+        image_id: "img".into(),
+        flavor_id: "f1".into(),
+        flavor_name: "m1.test".into(),
+        vcpus: 2,
+        memory_mb: 512,
+        root_gb: 1,
+        ephemeral_gb: 0,
+        swap_mb: 0,
+        flavor_extra_specs: "{}".into(),
+        key_name: None,
+        key_data: None,
+        user_data: None,
+        config_drive: true,
+        availability_zone: None,
+        host: None,
+        node: None,
+        reservation_id: "r-1".into(),
+        launch_index: 0,
+        hostname: "vm".into(),
+        vm_state: "building".into(),
+        task_state: Some("scheduling".into()),
+        power_state: 0,
+        locked: false,
+        locked_by: None,
+        description: None,
+        access_ipv4: String::new(),
+        access_ipv6: String::new(),
+        security_groups: "[\"default\"]".into(),
+        requested_networks: "null".into(),
+        fault_code: None,
+        fault_message: None,
+        fault_details: None,
+        fault_created: None,
+        snapshot_image_id: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+        launched_at: None,
+        terminated_at: None,
+        deleted: false,
+        metadata: [("a".to_string(), "1".to_string())].into_iter().collect(),
+    };
+    s.create_instance(&mut inst).await.expect("instance");
+    let mut second = inst.clone();
+    second.id = "i-2".into();
+    s.create_instance(&mut second).await.expect("second");
+    assert_eq!((inst.seq, second.seq), (1, 2));
+    let gen_before = s.get_host_by_name("h1").await.expect("h").generation;
+    // Scheduling: only from the expected task.
+    let wrong = Expect::TaskIn(vec![Some("spawning".into())]);
+    let placed: Changes = vec![("host", "h1".into()), ("task_state", "spawning".into())];
+    assert!(!s
+        .update_instance("i-1", &wrong, &placed)
+        .await
+        .expect("update"));
+    let right = Expect::TaskIn(vec![Some("scheduling".into())]);
+    assert!(s
+        .update_instance("i-1", &right, &placed)
+        .await
+        .expect("update"));
+    assert!(s.get_host_by_name("h1").await.expect("h").generation > gen_before);
+    let got = s.get_instance("i-1").await.expect("get");
+    assert_eq!(got.host.as_deref(), Some("h1"));
+    assert_eq!(got.metadata.get("a").map(String::as_str), Some("1"));
+    let done: Changes = vec![
+        ("vm_state", "active".into()),
+        ("task_state", SqlValue::Text(None)),
+        ("power_state", 1i64.into()),
+    ];
+    assert!(s
+        .update_instance("i-1", &Expect::TaskIn(vec![Some("spawning".into())]), &done)
+        .await
+        .expect("u"));
+    assert!(s
+        .update_instance(
+            "i-1",
+            &Expect::TaskIn(vec![None]),
+            &vec![("locked", true.into())]
+        )
+        .await
+        .expect("u"));
+    let usage = s.host_usage().await.expect("usage");
+    assert_eq!(
+        usage["h1"],
+        HostUsage {
+            instances: 1,
+            vcpus: 2,
+            memory_mb: 512,
+            disk_gb: 1
+        }
+    );
+    assert_eq!(s.list_host_instances("h1").await.expect("list").len(), 1);
+    assert_eq!(
+        s.count_live_instances("p1").await.expect("count"),
+        (2, 4, 1024)
+    );
+    assert!(s
+        .mark_instance_deleted("i-1", "2026-01-02T00:00:00Z")
+        .await
+        .expect("delete"));
+    assert_eq!(
+        s.list_instances(Some("p1"), false)
+            .await
+            .expect("live")
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.list_instances(Some("p1"), true).await.expect("all").len(),
+        2
+    );
+    assert!(s.list_host_instances("h1").await.expect("list").is_empty());
+}
+
 #[tokio::test]
 async fn sqlite() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -161,6 +350,7 @@ async fn sqlite() {
         .expect("open");
     assert_eq!(s.backend(), Backend::Sqlite);
     scenario(&s).await;
+    compute_scenario(&s).await;
 }
 
 #[tokio::test]
@@ -193,6 +383,7 @@ async fn postgresql() {
         let s = Store::open(&url).await.expect("open");
         assert_eq!(s.backend(), Backend::Postgres);
         scenario(&s).await;
+        compute_scenario(&s).await;
         Store::open(&url).await.expect("migrations are idempotent");
         s.pool().close().await;
     }
