@@ -55,21 +55,24 @@ import requests
 http = requests.Session()
 
 def create(name):
-    t0 = time.monotonic()
+    t0 = time.time()
     r = http.post(f"{url}/servers", headers=hdr, json={"server": {
         "name": name, "imageRef": image.id, "flavorRef": flavor.id}})
     r.raise_for_status()
-    return r.json()["server"]["id"], t0, time.monotonic()
+    return r.json()["server"]["id"], t0, time.time()
 
 def spawn_log():
+    """Per instance: prepare ms, QEMU start ms, and when the agent picked the task up and
+    finished reporting it (wall clock, same host as this script)."""
     out = {}
     for line in open(log_path, errors="replace"):
         line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-        if "spawned" not in line:
-            continue
-        m = re.search(r"instance=(\S+).*prepare_ms=([\d.]+).*qemu_start_ms=([\d.]+)", line)
+        m = re.search(r"spawned instance=(\S+).*prepare_ms=([\d.]+).*qemu_start_ms=([\d.]+)", line)
         if m:
-            out[m.group(1)] = (float(m.group(2)), float(m.group(3)))
+            out.setdefault(m.group(1), {}).update(prep=float(m.group(2)), qemu=float(m.group(3)))
+        m = re.search(r"spawn reported instance=(\S+).*picked_up_unix_ms=(\d+).*reported_unix_ms=(\d+)", line)
+        if m:
+            out.setdefault(m.group(1), {}).update(picked=int(m.group(2)) / 1000, reported=int(m.group(3)) / 1000)
     return out
 
 def run(n, label):
@@ -79,32 +82,51 @@ def run(n, label):
     api = [t1 - t0 for _, t0, t1 in made]
     active, ready = {}, {}
     deadline = time.monotonic() + 600
-    while len(ready) < n and time.monotonic() < deadline:
-        now = time.monotonic()
-        if len(active) < n:
-            for s in http.get(f"{url}/servers/detail", headers=hdr).json()["servers"]:
+
+    # Status and console are watched by separate threads, so slow console reads never delay
+    # noticing ACTIVE.
+    def watch_status():
+        poll = requests.Session()
+        while len(active) < n and time.monotonic() < deadline:
+            for s in poll.get(f"{url}/servers/detail", headers=hdr).json()["servers"]:
                 if s["id"] in start and s["id"] not in active:
                     assert s["status"] != "ERROR", s
                     if s["status"] == "ACTIVE":
-                        active[s["id"]] = now
-        for sid in list(active):
-            if sid in ready:
-                continue
-            r = http.post(f"{url}/servers/{sid}/action", headers=hdr,
-                          json={"os-getConsoleOutput": {"length": 30}})
-            if r.ok and "onestack-tiny: ready" in r.json()["output"]:
-                ready[sid] = time.monotonic()
-        time.sleep(0.02 if len(active) < n else 0.25)
+                        active[s["id"]] = time.time()
+            time.sleep(0.01)
+
+    def watch_console():
+        poll = requests.Session()
+        while len(ready) < n and time.monotonic() < deadline:
+            for sid in list(active):
+                if sid in ready:
+                    continue
+                r = poll.post(f"{url}/servers/{sid}/action", headers=hdr,
+                              json={"os-getConsoleOutput": {"length": 30}})
+                if r.ok and "onestack-tiny: ready" in r.json()["output"]:
+                    ready[sid] = time.time()
+            time.sleep(0.25)
+
+    with cf.ThreadPoolExecutor(2) as ex:
+        for f in [ex.submit(watch_status), ex.submit(watch_console)]:
+            f.result()
     spawns = spawn_log()
     rows = []
-    missing = [sid for sid in start if sid not in spawns or sid not in active or sid not in ready]
+    missing = [sid for sid in start
+               if "reported" not in spawns.get(sid, {}) or sid not in active or sid not in ready]
     if missing:
         sys.exit(f"incomplete: {missing} (active {len(active)}, ready {len(ready)}) in {log_path}:\n" + open(log_path, errors="replace").read()[-3000:])
     for sid, t0 in start.items():
-        prep, qemu = spawns[sid]
+        sp = spawns[sid]
         to_active = (active[sid] - t0) * 1000
-        rows.append({"to_active_ms": to_active, "host_prepare_ms": prep, "qemu_start_ms": qemu,
-                     "control_plane_ms": to_active - prep - qemu,
+        # Control plane: API call → agent picks the task up, plus agent's report → ACTIVE seen
+        # by the client (polling every 10 ms). Host: the agent's own work in between.
+        before = (sp["picked"] - t0) * 1000
+        after = (active[sid] - sp["reported"]) * 1000
+        rows.append({"to_active_ms": to_active, "control_plane_ms": before + after,
+                     "cp_to_agent_ms": before, "cp_report_to_active_ms": after,
+                     "host_total_ms": (sp["reported"] - sp["picked"]) * 1000,
+                     "host_prepare_ms": sp["prep"], "qemu_start_ms": sp["qemu"],
                      "to_guest_ready_ms": (ready[sid] - t0) * 1000})
     for sid in start:
         http.delete(f"{url}/servers/{sid}", headers=hdr)
@@ -115,8 +137,9 @@ def run(n, label):
     def mx(k):
         return max(r[k] for r in rows)
     print(f"{label}: {n} server(s); create API call median {statistics.median(api)*1000:.0f} ms")
-    for k in ("to_active_ms", "control_plane_ms", "host_prepare_ms", "qemu_start_ms", "to_guest_ready_ms"):
-        print(f"  {k:<20} median {med(k):8.0f}   max {mx(k):8.0f}")
+    for k in ("to_active_ms", "control_plane_ms", "cp_to_agent_ms", "cp_report_to_active_ms",
+              "host_total_ms", "host_prepare_ms", "qemu_start_ms", "to_guest_ready_ms"):
+        print(f"  {k:<24} median {med(k):8.0f}   max {mx(k):8.0f}")
     print(f"  control plane per server vs the 50 ms goal: {med('control_plane_ms') / 50:.2f}x of the budget")
 
 # Warm-up: the first boot on a host downloads and verifies the image once.

@@ -212,6 +212,7 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
         }
         match d.task_state {
             Some(task) if finished != Some(task) => {
+                let picked_up = unix_ms();
                 let outcome = perform(&s, &d, task).await;
                 let power = s.driver.power_state(&d.id).await;
                 let report = match &outcome {
@@ -236,6 +237,10 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
                     }
                 };
                 send_report(&s, &d.id, &report).await;
+                if task == TaskState::Spawning {
+                    // Read by scripts/bench-compute.sh: the agent's share of a boot, by the clock.
+                    tracing::info!(instance = %d.id, picked_up_unix_ms = picked_up, reported_unix_ms = unix_ms(), "spawn reported");
+                }
                 finished = Some(task);
                 if task == TaskState::Deleting && outcome.is_ok() {
                     return;
@@ -474,4 +479,11 @@ fn clean_partial_images(dir: &Path) {
             }
         }
     }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }

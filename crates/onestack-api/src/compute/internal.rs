@@ -85,8 +85,6 @@ async fn desired(
         .and_then(|w| w.parse::<u64>().ok())
         .unwrap_or(0)
         .min(60);
-    // Polling counts as a heartbeat: an agent waiting on us is alive.
-    s.compute.heartbeat(&p.host).await?;
     let d = s
         .compute
         .desired_state(&p.host, after, Duration::from_secs(wait))

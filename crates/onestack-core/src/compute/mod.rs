@@ -1370,8 +1370,16 @@ impl ComputeService {
             if rec.generation > after || tokio::time::Instant::now() >= deadline {
                 let list = self.store.list_host_instances(host).await?;
                 let mut out = Vec::with_capacity(list.len());
+                // Servers share images: look each up once per answer.
+                let mut images: std::collections::HashMap<String, Option<proto::ImageRef>> =
+                    std::collections::HashMap::new();
                 for inst in &list {
-                    out.push(self.desired_instance(inst).await?);
+                    if !images.contains_key(&inst.image_id) {
+                        let r = self.image_ref(&inst.image_id).await;
+                        images.insert(inst.image_id.clone(), r);
+                    }
+                    let image = images.get(&inst.image_id).cloned().flatten();
+                    out.push(self.desired_instance(inst, image));
                 }
                 return Ok(proto::DesiredState {
                     generation: rec.generation,
@@ -1387,17 +1395,22 @@ impl ComputeService {
         }
     }
 
-    async fn desired_instance(&self, inst: &InstanceRecord) -> CoreResult<proto::DesiredInstance> {
-        let image = match self.store.get_image(&inst.image_id).await {
-            Ok(img) => Some(proto::ImageRef {
-                id: img.id.clone(),
-                disk_format: img.disk_format.clone().unwrap_or_else(|| "raw".into()),
-                size: img.size.unwrap_or(0),
-                virtual_size: img.virtual_size.or(img.size).unwrap_or(0),
-                sha512: img.os_hash_value.clone().unwrap_or_default(),
-            }),
-            Err(_) => None,
-        };
+    async fn image_ref(&self, id: &str) -> Option<proto::ImageRef> {
+        let img = self.store.get_image(id).await.ok()?;
+        Some(proto::ImageRef {
+            id: img.id.clone(),
+            disk_format: img.disk_format.clone().unwrap_or_else(|| "raw".into()),
+            size: img.size.unwrap_or(0),
+            virtual_size: img.virtual_size.or(img.size).unwrap_or(0),
+            sha512: img.os_hash_value.clone().unwrap_or_default(),
+        })
+    }
+
+    fn desired_instance(
+        &self,
+        inst: &InstanceRecord,
+        image: Option<proto::ImageRef>,
+    ) -> proto::DesiredInstance {
         let key = inst.key_name.as_deref().zip(inst.key_data.as_deref());
         let config_drive = inst.config_drive.then(|| proto::ConfigDrive {
             meta_data: metadata::meta_data(inst, key),
@@ -1406,7 +1419,7 @@ impl ComputeService {
             ec2_meta_data: metadata::ec2_meta_data(inst, key, ""),
             user_data: inst.user_data.clone(),
         });
-        Ok(proto::DesiredInstance {
+        proto::DesiredInstance {
             id: inst.id.clone(),
             name: metadata::instance_name(inst.seq),
             vm_state: VmState::parse(&inst.vm_state).unwrap_or(VmState::Error),
@@ -1418,7 +1431,7 @@ impl ComputeService {
             image,
             config_drive,
             snapshot_image_id: inst.snapshot_image_id.clone(),
-        })
+        }
     }
 
     /// Applies an agent's report. A finished task moves the state machine on, but only if the
