@@ -140,6 +140,11 @@ def test_server_lifecycle_with_a_real_guest(tmp_path):
         demo(cloud, "server", "reboot", "--hard", "vm1")
         wait_status(cloud, "vm1", "ACTIVE")
         wait_console(cloud, "vm1", "onestack-tiny: ready", count=3)
+        # Rebuild: the same server on a fresh disk from the image; it boots again.
+        demo(cloud, "server", "rebuild", "--image", "onestack-tiny", "--wait", "vm1")
+        wait_status(cloud, "vm1", "ACTIVE")
+        wait_console(cloud, "vm1", "onestack-tiny: ready", count=4)
+        assert show(cloud, "vm1")["id"] == sid
         # A conflicting action is refused with 409 while the state does not allow it.
         r = demo(cloud, "server", "unpause", "vm1", check=False)
         assert r.returncode != 0 and "409" in r.stderr
