@@ -388,17 +388,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         for (k, v) in specs {
-            sqlx::query("DELETE FROM flavor_extra_specs WHERE flavor_id = $1 AND key = $2")
-                .bind(id)
-                .bind(k)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("INSERT INTO flavor_extra_specs (flavor_id, key, value) VALUES ($1,$2,$3)")
-                .bind(id)
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
+            put_pair(&mut tx, "flavor_extra_specs", "flavor_id", id, k, v).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -904,19 +894,7 @@ impl Store {
                 .await?;
         }
         for (k, v) in meta {
-            sqlx::query("DELETE FROM instance_metadata WHERE instance_id = $1 AND key = $2")
-                .bind(id)
-                .bind(k)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO instance_metadata (instance_id, key, value) VALUES ($1,$2,$3)",
-            )
-            .bind(id)
-            .bind(k)
-            .bind(v)
-            .execute(&mut *tx)
-            .await?;
+            put_pair(&mut tx, "instance_metadata", "instance_id", id, k, v).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -959,6 +937,34 @@ impl Store {
         .await?;
         Ok((n, c.unwrap_or(0), m.unwrap_or(0)))
     }
+}
+
+/// Sets `key = value` for one owner in a key/value table (flavor extra specs, server metadata).
+/// Table and column names come from code, never from users.
+async fn put_pair(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    table: &str,
+    owner_col: &str,
+    owner: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    sqlx::query(&format!(
+        "DELETE FROM {table} WHERE {owner_col} = $1 AND key = $2"
+    ))
+    .bind(owner)
+    .bind(key)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {table} ({owner_col}, key, value) VALUES ($1, $2, $3)"
+    ))
+    .bind(owner)
+    .bind(key)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn instance_values(i: &InstanceRecord) -> Vec<SqlValue> {

@@ -35,11 +35,10 @@ pub fn meta_data(inst: &InstanceRecord, public_key: Option<(&str, &str)>) -> Val
         keys.insert(name.to_string(), Value::String(data.to_string()));
         key_list.push(json!({"name": name, "type": "ssh", "data": data}));
     }
-    let seed: [u8; 512] = rand::random::<[[u8; 32]; 16]>()
-        .concat()
-        .try_into()
-        .unwrap_or([0u8; 512]);
     use base64::Engine;
+    use rand::RngCore;
+    let mut seed = [0u8; 512];
+    rand::thread_rng().fill_bytes(&mut seed);
     json!({
         "uuid": inst.id,
         "name": inst.name,

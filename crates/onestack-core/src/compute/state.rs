@@ -240,7 +240,6 @@ pub fn complete(vm: VmState, task: TaskState, ok: bool) -> VmState {
     if !ok {
         return match task {
             Scheduling | Spawning | Rebuilding | RebootingHard => VmState::Error,
-            Deleting => vm,
             _ => vm,
         };
     }
