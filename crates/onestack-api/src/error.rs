@@ -13,6 +13,8 @@ pub struct ApiError {
     pub message: String,
     /// Identity URL for the `WWW-Authenticate` header on 401.
     pub auth_uri: Option<String>,
+    /// Neutron's error type name (`NetworkNotFound`); derived from the status when None.
+    pub kind: Option<&'static str>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             status,
             message: message.into(),
             auth_uri: None,
+            kind: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -39,6 +42,18 @@ impl ApiError {
 
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
+        if let CoreError::Typed {
+            status,
+            kind,
+            message,
+        } = e
+        {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return ApiError {
+                kind: Some(kind),
+                ..ApiError::new(status, message)
+            };
+        }
         let (status, message) = match e {
             CoreError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             CoreError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
@@ -47,6 +62,13 @@ impl From<CoreError> for ApiError {
             CoreError::Conflict(m) => (StatusCode::CONFLICT, m),
             CoreError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             CoreError::Gone(m) => (StatusCode::GONE, m),
+            // Typed errors returned above; kept total without a panic path.
+            CoreError::Typed {
+                status, message, ..
+            } => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                message,
+            ),
             CoreError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -69,15 +91,27 @@ pub enum ErrorFlavor {
     Glance,
     /// `{"itemNotFound": {"code": 404, "message": "…"}}`, keyed by status.
     Nova,
+    /// `{"NeutronError": {"type": "NetworkNotFound", "message": "…", "detail": ""}}`
+    Neutron,
 }
 
 /// Carried in the response extensions so the middleware can re-render the body per flavor.
 #[derive(Clone, Debug)]
 pub struct ErrorInfo {
     pub message: String,
+    pub kind: Option<&'static str>,
 }
 
 pub fn error_body(flavor: ErrorFlavor, status: StatusCode, message: &str) -> serde_json::Value {
+    error_body_typed(flavor, status, message, None)
+}
+
+pub fn error_body_typed(
+    flavor: ErrorFlavor,
+    status: StatusCode,
+    message: &str,
+    kind: Option<&str>,
+) -> serde_json::Value {
     let title = status.canonical_reason().unwrap_or("Error");
     match flavor {
         ErrorFlavor::Keystone => {
@@ -99,6 +133,21 @@ pub fn error_body(flavor: ErrorFlavor, status: StatusCode, message: &str) -> ser
             };
             json!({key: {"code": status.as_u16(), "message": message}})
         }
+        ErrorFlavor::Neutron => {
+            // webob's exception class names, as Neutron reports errors without a type of its own.
+            let kind = kind.unwrap_or(match status.as_u16() {
+                400 => "HTTPBadRequest",
+                401 => "HTTPUnauthorized",
+                403 => "HTTPForbidden",
+                404 => "HTTPNotFound",
+                405 => "HTTPMethodNotAllowed",
+                409 => "HTTPConflict",
+                413 => "HTTPRequestEntityTooLarge",
+                415 => "HTTPUnsupportedMediaType",
+                _ => "HTTPInternalServerError",
+            });
+            json!({"NeutronError": {"type": kind, "message": message, "detail": ""}})
+        }
         ErrorFlavor::Glance => json!({
             "message": message,
             "code": format!("{} {title}", status.as_u16()),
@@ -113,6 +162,7 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.extensions_mut().insert(ErrorInfo {
             message: self.message.clone(),
+            kind: self.kind,
         });
         if self.status == StatusCode::UNAUTHORIZED {
             let uri = self.auth_uri.unwrap_or_default();

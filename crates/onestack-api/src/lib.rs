@@ -7,6 +7,7 @@ pub mod extract;
 pub mod identity;
 pub mod image;
 pub mod middleware;
+pub mod network;
 
 use onestack_core::identity::IdentityService;
 use std::sync::Arc;

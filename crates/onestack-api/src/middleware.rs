@@ -2,7 +2,7 @@
 //! identity URL on every 401, and error bodies in the service's own shape — for handler errors
 //! and for those the router itself produces (unknown route, 405, 413).
 
-use crate::error::{error_body, ErrorFlavor, ErrorInfo};
+use crate::error::{error_body, error_body_typed, ErrorFlavor, ErrorInfo};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -41,7 +41,7 @@ pub async fn request_context(
             let headers = resp.headers().clone();
             resp = (
                 status,
-                axum::Json(error_body(flavor, status, &info.message)),
+                axum::Json(error_body_typed(flavor, status, &info.message, info.kind)),
             )
                 .into_response();
             for (k, v) in &headers {

@@ -23,6 +23,13 @@ pub enum CoreError {
     Gone(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// An error with a service-specific type name (Neutron's `NeutronError.type`).
+    #[error("{message}")]
+    Typed {
+        status: u16,
+        kind: &'static str,
+        message: String,
+    },
 }
 
 pub type CoreResult<T> = Result<T, CoreError>;

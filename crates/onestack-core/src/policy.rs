@@ -35,6 +35,39 @@ pub struct AuthContext {
 }
 
 impl AuthContext {
+    /// OneStack itself acting as admin on `project_id` (bootstrap, internal calls); never made
+    /// from a request.
+    pub fn service(project_id: &str) -> AuthContext {
+        let none = NamedRef {
+            id: String::new(),
+            name: "onestack".into(),
+        };
+        AuthContext {
+            token: TokenPayload {
+                user_id: String::new(),
+                project_id: Some(project_id.to_string()),
+                methods: Vec::new(),
+                issued_at: 0,
+                expires_at: 0,
+                audit_ids: Vec::new(),
+            },
+            user: none.clone(),
+            user_domain: none.clone(),
+            project: Some(ProjectScope {
+                id: project_id.to_string(),
+                name: String::new(),
+                domain: none,
+            }),
+            roles: ["admin", "member", "reader"]
+                .iter()
+                .map(|r| RoleRef {
+                    id: String::new(),
+                    name: (*r).into(),
+                })
+                .collect(),
+        }
+    }
+
     pub fn has_role(&self, name: &str) -> bool {
         self.roles.iter().any(|r| r.name == name)
     }

@@ -23,10 +23,12 @@ mod compute;
 mod identity;
 mod image;
 mod migrations;
+mod network;
 
 pub use compute::*;
 pub use identity::*;
 pub use image::*;
+pub use network::*;
 
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
 use sqlx::AnyPool;

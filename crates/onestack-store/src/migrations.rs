@@ -242,6 +242,43 @@ CREATE TABLE instance_metadata (
 )
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE net_resources (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    network_id TEXT,
+    device_id TEXT,
+    name TEXT NOT NULL,
+    unique_key TEXT UNIQUE,
+    seq BIGINT,
+    body TEXT NOT NULL,
+    revision BIGINT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX net_resources_kind ON net_resources (kind, project_id);
+CREATE INDEX net_resources_network ON net_resources (network_id, kind);
+CREATE INDEX net_resources_device ON net_resources (device_id);
+CREATE UNIQUE INDEX net_resources_seq ON net_resources (kind, seq);
+CREATE TABLE ip_allocations (
+    network_id TEXT NOT NULL,
+    ip_address TEXT NOT NULL,
+    subnet_id TEXT NOT NULL,
+    port_id TEXT NOT NULL,
+    PRIMARY KEY (network_id, ip_address)
+);
+CREATE INDEX ip_allocations_port ON ip_allocations (port_id);
+CREATE INDEX ip_allocations_subnet ON ip_allocations (subnet_id);
+CREATE TABLE net_generation (
+    id BIGINT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO net_generation (id, value) VALUES (1, 1)
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

@@ -146,6 +146,14 @@ pub struct NetworkConfig {
     pub public_interface: String,
     /// Host interface carrying tenant traffic between hosts; empty = single-NIC host.
     pub flat_interface: String,
+    /// MTU of new networks.
+    pub mtu: u32,
+    /// DNS servers handed to guests of the bootstrap `private` subnet.
+    pub dns_nameservers: Vec<String>,
+    /// This host's agent runs DHCP, metadata and routers for every network.
+    pub network_node: bool,
+    /// Prepended to the `qdhcp-…` and `qrouter-…` namespace names (tests use a unique one).
+    pub namespace_prefix: String,
 }
 
 impl Default for NetworkConfig {
@@ -155,6 +163,10 @@ impl Default for NetworkConfig {
             floating_range: "172.24.4.0/24".into(),
             public_interface: String::new(),
             flat_interface: String::new(),
+            mtu: 1500,
+            dns_nameservers: Vec::new(),
+            network_node: true,
+            namespace_prefix: String::new(),
         }
     }
 }
@@ -268,6 +280,10 @@ impl Config {
 
     pub fn image_url(&self) -> String {
         format!("http://{}:{}", self.public_host(), self.api.image_port)
+    }
+
+    pub fn network_url(&self) -> String {
+        format!("http://{}:{}", self.public_host(), self.api.network_port)
     }
 
     pub fn compute_url(&self) -> String {

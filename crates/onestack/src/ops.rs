@@ -57,6 +57,13 @@ fn services(cfg: &Config) -> Vec<ServiceEndpoints> {
             "OneStack Compute Service",
             cfg.compute_url() + "/v2.1",
         ),
+        // Unversioned: openstacksdk and gophercloud append /v2.0.
+        endpoint(
+            "network",
+            "neutron",
+            "OneStack Network Service",
+            cfg.network_url(),
+        ),
     ]
 }
 
@@ -123,6 +130,43 @@ async fn register_default_image(
             onestack_image::IMAGE_NAME
         ),
     }
+}
+
+/// `public`, `private`, `router1` and the demo project's default group rules (once).
+async fn bootstrap_networks(
+    store: &onestack_store::Store,
+    cfg: &Config,
+    no_demo: bool,
+    t0: Instant,
+) -> Result<()> {
+    let domain = onestack_core::identity::DEFAULT_DOMAIN_ID;
+    let admin = store
+        .find_project(domain, "admin")
+        .await
+        .context("no admin project")?;
+    let demo = if no_demo {
+        None
+    } else {
+        store.find_project(domain, "demo").await.ok()
+    };
+    let net =
+        onestack_core::network::NetworkService::new(store.clone(), serve::network_config(cfg));
+    let created = net
+        .bootstrap(&onestack_core::network::bootstrap::BootstrapNetworks {
+            admin_project: &admin.id,
+            demo_project: demo.as_ref().map(|p| p.id.as_str()),
+            fixed_range: &cfg.network.fixed_range,
+            floating_range: &cfg.network.floating_range,
+            dns_nameservers: &cfg.network.dns_nameservers,
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("network bootstrap failed: {e}"))?;
+    if created.is_empty() {
+        step(t0, "network bootstrap: everything already in place");
+    } else {
+        step(t0, &format!("network bootstrap: {}", created.join(", ")));
+    }
+    Ok(())
 }
 
 async fn healthy(cfg: &Config) -> bool {
@@ -196,6 +240,7 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     if cfg.image.default_image {
         register_default_image(&store, &cfg, &dd, t0).await;
     }
+    bootstrap_networks(&store, &cfg, no_demo, t0).await?;
     drop(store);
     if report.created.is_empty() {
         step(t0, "identity bootstrap: everything already in place");

@@ -5,11 +5,14 @@ use crate::paths::DataDir;
 use anyhow::{Context, Result};
 use onestack_api::compute::ComputeState;
 use onestack_api::image::ImageState;
+use onestack_api::network::NetworkApiState;
 use onestack_api::AppState;
 use onestack_core::compute::{scheduler::Ratios, ComputeConfig, ComputeService};
 use onestack_core::identity::IdentityService;
 use onestack_core::image::ImageService;
+use onestack_core::network::NetworkService;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub fn database_url(cfg: &Config, dd: &DataDir) -> String {
@@ -40,6 +43,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     let images = ImageService::new(store.clone(), dd.images(), cfg.image.size_cap)
         .await
         .context("cannot start the image service")?;
+    let network = Arc::new(NetworkService::new(store.clone(), network_config(&cfg)));
     let compute = ComputeService::new(
         store,
         images.clone(),
@@ -57,6 +61,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     )
     .await
     .context("cannot start the compute service")?;
+    compute.attach_network(network.clone());
     let compute_state = ComputeState {
         app: state.clone(),
         compute,
@@ -71,7 +76,14 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         images,
         base_url: cfg.image_url().into(),
     };
+    let network_state = NetworkApiState {
+        app: state.clone(),
+        net: network,
+        base_url: cfg.network_url().into(),
+    };
     let identity_listener = bind(&cfg, cfg.api.identity_port, "identity").await?;
+    let network_listener = bind(&cfg, cfg.api.network_port, "network").await?;
+    tracing::info!(url = %cfg.network_url(), "network API listening");
     let image_listener = bind(&cfg, cfg.api.image_port, "image").await?;
     let compute_listener = bind(&cfg, cfg.api.compute_port, "compute").await?;
     tracing::info!(url = %cfg.compute_url(), "compute API listening");
@@ -100,16 +112,35 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         onestack_api::compute::router(compute_state),
         stopped(),
     );
+    let network_server = onestack_api::serve(
+        network_listener,
+        onestack_api::network::router(network_state),
+        stopped(),
+    );
     let signal = async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     };
-    let (a, b, c, ()) = tokio::join!(identity_server, image_server, compute_server, signal);
+    let (a, b, c, d, ()) = tokio::join!(
+        identity_server,
+        image_server,
+        compute_server,
+        network_server,
+        signal
+    );
+    d.context("network API server failed")?;
     a.context("identity API server failed")?;
     b.context("image API server failed")?;
     c.context("compute API server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+pub fn network_config(cfg: &Config) -> onestack_core::network::NetworkConfig {
+    onestack_core::network::NetworkConfig {
+        mtu: cfg.network.mtu,
+        namespace_prefix: cfg.network.namespace_prefix.clone(),
+    }
 }
 
 async fn bind(cfg: &Config, port: u16, what: &str) -> Result<tokio::net::TcpListener> {

@@ -81,7 +81,7 @@ pub fn server_brief(s: &ComputeState, i: &InstanceRecord) -> Value {
     json!({"id": i.id, "name": i.name, "links": links(s, "servers", &i.id)})
 }
 
-pub fn server(s: &ComputeState, ctx: &AuthContext, i: &InstanceRecord) -> Value {
+pub fn server(s: &ComputeState, ctx: &AuthContext, i: &InstanceRecord, addresses: Value) -> Value {
     let status = server_status(i);
     let groups: Vec<String> = serde_json::from_str(&i.security_groups).unwrap_or_default();
     let mut v = json!({
@@ -100,7 +100,7 @@ pub fn server(s: &ComputeState, ctx: &AuthContext, i: &InstanceRecord) -> Value 
                    "href": format!("{}/flavors/{}", s.base_url, i.flavor_id)}]},
         "created": i.created_at,
         "updated": i.updated_at,
-        "addresses": {},
+        "addresses": addresses,
         "accessIPv4": i.access_ipv4,
         "accessIPv6": i.access_ipv6,
         "links": links(s, "servers", &i.id),

@@ -102,7 +102,19 @@ pub async fn list_detail(
 ) -> ApiResult<Json<Value>> {
     let sq = query(&q)?;
     let list = s.compute.list_servers(&ctx, &sq).await?;
-    let v: Vec<Value> = list.iter().map(|i| render::server(&s, &ctx, i)).collect();
+    let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+    let mut addrs = s.compute.addresses(&ids).await?;
+    let v: Vec<Value> = list
+        .iter()
+        .map(|i| {
+            render::server(
+                &s,
+                &ctx,
+                i,
+                addrs.remove(&i.id).unwrap_or_else(|| json!({})),
+            )
+        })
+        .collect();
     let mut out = json!({"servers": v});
     if let (Some(links), Some(o)) = (next_link(&s, true, &v, sq.limit), out.as_object_mut()) {
         o.insert("servers_links".into(), links);
@@ -116,7 +128,17 @@ pub async fn show(
     Path(p): Path<ServerPath>,
 ) -> ApiResult<Json<Value>> {
     let i = s.compute.get_server(&ctx, &p.id).await?;
-    Ok(Json(json!({"server": render::server(&s, &ctx, &i)})))
+    Ok(Json(
+        json!({"server": render::server(&s, &ctx, &i, addresses_of(&s, &i.id).await?)}),
+    ))
+}
+
+async fn addresses_of(s: &ComputeState, id: &str) -> ApiResult<Value> {
+    Ok(s.compute
+        .addresses(&[id])
+        .await?
+        .remove(id)
+        .unwrap_or_else(|| json!({})))
 }
 
 fn bad_field(name: &str) -> ApiError {
@@ -381,7 +403,9 @@ pub async fn update(
     }
     let name = opt_string(o, "name")?;
     let i = s.compute.update_server(&ctx, &p.id, name, None).await?;
-    Ok(Json(json!({"server": render::server(&s, &ctx, &i)})))
+    Ok(Json(
+        json!({"server": render::server(&s, &ctx, &i, addresses_of(&s, &i.id).await?)}),
+    ))
 }
 
 pub async fn delete(
@@ -399,7 +423,7 @@ pub async fn ips(
     Path(p): Path<ServerPath>,
 ) -> ApiResult<Json<Value>> {
     s.compute.get_server(&ctx, &p.id).await?;
-    Ok(Json(json!({"addresses": {}})))
+    Ok(Json(json!({"addresses": addresses_of(&s, &p.id).await?})))
 }
 
 /// `POST /servers/{id}/action`: exactly one action key.
@@ -482,7 +506,7 @@ pub async fn action(
                 .ok_or_else(|| bad_field("imageRef"))?;
             let new_name = arg.get("name").and_then(Value::as_str).map(str::to_string);
             let i = s.compute.rebuild(&ctx, &p.id, image, new_name).await?;
-            let mut v = render::server(&s, &ctx, &i);
+            let mut v = render::server(&s, &ctx, &i, addresses_of(&s, &i.id).await?);
             if let Some(o) = v.as_object_mut() {
                 o.insert("adminPass".into(), json!(admin_pass()));
             }

@@ -76,6 +76,8 @@ pub struct ComputeService {
     placement: tokio::sync::Mutex<()>,
     /// Wakes long-polling agents when this controller changes desired state.
     changed: tokio::sync::Notify,
+    /// Ports, addresses and security groups of servers (absent in control-plane-only tests).
+    network: std::sync::OnceLock<Arc<crate::network::NetworkService>>,
 }
 
 /// A server create request, validated for types by the API layer.
@@ -171,6 +173,7 @@ impl ComputeService {
             cfg,
             placement: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
+            network: std::sync::OnceLock::new(),
         };
         svc.ensure_default_flavors().await?;
         Ok(Arc::new(svc))
@@ -178,6 +181,26 @@ impl ComputeService {
 
     pub fn config(&self) -> &ComputeConfig {
         &self.cfg
+    }
+
+    /// Gives servers NICs from the network service.
+    pub fn attach_network(&self, network: Arc<crate::network::NetworkService>) {
+        let _ = self.network.set(network);
+    }
+
+    pub fn network(&self) -> Option<&Arc<crate::network::NetworkService>> {
+        self.network.get()
+    }
+
+    /// Nova's `addresses` per server id (empty objects without a network service).
+    pub async fn addresses(
+        &self,
+        ids: &[&str],
+    ) -> CoreResult<std::collections::HashMap<String, serde_json::Value>> {
+        let Some(net) = self.network.get() else {
+            return Ok(ids.iter().map(|i| (i.to_string(), json!({}))).collect());
+        };
+        Ok(net.server_addresses(ids).await?.into_iter().collect())
     }
 
     pub fn store(&self) -> &Store {
@@ -872,23 +895,58 @@ impl ComputeService {
             )));
         }
         validate_metadata(&req.metadata)?;
-        // Networking arrives with the network service: until then there is no network to ask for.
-        if let Some(nets) = &req.networks {
-            if let Some(n) = nets.first() {
-                let what = n.uuid.clone().or(n.port.clone()).unwrap_or_default();
-                return Err(CoreError::BadRequest(format!(
-                    "Network {what} could not be found."
-                )));
-            }
-        }
         let mut groups = req.security_groups.clone();
         if groups.is_empty() {
             groups.push("default".into());
         }
-        if let Some(g) = groups.iter().find(|g| g.as_str() != "default") {
-            return Err(CoreError::BadRequest(format!(
-                "Unable to find security_group with name or id '{g}'"
-            )));
+        // NICs: the requested networks/ports, or (none asked) the project's only network.
+        // An empty list means "pick for me" before microversion 2.37, as no list does.
+        let requested = req.networks.as_ref().filter(|n| !n.is_empty());
+        let nic_requests: Vec<(Option<String>, Option<String>, Option<String>)> = match (
+            self.network.get(),
+            requested,
+        ) {
+            (None, Some(nets)) => {
+                if let Some(n) = nets.first() {
+                    let what = n.uuid.clone().or(n.port.clone()).unwrap_or_default();
+                    return Err(CoreError::BadRequest(format!(
+                        "Network {what} could not be found."
+                    )));
+                }
+                Vec::new()
+            }
+            (None, None) => Vec::new(),
+            (Some(_), Some(nets)) => nets
+                .iter()
+                .map(|n| (n.uuid.clone(), n.port.clone(), n.fixed_ip.clone()))
+                .collect(),
+            (Some(net), None) => {
+                let nets = net.default_networks(ctx).await?;
+                if nets.len() > 1 {
+                    return Err(CoreError::Conflict(
+                        "Multiple possible networks found, use a Network ID to be more specific."
+                            .into(),
+                    ));
+                }
+                nets.into_iter().map(|n| (Some(n), None, None)).collect()
+            }
+        };
+        if req.max_count > 1
+            && nic_requests
+                .iter()
+                .any(|(_, port, ip)| port.is_some() || ip.is_some())
+        {
+            return Err(CoreError::BadRequest(
+                "Unable to launch multiple instances with a single configured port or fixed IP."
+                    .into(),
+            ));
+        }
+        if self.network.get().is_none() {
+            if let Some(g) = groups.iter().find(|g| g.as_str() != "default") {
+                return Err(CoreError::BadRequest(format!(
+                    "Unable to find security_group with name or id '{g}'"
+                )));
+            }
         }
         // Availability zone, optionally `zone:host` (admin only).
         let (zone, forced_host) = match &req.availability_zone {
@@ -949,8 +1007,23 @@ impl ComputeService {
                 name.to_string()
             };
             let t = now();
+            let id = uuid::Uuid::new_v4().to_string();
+            // Ports first: a bad network, port, address or group refuses the request before any
+            // server record exists (later servers of a batch just stop the batch).
+            if let Some(net) = self.network.get().filter(|_| !nic_requests.is_empty()) {
+                if let Err(e) = net
+                    .allocate_server_ports(ctx, &id, &nic_requests, &groups)
+                    .await
+                {
+                    if created.is_empty() {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "stopping a multi-server create early");
+                    break;
+                }
+            }
             let mut inst = InstanceRecord {
-                id: uuid::Uuid::new_v4().to_string(),
+                id,
                 seq: 0,
                 name: display.clone(),
                 project_id: project.clone(),
@@ -1027,6 +1100,9 @@ impl ComputeService {
             self.host_alive(h)
         });
         let t = now();
+        if let (Ok(h), Some(net)) = (&picked, self.network.get()) {
+            net.bind_server_ports(&inst.id, h).await?;
+        }
         let changes: Changes = match &picked {
             Ok(h) => {
                 let az = hosts
@@ -1276,6 +1352,7 @@ impl ComputeService {
         };
         if !host_up {
             self.store.mark_instance_deleted(id, &now()).await?;
+            self.release_ports(id).await;
             self.cleanup_snapshot(&inst).await;
             self.notify();
             return Ok(());
@@ -1295,6 +1372,15 @@ impl ComputeService {
             .await?;
         self.notify();
         Ok(())
+    }
+
+    /// Frees a deleted server's ports; a failure is logged (the ports stay, nothing breaks).
+    async fn release_ports(&self, id: &str) {
+        if let Some(net) = self.network.get() {
+            if let Err(e) = net.release_server_ports(id).await {
+                tracing::error!(instance = %id, error = %e, "cannot release the ports of a deleted server");
+            }
+        }
     }
 
     async fn cleanup_snapshot(&self, inst: &InstanceRecord) {
@@ -1379,7 +1465,8 @@ impl ComputeService {
                         images.insert(inst.image_id.clone(), r);
                     }
                     let image = images.get(&inst.image_id).cloned().flatten();
-                    out.push(self.desired_instance(inst, image));
+                    let nics = self.nics(&inst.id).await?;
+                    out.push(self.desired_instance(inst, image, nics));
                 }
                 return Ok(proto::DesiredState {
                     generation: rec.generation,
@@ -1406,19 +1493,85 @@ impl ComputeService {
         })
     }
 
+    /// A server's NICs as the agent plugs them, in order.
+    async fn nics(&self, id: &str) -> CoreResult<Vec<proto::Nic>> {
+        let Some(net) = self.network.get() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for p in net.server_ports(id).await? {
+            let mut dns = Vec::new();
+            for s in net.subnets_of(&p.network_id).await? {
+                if p.fixed_ips.iter().any(|f| f.subnet_id == s.id) {
+                    dns.extend(s.dns_nameservers.clone());
+                }
+            }
+            let mtu = net
+                .network(&p.network_id)
+                .await
+                .map(|n| n.mtu)
+                .unwrap_or(1500);
+            out.push(proto::Nic {
+                port_id: p.id.clone(),
+                network_id: p.network_id.clone(),
+                mac: p.mac_address.clone(),
+                tap: crate::network::proto::tap_name(&p.id),
+                ips: p.ipv4s().map(str::to_string).collect(),
+                mtu,
+                dns,
+            });
+        }
+        Ok(out)
+    }
+
+    /// What the config drive and the metadata service tell a server about itself.
+    pub fn instance_data(
+        &self,
+        inst: &InstanceRecord,
+        nics: &[proto::Nic],
+        public_ipv4: &str,
+    ) -> proto::ConfigDrive {
+        let key = inst.key_name.as_deref().zip(inst.key_data.as_deref());
+        let links: Vec<(String, String, String, u32)> = nics
+            .iter()
+            .map(|n| {
+                (
+                    n.port_id.clone(),
+                    n.mac.clone(),
+                    n.network_id.clone(),
+                    n.mtu,
+                )
+            })
+            .collect();
+        let mut dns: Vec<String> = nics.iter().flat_map(|n| n.dns.clone()).collect();
+        dns.dedup();
+        let local_ipv4 = nics
+            .first()
+            .and_then(|n| n.ips.first())
+            .cloned()
+            .unwrap_or_default();
+        let mut ec2 = metadata::ec2_meta_data(inst, key, &local_ipv4);
+        if let Some(o) = ec2.as_object_mut() {
+            o.insert("public-ipv4".into(), json!(public_ipv4));
+        }
+        proto::ConfigDrive {
+            meta_data: metadata::meta_data(inst, key),
+            network_data: metadata::network_data(&links, &dns),
+            vendor_data: json!({}),
+            ec2_meta_data: ec2,
+            user_data: inst.user_data.clone(),
+        }
+    }
+
     fn desired_instance(
         &self,
         inst: &InstanceRecord,
         image: Option<proto::ImageRef>,
+        nics: Vec<proto::Nic>,
     ) -> proto::DesiredInstance {
-        let key = inst.key_name.as_deref().zip(inst.key_data.as_deref());
-        let config_drive = inst.config_drive.then(|| proto::ConfigDrive {
-            meta_data: metadata::meta_data(inst, key),
-            network_data: metadata::network_data(&[], &[]),
-            vendor_data: json!({}),
-            ec2_meta_data: metadata::ec2_meta_data(inst, key, ""),
-            user_data: inst.user_data.clone(),
-        });
+        let config_drive = inst
+            .config_drive
+            .then(|| self.instance_data(inst, &nics, ""));
         proto::DesiredInstance {
             id: inst.id.clone(),
             name: metadata::instance_name(inst.seq),
@@ -1431,6 +1584,7 @@ impl ComputeService {
             image,
             config_drive,
             snapshot_image_id: inst.snapshot_image_id.clone(),
+            nics,
         }
     }
 
@@ -1451,6 +1605,7 @@ impl ComputeService {
         match r.task {
             Some(TaskState::Deleting) if r.ok => {
                 self.store.mark_instance_deleted(id, &t).await?;
+                self.release_ports(id).await;
             }
             Some(task) => {
                 let next = state::complete(vm, task, r.ok);

@@ -50,6 +50,21 @@ pub struct DesiredInstance {
     pub config_drive: Option<ConfigDrive>,
     /// The image a running createImage uploads to.
     pub snapshot_image_id: Option<String>,
+    /// NICs in order (the first is the guest's eth0).
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+}
+
+/// One virtio NIC: a TAP device the agent's networking creates, named after the port.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Nic {
+    pub port_id: String,
+    pub network_id: String,
+    pub mac: String,
+    pub tap: String,
+    pub ips: Vec<String>,
+    pub mtu: u32,
+    pub dns: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
