@@ -40,6 +40,7 @@ class Cloud:
         self.image_port = free_port()
         self.compute_port = free_port()
         self.agent_port = free_port()
+        self.network_port = free_port()
         self.config = self.root / "onestack.toml"
         image = f"[image]\ndefault_image = {'true' if default_image else 'false'}\n"
         if image_size_cap is not None:
@@ -48,8 +49,11 @@ class Cloud:
         virt = "kvm" if accel == "kvm" else "qemu"
         self.config.write_text(
             f'[api]\nlisten = "127.0.0.1"\nidentity_port = {self.port}\nimage_port = {self.image_port}\n'
-            f'compute_port = {self.compute_port}\n'
+            f'compute_port = {self.compute_port}\nnetwork_port = {self.network_port}\n'
             '[identity]\ntoken_lifetime = 3600\n' + image
+            # Test clouds use 198.18.0.0/15 only, and namespaces named for this cloud.
+            + f'[network]\nfixed_range = "198.18.10.0/24"\nfloating_range = "198.18.11.0/24"\n'
+            f'namespace_prefix = "t{self.port}-"\n'
             + f'[compute]\nagent_port = {self.agent_port}\nvirt_type = "{virt}"\nshutdown_timeout = 5\n'
             + compute
         )

@@ -902,35 +902,33 @@ impl ComputeService {
         // NICs: the requested networks/ports, or (none asked) the project's only network.
         // An empty list means "pick for me" before microversion 2.37, as no list does.
         let requested = req.networks.as_ref().filter(|n| !n.is_empty());
-        let nic_requests: Vec<(Option<String>, Option<String>, Option<String>)> = match (
-            self.network.get(),
-            requested,
-        ) {
-            (None, Some(nets)) => {
-                if let Some(n) = nets.first() {
-                    let what = n.uuid.clone().or(n.port.clone()).unwrap_or_default();
-                    return Err(CoreError::BadRequest(format!(
-                        "Network {what} could not be found."
-                    )));
+        let nic_requests: Vec<(Option<String>, Option<String>, Option<String>)> =
+            match (self.network.get(), requested) {
+                (None, Some(nets)) => {
+                    if let Some(n) = nets.first() {
+                        let what = n.uuid.clone().or(n.port.clone()).unwrap_or_default();
+                        return Err(CoreError::BadRequest(format!(
+                            "Network {what} could not be found."
+                        )));
+                    }
+                    Vec::new()
                 }
-                Vec::new()
-            }
-            (None, None) => Vec::new(),
-            (Some(_), Some(nets)) => nets
-                .iter()
-                .map(|n| (n.uuid.clone(), n.port.clone(), n.fixed_ip.clone()))
-                .collect(),
-            (Some(net), None) => {
-                let nets = net.default_networks(ctx).await?;
-                if nets.len() > 1 {
-                    return Err(CoreError::Conflict(
+                (None, None) => Vec::new(),
+                (Some(_), Some(nets)) => nets
+                    .iter()
+                    .map(|n| (n.uuid.clone(), n.port.clone(), n.fixed_ip.clone()))
+                    .collect(),
+                (Some(net), None) => {
+                    let nets = net.default_networks(ctx).await?;
+                    if nets.len() > 1 {
+                        return Err(CoreError::Conflict(
                         "Multiple possible networks found, use a Network ID to be more specific."
                             .into(),
                     ));
+                    }
+                    nets.into_iter().map(|n| (Some(n), None, None)).collect()
                 }
-                nets.into_iter().map(|n| (Some(n), None, None)).collect()
-            }
-        };
+            };
         if req.max_count > 1
             && nic_requests
                 .iter()

@@ -390,7 +390,7 @@ impl NetworkService {
                     return Err(typed(
                         400,
                         "BadRequest",
-                        format!("Bad router request: Router port must have at least one fixed IP."),
+                        "Bad router request: Router port must have at least one fixed IP.",
                     ));
                 }
                 for fip in &p.val.fixed_ips {
