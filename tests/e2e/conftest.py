@@ -35,8 +35,13 @@ def pids_of(data_dir):
 class Cloud:
     def __init__(self, root, default_image=False, image_size_cap=None, compute=""):
         self.root = Path(root)
-        self.data = self.root / "data"
+        # The whole cloud runs inside a network namespace of its own (bridges, taps, rules and
+        # the namespaces its agent makes stay out of the host's); commands reach it through
+        # `ip netns exec`.
         self.port = free_port()
+        self.netns = f"onestack-t{self.port}"
+        self.ns_prefix = f"t{self.port}-"
+        self.data = self.root / "data"
         self.image_port = free_port()
         self.compute_port = free_port()
         self.agent_port = free_port()
@@ -53,14 +58,44 @@ class Cloud:
             '[identity]\ntoken_lifetime = 3600\n' + image
             # Test clouds use 198.18.0.0/15 only, and namespaces named for this cloud.
             + f'[network]\nfixed_range = "198.18.10.0/24"\nfloating_range = "198.18.11.0/24"\n'
-            f'namespace_prefix = "t{self.port}-"\n'
+            f'namespace_prefix = "{self.ns_prefix}"\n'
             + f'[compute]\nagent_port = {self.agent_port}\nvirt_type = "{virt}"\nshutdown_timeout = 5\n'
             + compute
         )
 
+    def in_ns(self, *cmd):
+        """A command line that runs `cmd` inside the cloud's namespace."""
+        return ["ip", "netns", "exec", self.netns, *cmd]
+
+    def call_in_ns(self, fn):
+        """Runs `fn()` on a thread that entered the cloud's namespace (sockets it opens reach the
+        cloud's loopback); returns its result or raises its exception."""
+        import ctypes
+        import threading
+        box = {}
+
+        def target():
+            try:
+                fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
+                try:
+                    if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+                        raise OSError(ctypes.get_errno(), "setns")
+                finally:
+                    os.close(fd)
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+
+        t = threading.Thread(target=target)
+        t.start()
+        t.join()
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
     def onestack(self, *args, check=True):
         return subprocess.run(
-            [BIN, *args, "--data-dir", str(self.data)],
+            self.in_ns(BIN, *args, "--data-dir", str(self.data)),
             capture_output=True, text=True, timeout=120, check=check,
         )
 
@@ -71,7 +106,7 @@ class Cloud:
         env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(self.data / "clouds.yaml"))
         env.update(extra_env or {})
         r = subprocess.run(
-            [OPENSTACK, "--os-cloud", cloud, *args],
+            self.in_ns(OPENSTACK, "--os-cloud", cloud, *args),
             capture_output=True, text=True, timeout=120, env=env,
         )
         if check and r.returncode != 0:
@@ -96,6 +131,8 @@ class make_cloud:
         # Traversable (not readable) by others, so QEMU can run as its own unprivileged user.
         os.chmod(self.root, 0o711)
         self.cloud = Cloud(self.root, **self.kwargs)
+        subprocess.run(["ip", "netns", "add", self.cloud.netns], check=True)
+        subprocess.run(self.cloud.in_ns("ip", "link", "set", "lo", "up"), check=True)
         return self.cloud
 
     def __exit__(self, *exc):
@@ -116,11 +153,30 @@ def qemu_pids(data_dir):
     return out
 
 
+def helper_pids(data_dir):
+    """Other processes of this cloud that write pid files (dnsmasq), named by their data dir."""
+    out = []
+    for f in Path(data_dir).rglob("*.pid"):
+        try:
+            pid = int(f.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ValueError, OSError):
+            continue
+        if str(data_dir).encode() in cmdline:
+            out.append(pid)
+    return out
+
+
 def stop_cloud(c, root):
-    subprocess.run([BIN, "down", "--data-dir", str(c.data)], capture_output=True, timeout=60)
-    for pid in pids_of(c.data) + qemu_pids(c.data):
+    subprocess.run(c.in_ns(BIN, "down", "--data-dir", str(c.data)), capture_output=True, timeout=60)
+    for pid in set(pids_of(c.data) + qemu_pids(c.data) + helper_pids(c.data)):
         try:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    # The cloud's namespace, and the DHCP/router namespaces its agent made.
+    netns_dir = Path("/run/netns")
+    names = [p.name for p in netns_dir.glob(f"{c.ns_prefix}*")] if netns_dir.exists() else []
+    for name in names + [c.netns]:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
     shutil.rmtree(root, ignore_errors=True)

@@ -55,7 +55,7 @@ def wait_console(cloud, server, text, count=1, timeout=180):
     raise AssertionError(f"{text!r} x{count} not on the console of {server}:\n{out[-2000:]}")
 
 
-def serial_roundtrip(url, command=b"echo $((6*7))XY", want=b"42XY", timeout=20):
+def serial_roundtrip(cloud, url, command=b"echo $((6*7))XY", want=b"42XY", timeout=20):
     """Types a command on the serial console websocket and returns what came back."""
     import asyncio
     import websockets
@@ -74,7 +74,7 @@ def serial_roundtrip(url, command=b"echo $((6*7))XY", want=b"42XY", timeout=20):
                 out += m if isinstance(m, bytes) else m.encode()
             return out
 
-    return asyncio.run(run())
+    return cloud.call_in_ns(lambda: asyncio.run(run()))
 
 
 def instance_dirs(cloud):
@@ -116,9 +116,9 @@ def test_server_lifecycle_with_a_real_guest(tmp_path):
         # The interactive serial console: a websocket URL with a signed, expiring token.
         url = json.loads(demo(cloud, "console", "url", "show", "--serial", "vm1", "-f", "json").stdout)["url"]
         assert url.startswith("ws://") and "token=" in url
-        assert b"42XY" in serial_roundtrip(url)
+        assert b"42XY" in serial_roundtrip(cloud, url)
         with pytest.raises(Exception) as refused:
-            serial_roundtrip(url[:-2] + "xx", timeout=3)
+            serial_roundtrip(cloud, url[:-2] + "xx", timeout=3)
         assert "401" in str(refused.value)
 
         # Every power action round-trips, on a real VM.

@@ -81,10 +81,10 @@ def test_identity_with_the_openstack_cli(cloud):
 
     def login(pw):
         return subprocess.run(
-            [OPENSTACK, "token", "issue", "-f", "json",
+            cloud.in_ns(OPENSTACK, "token", "issue", "-f", "json",
              "--os-auth-url", f"http://127.0.0.1:{cloud.port}/v3", "--os-identity-api-version", "3",
              "--os-username", "e2e-user", "--os-password", pw, "--os-project-name", "e2e-proj",
-             "--os-user-domain-name", "Default", "--os-project-domain-name", "Default"],
+             "--os-user-domain-name", "Default", "--os-project-domain-name", "Default"),
             capture_output=True, text=True, timeout=60)
 
     assert login("first-pw").returncode == 0
@@ -120,7 +120,7 @@ def test_foreground_runs_until_sigterm_with_a_wal_store(cloud):
     import sqlite3
     from conftest import BIN
     proc = subprocess.Popen(
-        [BIN, "up", "--foreground", "--no-demo", "--data-dir", str(cloud.data), "--config", str(cloud.config)],
+        cloud.in_ns(BIN, "up", "--foreground", "--no-demo", "--data-dir", str(cloud.data), "--config", str(cloud.config)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 30

@@ -29,6 +29,8 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
         .route("/hosts", post(register))
         .route("/hosts/{host}/heartbeat", post(heartbeat))
         .route("/hosts/{host}/desired", get(desired))
+        .route("/hosts/{host}/network", get(network_state))
+        .route("/metadata/{network}/{ip}", get(metadata))
         .route("/hosts/{host}/instances/{id}/report", post(report))
         .route("/images/{id}/file", get(image_file).put(snapshot_upload))
         .layer(axum::middleware::from_fn_with_state(state, require_agent))
@@ -90,6 +92,50 @@ async fn desired(
         .desired_state(&p.host, after, Duration::from_secs(wait))
         .await?;
     Ok(Json(d))
+}
+
+/// Long-polls the host's desired networking (`?after=<generation>&wait=<s>&network_node=1`).
+async fn network_state(
+    State(s): State<ComputeState>,
+    Path(p): Path<HostPath>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<onestack_core::network::proto::NetworkState>> {
+    let Some(net) = s.compute.network() else {
+        return Ok(Json(Default::default()));
+    };
+    let after = q
+        .get("after")
+        .and_then(|a| a.parse::<i64>().ok())
+        .unwrap_or(-1);
+    let wait = q
+        .get("wait")
+        .and_then(|w| w.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(60);
+    let network_node = q
+        .get("network_node")
+        .is_some_and(|v| v == "1" || v == "true");
+    net.wait_change(after, Duration::from_secs(wait)).await?;
+    Ok(Json(net.host_state(&p.host, network_node).await?))
+}
+
+#[derive(Deserialize)]
+struct MetadataPath {
+    network: String,
+    ip: String,
+}
+
+/// What the server at `ip` on `network` may know of itself (the agent's metadata proxy asks; the
+/// source address it passes was checked by anti-spoofing on the way in).
+async fn metadata(
+    State(s): State<ComputeState>,
+    Path(p): Path<MetadataPath>,
+) -> ApiResult<Json<proto::ConfigDrive>> {
+    s.compute
+        .metadata_for(&p.network, &p.ip)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("No instance has that address on that network."))
 }
 
 #[derive(Deserialize)]

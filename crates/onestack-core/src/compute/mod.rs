@@ -1522,6 +1522,29 @@ impl ComputeService {
         Ok(out)
     }
 
+    /// The metadata service's lookup: the live server owning `source_ip` on `network_id`, and
+    /// what it may know of itself. None when no server has that address there.
+    pub async fn metadata_for(
+        &self,
+        network_id: &str,
+        source_ip: &str,
+    ) -> CoreResult<Option<proto::ConfigDrive>> {
+        let Some(net) = self.network.get() else {
+            return Ok(None);
+        };
+        let Some(port) = net.port_by_address(network_id, source_ip).await? else {
+            return Ok(None);
+        };
+        let inst = match self.store.get_instance(&port.device_id).await {
+            Ok(i) if !i.deleted => i,
+            Ok(_) | Err(StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let nics = self.nics(&inst.id).await?;
+        let public = net.floating_ip_of(&port.id).await?.unwrap_or_default();
+        Ok(Some(self.instance_data(&inst, &nics, &public)))
+    }
+
     /// What the config drive and the metadata service tell a server about itself.
     pub fn instance_data(
         &self,
