@@ -342,6 +342,105 @@ async fn compute_scenario(s: &Store) {
     assert!(s.list_host_instances("h1").await.expect("list").is_empty());
 }
 
+/// Network records: one table for every kind, addresses unique per network, writes serialized
+/// and all-or-nothing, a generation that moves with every write.
+async fn network_scenario(s: &Store) {
+    use onestack_store::{IpAllocation, NetFilter, NetResource, StoreError};
+    let rec = |id: &str, kind: &str, net: Option<&str>, device: Option<&str>| NetResource {
+        id: id.into(),
+        kind: kind.into(),
+        project_id: "p1".into(),
+        network_id: net.map(Into::into),
+        device_id: device.map(Into::into),
+        name: id.into(),
+        unique_key: None,
+        seq: None,
+        body: format!("{{\"id\":\"{id}\"}}"),
+        revision: 1,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+    };
+    let alloc = |ip: &str, port: &str| IpAllocation {
+        network_id: "n1".into(),
+        ip_address: ip.into(),
+        subnet_id: "s1".into(),
+        port_id: port.into(),
+    };
+    let g0 = s.net_generation().await.expect("generation");
+    let mut tx = s.net_tx().await.expect("tx");
+    let mut n = rec("n1", "network", Some("n1"), None);
+    n.seq = Some(tx.next_seq("network").await.expect("seq"));
+    assert_eq!(n.seq, Some(1));
+    tx.insert(&n).await.expect("network");
+    tx.insert(&rec("port-a", "port", Some("n1"), Some("vm1")))
+        .await
+        .expect("port");
+    tx.allocate(&alloc("198.18.1.5", "port-a"))
+        .await
+        .expect("alloc");
+    tx.commit().await.expect("commit");
+    assert!(s.net_generation().await.expect("generation") > g0);
+
+    // The same address twice is a conflict, and the failed transaction leaves nothing.
+    let mut tx = s.net_tx().await.expect("tx");
+    tx.insert(&rec("port-b", "port", Some("n1"), Some("vm2")))
+        .await
+        .expect("port");
+    let err = tx.allocate(&alloc("198.18.1.5", "port-b")).await;
+    assert!(matches!(err, Err(StoreError::Conflict(_))), "{err:?}");
+    drop(tx);
+    assert!(matches!(
+        s.net_get("port-b").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.net_allocations(Some("n1")).await.expect("allocs").len(),
+        1
+    );
+    // A unique key holds across the table (a project's default group).
+    let mut tx = s.net_tx().await.expect("tx");
+    let mut g1 = rec("g1", "security_group", None, None);
+    g1.unique_key = Some("default-sg:p1".into());
+    tx.insert(&g1).await.expect("group");
+    let mut g2 = rec("g2", "security_group", None, None);
+    g2.unique_key = Some("default-sg:p1".into());
+    assert!(matches!(tx.insert(&g2).await, Err(StoreError::Conflict(_))));
+    drop(tx);
+
+    // Filters, update and delete (which frees the port's addresses).
+    let ports = s
+        .net_list(&NetFilter {
+            kind: "port",
+            device_id: Some("vm1"),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ports.len(), 1);
+    let mut tx = s.net_tx().await.expect("tx");
+    let mut p = ports[0].clone();
+    p.name = "renamed".into();
+    p.revision = 2;
+    tx.update(&p).await.expect("update");
+    tx.delete("port-a").await.expect("delete");
+    assert!(matches!(
+        tx.delete("port-a").await,
+        Err(StoreError::NotFound)
+    ));
+    tx.commit().await.expect("commit");
+    assert!(s.net_allocations(None).await.expect("allocs").is_empty());
+    assert_eq!(
+        s.net_list(&NetFilter {
+            kind: "network",
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .len(),
+        1
+    );
+}
+
 #[tokio::test]
 async fn sqlite() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -351,6 +450,7 @@ async fn sqlite() {
     assert_eq!(s.backend(), Backend::Sqlite);
     scenario(&s).await;
     compute_scenario(&s).await;
+    network_scenario(&s).await;
 }
 
 #[tokio::test]
@@ -384,6 +484,7 @@ async fn postgresql() {
         assert_eq!(s.backend(), Backend::Postgres);
         scenario(&s).await;
         compute_scenario(&s).await;
+        network_scenario(&s).await;
         Store::open(&url).await.expect("migrations are idempotent");
         s.pool().close().await;
     }
