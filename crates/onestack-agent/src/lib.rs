@@ -7,4 +7,6 @@ pub mod configdrive;
 pub mod driver;
 pub mod host;
 pub mod http;
+pub mod metadata;
+pub mod net;
 pub mod qemu;

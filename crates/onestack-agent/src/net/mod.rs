@@ -1,0 +1,718 @@
+//! The Linux data plane that realises a [`NetworkState`] on a host: bridges, VM taps, DHCP
+//! namespaces with dnsmasq, router namespaces with NAT, and nftables for anti-spoofing and
+//! security groups.
+//!
+//! Design (the kernel has no conntrack in the bridge family, but bridge netfilter is built in):
+//! - Anti-spoofing is stateless, in `table bridge onestack`, where the VM's port is visible.
+//! - Security groups are stateful, in `table inet onestack`, reached by bridged IPv4 through
+//!   br_netfilter (`net.bridge.bridge-nf-call-iptables=1`). There the in/out interface is the
+//!   bridge, not the port, so ports are told apart by address: `bridge . IP` keys dispatch to
+//!   per-port chains (anti-spoofing guarantees a source IP belongs to its port). Each bridge gets
+//!   its own conntrack zone, so overlapping tenant CIDRs never share connection state.
+//! - Egress and ingress are two forward base chains: an accept in one ends only that stage, so
+//!   group chains can use plain `accept` and a packet between two VMs meets both ports' rules.
+//! - Changes are incremental: one apply is one nft transaction holding only what changed (a new
+//!   port adds its chains and map elements; a rule change rewrites one group chain; a membership
+//!   change adds/removes set elements). Only the first apply after start rebuilds the tables
+//!   (atomically, so established connections keep flowing).
+//! - Links via rtnetlink, in other namespaces from a thread that entered them (see `netns`).
+//!
+//! Address pairs that overlap another port's addresses on the same bridge cannot be dispatch
+//! keys (the maps refuse overlapping intervals): the port that claimed the prefix first keeps it.
+
+pub mod dhcp;
+mod l2;
+pub mod link;
+pub mod model;
+pub mod netns;
+pub mod nft;
+mod tap;
+pub mod validate;
+
+use anyhow::{Context, Result};
+use model::{KeyRange, Plan, PortFilter};
+use nft::{Nft, Script};
+use onestack_core::network::proto::NetworkState;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use validate::{Ident, IfName, NsName};
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Operate in this named network namespace instead of the agent's own (tests).
+    pub host_netns: Option<String>,
+    /// `dhcp/<network id>/…` and the record of what was applied live here. Must be traversable by
+    /// the unprivileged user dnsmasq drops to (it re-reads its files on SIGHUP).
+    pub state_dir: PathBuf,
+    /// Owner of created TAPs: the uid QEMU runs as.
+    pub tap_owner: Option<u32>,
+    pub dnsmasq: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ApplyStats {
+    /// The nft tables were rebuilt from scratch (first apply, or after a failed transaction).
+    pub full_rebuild: bool,
+    pub networks: Counts,
+    pub ports: Counts,
+    pub security_groups: Counts,
+    pub dhcp: Counts,
+    pub routers: Counts,
+    /// Lines of the host nft transaction (0: nothing to change).
+    pub nft_lines: usize,
+    /// Entries of the state left out because a field failed validation.
+    pub rejected: Vec<String>,
+    /// Objects that could not be realised; they are retried on the next apply.
+    pub errors: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// The nft side of what is applied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Firewall {
+    zones: BTreeMap<IfName, u16>,
+    sets: BTreeMap<Ident, BTreeSet<Ipv4Addr>>,
+    groups: BTreeMap<String, model::Group>,
+    /// Port id → filter and the dispatch keys it holds.
+    ports: BTreeMap<String, (PortFilter, Vec<KeyRange>)>,
+}
+
+/// What is (or may be) realised: the last applied version of each object. Saved to disk so that
+/// after a restart the agent still removes what the controller dropped meanwhile.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Applied {
+    plan: Plan,
+    /// Keys of objects whose last realisation failed: converged again on the next apply.
+    dirty: BTreeSet<String>,
+    #[serde(skip)]
+    firewall: Option<Firewall>,
+}
+
+pub struct HostNetworking {
+    cfg: NetConfig,
+    host_ns: Option<PathBuf>,
+    links: Option<link::Links>,
+    nft: Nft,
+    applied: Option<Applied>,
+}
+
+const RECORD: &str = "network-applied.json";
+
+impl HostNetworking {
+    pub fn new(cfg: NetConfig) -> Self {
+        let host_ns = cfg.host_netns.as_ref().map(|n| {
+            // Checked when used (`apply` fails with the reason); the path is only built here.
+            PathBuf::from(netns::NETNS_DIR).join(n)
+        });
+        Self {
+            nft: Nft::new(host_ns.clone()),
+            host_ns,
+            cfg,
+            links: None,
+            applied: None,
+        }
+    }
+
+    /// The nft executor for the host namespace (tests read the ruleset through it).
+    pub fn nft(&self) -> &Nft {
+        &self.nft
+    }
+
+    async fn host_links(&mut self) -> Result<&link::Links> {
+        if self.links.is_none() {
+            if let Some(n) = &self.cfg.host_netns {
+                NsName::parse(n).context("host_netns")?;
+            }
+            self.links = Some(link::Links::open(self.host_ns.clone()).await?);
+        }
+        self.links.as_ref().context("netlink handle")
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.cfg.state_dir.join(RECORD)
+    }
+
+    fn load_record(&self) -> Applied {
+        match std::fs::read(self.record_path()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "ignoring an unreadable network record");
+                Applied::default()
+            }),
+            Err(_) => Applied::default(),
+        }
+    }
+
+    fn save_record(&self, a: &Applied) -> Result<()> {
+        std::fs::create_dir_all(&self.cfg.state_dir)
+            .with_context(|| format!("creating {}", self.cfg.state_dir.display()))?;
+        let tmp = self.record_path().with_extension("tmp");
+        let json = serde_json::to_vec_pretty(a).context("encoding the network record")?;
+        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.record_path()).context("saving the network record")
+    }
+
+    /// Makes the host match `desired`, changing only what differs from the last apply. The first
+    /// call (after start) converges everything, reusing what exists (VM taps, namespaces, a
+    /// running dnsmasq) and removing what a previous run created that is no longer wanted.
+    pub async fn apply(&mut self, desired: &NetworkState) -> Result<ApplyStats> {
+        let started = Instant::now();
+        let (plan, rejected) = Plan::from_state(desired);
+        let mut stats = ApplyStats {
+            rejected,
+            ..Default::default()
+        };
+        for r in &stats.rejected {
+            tracing::warn!(reason = %r, "network state entry rejected");
+        }
+        self.host_links().await?;
+        let first = self.applied.is_none();
+        let mut applied = match self.applied.take() {
+            Some(a) => a,
+            None => {
+                // Bridged IPv4 must traverse the inet hooks, or security groups see nothing.
+                netns::sysctl(
+                    self.host_ns.clone(),
+                    "net/bridge/bridge-nf-call-iptables",
+                    "1",
+                )
+                .await
+                .context("enabling bridge netfilter")?;
+                self.load_record()
+            }
+        };
+        let r = self.converge(&plan, &mut applied, first, &mut stats).await;
+        let saved = self.save_record(&applied);
+        self.applied = Some(applied);
+        r?;
+        saved?;
+        stats.elapsed = started.elapsed();
+        Ok(stats)
+    }
+
+    async fn converge(
+        &self,
+        plan: &Plan,
+        applied: &mut Applied,
+        first: bool,
+        stats: &mut ApplyStats,
+    ) -> Result<()> {
+        let links = self.links.as_ref().context("netlink handle")?;
+        let ctx = l2::Ctx {
+            host_ns: self.host_ns.clone(),
+            host: links,
+            state_dir: &self.cfg.state_dir,
+            tap_owner: self.cfg.tap_owner,
+            dnsmasq: &self.cfg.dnsmasq,
+        };
+        let old = applied.plan.clone();
+
+        // Removals first (routers and DHCP before the bridges their veths sit in).
+        for (id, r) in &old.routers {
+            if !plan.routers.contains_key(id) {
+                let key = format!("router:{id}");
+                match l2::remove_router(&ctx, r).await {
+                    Ok(()) => {
+                        applied.plan.routers.remove(id);
+                        applied.dirty.remove(&key);
+                        stats.routers.removed += 1;
+                    }
+                    Err(e) => fail(stats, &key, e),
+                }
+            }
+        }
+        for (id, d) in &old.dhcp {
+            if !plan.dhcp.contains_key(id) {
+                let key = format!("dhcp:{id}");
+                match l2::remove_dhcp(&ctx, d).await {
+                    Ok(()) => {
+                        applied.plan.dhcp.remove(id);
+                        applied.dirty.remove(&key);
+                        stats.dhcp.removed += 1;
+                    }
+                    Err(e) => fail(stats, &key, e),
+                }
+            }
+        }
+        for (id, p) in &old.ports {
+            if !plan.ports.contains_key(id) {
+                let key = format!("port:{id}");
+                match l2::remove_port(&ctx, p).await {
+                    Ok(()) => {
+                        applied.plan.ports.remove(id);
+                        applied.dirty.remove(&key);
+                        stats.ports.removed += 1;
+                    }
+                    Err(e) => fail(stats, &key, e),
+                }
+            }
+        }
+        for (id, n) in &old.networks {
+            if !plan.networks.contains_key(id) {
+                let key = format!("network:{id}");
+                match l2::remove_network(&ctx, n).await {
+                    Ok(()) => {
+                        applied.plan.networks.remove(id);
+                        applied.dirty.remove(&key);
+                        stats.networks.removed += 1;
+                    }
+                    Err(e) => fail(stats, &key, e),
+                }
+            }
+        }
+
+        // Additions and changes: bridges first, then what plugs into them.
+        for (id, n) in &plan.networks {
+            let key = format!("network:{id}");
+            let prev = old.networks.get(id);
+            if !first && prev == Some(n) && !applied.dirty.contains(&key) {
+                continue;
+            }
+            let r = l2::converge_network(&ctx, prev, n).await;
+            record(
+                &mut applied.plan.networks,
+                &mut applied.dirty,
+                id,
+                &key,
+                prev,
+                n,
+                r,
+                stats,
+            );
+            count(&mut stats.networks, prev, n);
+        }
+        for (id, p) in &plan.ports {
+            let key = format!("port:{id}");
+            let prev = old.ports.get(id);
+            if !first && prev == Some(p) && !applied.dirty.contains(&key) {
+                continue;
+            }
+            let r = l2::converge_port(&ctx, prev, p).await;
+            record(
+                &mut applied.plan.ports,
+                &mut applied.dirty,
+                id,
+                &key,
+                prev,
+                p,
+                r,
+                stats,
+            );
+            count(&mut stats.ports, prev, p);
+        }
+        for (id, d) in &plan.dhcp {
+            let key = format!("dhcp:{id}");
+            let prev = old.dhcp.get(id);
+            let dirty = applied.dirty.contains(&key);
+            if !first && prev == Some(d) && !dirty {
+                continue;
+            }
+            let r = l2::converge_dhcp(&ctx, prev, d, first || dirty).await;
+            record(
+                &mut applied.plan.dhcp,
+                &mut applied.dirty,
+                id,
+                &key,
+                prev,
+                d,
+                r,
+                stats,
+            );
+            count(&mut stats.dhcp, prev, d);
+        }
+        for (id, rt) in &plan.routers {
+            let key = format!("router:{id}");
+            let prev = old.routers.get(id);
+            let dirty = applied.dirty.contains(&key);
+            if !first && prev == Some(rt) && !dirty {
+                continue;
+            }
+            let r = l2::converge_router(&ctx, prev, rt, first || dirty).await;
+            record(
+                &mut applied.plan.routers,
+                &mut applied.dirty,
+                id,
+                &key,
+                prev,
+                rt,
+                r,
+                stats,
+            );
+            count(&mut stats.routers, prev, rt);
+        }
+
+        // Groups are nft-only.
+        for (id, g) in &plan.groups {
+            count(&mut stats.security_groups, old.groups.get(id), g);
+        }
+        stats.security_groups.removed = old
+            .groups
+            .keys()
+            .filter(|k| !plan.groups.contains_key(*k))
+            .count();
+        applied.plan.groups = plan.groups.clone();
+
+        // The host firewall: one transaction.
+        let want = firewall(plan);
+        let (script, full) = match &applied.firewall {
+            Some(have) => (incremental(have, &want), false),
+            None => (full_script(&want), true),
+        };
+        stats.full_rebuild = full;
+        stats.nft_lines = script.as_str().lines().count();
+        match self.nft.apply(&script).await {
+            Ok(()) => applied.firewall = Some(want),
+            Err(e) => {
+                // Unknown what the kernel holds now: rebuild from scratch next time.
+                applied.firewall = None;
+                fail(stats, "firewall", e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything this data plane created: namespaces (with their dnsmasq), VM taps,
+    /// bridges and the nft tables. Best effort: every step is tried, failures are logged.
+    pub async fn teardown_all(&mut self) {
+        let mut applied = self.applied.take().unwrap_or_else(|| self.load_record());
+        if let Err(e) = self.host_links().await {
+            tracing::warn!(error = %format!("{e:#}"), "teardown: no netlink handle");
+            return;
+        }
+        let Some(links) = self.links.as_ref() else {
+            return;
+        };
+        let ctx = l2::Ctx {
+            host_ns: self.host_ns.clone(),
+            host: links,
+            state_dir: &self.cfg.state_dir,
+            tap_owner: self.cfg.tap_owner,
+            dnsmasq: &self.cfg.dnsmasq,
+        };
+        let plan = std::mem::take(&mut applied.plan);
+        let warn = |what: &str, e: anyhow::Error| {
+            tracing::warn!(object = what, error = %format!("{e:#}"), "teardown step failed");
+        };
+        for r in plan.routers.values() {
+            if let Err(e) = l2::remove_router(&ctx, r).await {
+                warn(r.id.as_str(), e);
+            }
+        }
+        for d in plan.dhcp.values() {
+            if let Err(e) = l2::remove_dhcp(&ctx, d).await {
+                warn(d.network_id.as_str(), e);
+            }
+        }
+        for p in plan.ports.values() {
+            if let Err(e) = l2::remove_port(&ctx, p).await {
+                warn(p.id.as_str(), e);
+            }
+        }
+        for n in plan.networks.values() {
+            if let Err(e) = l2::remove_network(&ctx, n).await {
+                warn(n.id.as_str(), e);
+            }
+        }
+        let mut s = Script::new();
+        nft::drop_host_tables(&mut s);
+        if let Err(e) = self.nft.apply(&s).await {
+            warn("nft tables", e);
+        }
+        let _ = std::fs::remove_file(self.record_path());
+        let _ = std::fs::remove_dir(self.cfg.state_dir.join("dhcp"));
+        self.applied = None;
+    }
+}
+
+fn fail(stats: &mut ApplyStats, key: &str, e: anyhow::Error) {
+    tracing::warn!(object = key, error = %format!("{e:#}"), "network object not realised");
+    stats.errors.push(format!("{key}: {e:#}"));
+}
+
+fn count<T: PartialEq>(c: &mut Counts, prev: Option<&T>, new: &T) {
+    match prev {
+        None => c.added += 1,
+        Some(p) if p != new => c.changed += 1,
+        Some(_) => {}
+    }
+}
+
+/// Records the outcome of converging one object: on success the new version; on failure the
+/// version that may exist (the new one if it was being created, else the old one, so the retry
+/// also removes what the old one had), marked for retry.
+#[allow(clippy::too_many_arguments)]
+fn record<T: Clone>(
+    map: &mut BTreeMap<String, T>,
+    dirty: &mut BTreeSet<String>,
+    id: &str,
+    key: &str,
+    prev: Option<&T>,
+    new: &T,
+    r: Result<()>,
+    stats: &mut ApplyStats,
+) {
+    match r {
+        Ok(()) => {
+            map.insert(id.to_owned(), new.clone());
+            dirty.remove(key);
+        }
+        Err(e) => {
+            map.insert(id.to_owned(), prev.unwrap_or(new).clone());
+            dirty.insert(key.to_owned());
+            fail(stats, key, e);
+        }
+    }
+}
+
+/// The firewall for `plan` (dispatch keys included: a pure function of the plan).
+fn firewall(plan: &Plan) -> Firewall {
+    let filters = plan.filters();
+    let mut keys = model::dispatch_keys(&filters);
+    let ports = filters
+        .into_iter()
+        .map(|(id, f)| {
+            let k = keys.remove(&id).unwrap_or_default();
+            (id, (f, k))
+        })
+        .collect();
+    Firewall {
+        zones: plan
+            .networks
+            .values()
+            .map(|n| (n.bridge.clone(), n.zone))
+            .collect(),
+        sets: plan.member_sets(),
+        groups: plan.groups.clone(),
+        ports,
+    }
+}
+
+fn full_script(want: &Firewall) -> Script {
+    let ports: Vec<(&PortFilter, &[KeyRange])> = want
+        .ports
+        .values()
+        .map(|(f, k)| (f, k.as_slice()))
+        .collect();
+    nft::full_host_script(&want.zones, &want.sets, &want.groups, &ports)
+}
+
+/// Only what differs, ordered so every reference is valid at each step of the transaction.
+fn incremental(have: &Firewall, want: &Firewall) -> Script {
+    let mut s = Script::new();
+    // 1. Ports going or changing let go of their elements and jumps; keys that move let go first.
+    let mut refill = Vec::new();
+    let mut more_keys = Vec::new();
+    for (id, (of, ok)) in &have.ports {
+        match want.ports.get(id) {
+            Some((nf, nk)) if nf == of => {
+                if nk != ok {
+                    let gone: Vec<KeyRange> =
+                        ok.iter().filter(|k| !nk.contains(k)).copied().collect();
+                    let new: Vec<KeyRange> =
+                        nk.iter().filter(|k| !ok.contains(k)).copied().collect();
+                    nft::del_keys(&mut s, of, &gone);
+                    more_keys.push((nf, new));
+                }
+            }
+            Some((nf, nk)) if nf.device == of.device => {
+                nft::clear_port(&mut s, of, ok);
+                refill.push((nf, nk));
+            }
+            _ => nft::del_port(&mut s, of, ok),
+        }
+    }
+    // 2. Member sets, 3. group chains (which reference sets).
+    for (id, members) in &want.sets {
+        match have.sets.get(id) {
+            None => nft::add_member_set(&mut s, id, members),
+            Some(old) if old != members => nft::update_member_set(&mut s, id, old, members),
+            Some(_) => {}
+        }
+    }
+    for (id, g) in &want.groups {
+        match have.groups.get(id) {
+            None => nft::add_group(&mut s, g),
+            Some(old) if old.rules != g.rules => nft::update_group(&mut s, g),
+            Some(_) => {}
+        }
+    }
+    // 4. Ports (which jump to group chains).
+    for (nf, nk) in refill {
+        nft::refill_port(&mut s, nf, nk);
+    }
+    for (nf, nk) in more_keys {
+        nft::add_keys(&mut s, nf, &nk);
+    }
+    for (id, (nf, nk)) in &want.ports {
+        let existing = have
+            .ports
+            .get(id)
+            .is_some_and(|(of, _)| of.device == nf.device);
+        if !existing {
+            nft::add_port(&mut s, nf, nk);
+        }
+    }
+    // 5. Unreferenced groups, then sets.
+    for (id, g) in &have.groups {
+        if !want.groups.contains_key(id) {
+            nft::del_group(&mut s, &g.id);
+        }
+    }
+    for id in have.sets.keys() {
+        if !want.sets.contains_key(id) {
+            nft::del_member_set(&mut s, id);
+        }
+    }
+    // 6. Zones.
+    for (b, z) in &have.zones {
+        if want.zones.get(b) != Some(z) {
+            nft::del_zone(&mut s, b, *z);
+        }
+    }
+    for (b, z) in &want.zones {
+        if have.zones.get(b) != Some(z) {
+            nft::add_zone(&mut s, b, *z);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onestack_core::network::proto;
+
+    fn state(n_ports: usize) -> NetworkState {
+        let ports = (0..n_ports)
+            .map(|i| proto::HostPort {
+                id: format!("port{i}"),
+                network_id: "net1".into(),
+                kind: proto::PortKind::Vm,
+                device: format!("tapport{i}"),
+                mac: format!("fa:16:3e:00:01:{i:02x}"),
+                ips: vec![format!("198.18.1.{}", 10 + i)],
+                admin_state_up: true,
+                port_security: true,
+                security_groups: vec!["g1".into()],
+                allowed_address_pairs: vec![],
+            })
+            .collect();
+        NetworkState {
+            generation: 1,
+            networks: vec![proto::HostNetwork {
+                id: "net1".into(),
+                bridge: "brqnet1".into(),
+                mtu: 1500,
+                external: false,
+                zone: 1,
+                host_address: None,
+                subnets: vec![],
+            }],
+            ports,
+            security_groups: vec![proto::HostSecurityGroup {
+                id: "g1".into(),
+                member_ips: (0..n_ports)
+                    .map(|i| format!("198.18.1.{}", 10 + i))
+                    .collect(),
+                rules: vec![proto::HostRule {
+                    id: "r1".into(),
+                    direction: proto::Direction::Egress,
+                    ethertype: "IPv4".into(),
+                    protocol: None,
+                    port_range_min: None,
+                    port_range_max: None,
+                    remote_ip_prefix: None,
+                    remote_group_id: None,
+                }],
+            }],
+            dhcp: vec![],
+            routers: vec![],
+        }
+    }
+
+    fn fw(n: usize) -> Firewall {
+        let (plan, rejected) = Plan::from_state(&state(n));
+        assert!(rejected.is_empty(), "{rejected:?}");
+        firewall(&plan)
+    }
+
+    #[test]
+    fn adding_a_port_is_local_and_constant_size() {
+        let one = fw(1);
+        let two = fw(2);
+        let s = incremental(&one, &two);
+        let text = s.as_str();
+        assert!(!text.contains("port0"), "untouched port appears:\n{text}");
+        assert!(text.contains("add chain inet onestack pi-tapport1"));
+        assert!(text.contains("add element inet onestack sgm-g1 { 198.18.1.11 }"));
+        // The script for port #101 is as long as the one for port #2.
+        let hundred = fw(100);
+        let more = fw(101);
+        let s101 = incremental(&hundred, &more);
+        assert_eq!(s101.as_str().lines().count(), text.lines().count());
+        assert!(incremental(&more, &more).is_empty());
+    }
+
+    #[test]
+    fn removing_a_port_deletes_only_its_objects() {
+        let two = fw(2);
+        let one = fw(1);
+        let text = incremental(&two, &one).as_str().to_owned();
+        assert!(text.contains("delete chain inet onestack pi-tapport1"));
+        assert!(text.contains("delete element inet onestack sgm-g1 { 198.18.1.11 }"));
+        assert!(!text.contains("port0"));
+        assert!(!text.contains("table"));
+    }
+
+    #[test]
+    fn overlapping_pairs_are_not_dispatched_twice() {
+        let mut st = state(2);
+        st.ports[0].allowed_address_pairs = vec![proto::AddressPair {
+            ip_address: "198.18.1.0/28".into(),
+            mac_address: "fa:16:3e:00:02:01".into(),
+        }];
+        let (plan, _) = Plan::from_state(&st);
+        let before = firewall(&plan);
+        // Each port owns its fixed IP; port0's pair gets the rest of the /28.
+        let keys = |f: &Firewall, p: &str| -> Vec<String> {
+            f.ports[p].1.iter().map(|k| k.to_string()).collect()
+        };
+        assert_eq!(
+            keys(&before, "port0"),
+            ["198.18.1.0-198.18.1.10", "198.18.1.12/30"]
+        );
+        assert_eq!(keys(&before, "port1"), ["198.18.1.11"]);
+        // Deleting port1 hands .11 to port0's pair: delete first, then add, one transaction.
+        st.ports.pop();
+        let (plan, _) = Plan::from_state(&st);
+        let after = firewall(&plan);
+        assert_eq!(keys(&after, "port0"), ["198.18.1.0/28"]);
+        let text = incremental(&before, &after).as_str().to_owned();
+        let del = text.find("delete element inet onestack egress { \"brqnet1\" . 198.18.1.11 }");
+        let add = text.find(
+            "add element inet onestack egress { \"brqnet1\" . 198.18.1.0/28 : goto po-tapport0 }",
+        );
+        assert!(del.is_some() && add.is_some() && del < add, "{text}");
+    }
+
+    #[test]
+    fn bad_entries_are_rejected_not_fatal() {
+        let mut st = state(2);
+        st.ports[0].device = "tap0; flush ruleset".into();
+        st.ports[1].mac = "zz".into();
+        st.security_groups[0].rules[0].remote_ip_prefix = Some("1.2.3.4/40".into());
+        let (plan, rejected) = Plan::from_state(&st);
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(plan.ports.is_empty());
+        assert_eq!(plan.networks.len(), 1);
+    }
+}
