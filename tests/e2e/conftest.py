@@ -33,7 +33,7 @@ def pids_of(data_dir):
 
 
 class Cloud:
-    def __init__(self, root, default_image=False, image_size_cap=None, compute=""):
+    def __init__(self, root, default_image=False, image_size_cap=None, compute="", demo=False):
         self.root = Path(root)
         # The whole cloud runs inside a network namespace of its own (bridges, taps, rules and
         # the namespaces its agent makes stay out of the host's); commands reach it through
@@ -42,6 +42,8 @@ class Cloud:
         self.netns = f"onestack-t{self.port}"
         self.ns_prefix = f"t{self.port}-"
         self.data = self.root / "data"
+        # With demo=True, `up` makes the demo project's private network, router1 and rules.
+        self.demo = demo
         self.image_port = free_port()
         self.compute_port = free_port()
         self.agent_port = free_port()
@@ -100,7 +102,8 @@ class Cloud:
         )
 
     def up(self):
-        return self.onestack("up", "--config", str(self.config), "--no-demo")
+        extra = [] if self.demo else ["--no-demo"]
+        return self.onestack("up", "--config", str(self.config), *extra)
 
     def os(self, *args, cloud="onestack-admin", check=True, extra_env=None):
         env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(self.data / "clouds.yaml"))

@@ -36,6 +36,18 @@ pub struct AgentConfig {
     /// How long a guest gets to shut down on stop / soft reboot before it is forced.
     pub stop_grace: Duration,
     pub heartbeat: Duration,
+    /// Host networking (bridges, taps, rules, DHCP, routers, metadata); None: VMs get no NICs
+    /// realised here (control-plane tests).
+    pub network: Option<AgentNetwork>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentNetwork {
+    /// This host also runs DHCP, the metadata service and routers for every network.
+    pub network_node: bool,
+    /// Owner of the TAPs (the user QEMU runs as).
+    pub tap_owner: Option<u32>,
+    pub dnsmasq: PathBuf,
 }
 
 impl AgentConfig {
@@ -87,12 +99,94 @@ pub async fn run<D: Driver>(
         })
     };
     let main = tokio::spawn(reconcile_forever(shared.clone(), stop_rx.clone()));
+    let networking = cfg
+        .network
+        .clone()
+        .map(|n| tokio::spawn(network_forever(shared.clone(), n, stop_rx.clone())));
     shutdown.await;
     let _ = stop_tx.send(true);
     main.abort();
+    if let Some(n) = networking {
+        n.abort();
+    }
     let _ = server.await;
     tracing::info!("agent stopped; VMs keep running");
     Ok(())
+}
+
+/// Keeps the host's networking in step with the controller: long-polls the host's network
+/// state, applies what changed (incrementally), and runs a metadata listener per DHCP namespace.
+/// Running VMs are never disturbed: an apply after a restart rebuilds rules atomically and keeps
+/// existing taps.
+async fn network_forever<D: Driver>(
+    s: Arc<Shared<D>>,
+    n: AgentNetwork,
+    stop: watch::Receiver<bool>,
+) {
+    let mut net = crate::net::HostNetworking::new(crate::net::NetConfig {
+        host_netns: None,
+        state_dir: s.cfg.state_dir.join("network"),
+        tap_owner: n.tap_owner,
+        dnsmasq: n.dnsmasq.clone(),
+    });
+    let ctl = Arc::new(s.ctl.clone());
+    let mut proxies = crate::metadata::MetadataProxies::new(ctl);
+    let mut after = -1;
+    let mut retry_soon = false;
+    while !*stop.borrow() {
+        let wait = if retry_soon {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        };
+        let state = match s
+            .ctl
+            .network_state(
+                &s.cfg.host,
+                if retry_soon { -1 } else { after },
+                wait,
+                n.network_node,
+            )
+            .await
+        {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch the network state; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        if state.generation == after && !retry_soon {
+            continue;
+        }
+        match net.apply(&state).await {
+            Ok(stats) => {
+                retry_soon = !stats.errors.is_empty();
+                if retry_soon {
+                    tracing::warn!(errors = ?stats.errors, "host networking partly applied; retrying");
+                }
+                if !stats.rejected.is_empty() {
+                    tracing::warn!(rejected = ?stats.rejected, "network state entries refused");
+                }
+                tracing::info!(
+                    generation = state.generation,
+                    elapsed_ms = stats.elapsed.as_millis() as u64,
+                    nft_lines = stats.nft_lines,
+                    full_rebuild = stats.full_rebuild,
+                    "host networking applied"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot apply host networking; retrying");
+                retry_soon = true;
+            }
+        }
+        if !proxies.sync(&state.dhcp).await {
+            retry_soon = true;
+        }
+        after = state.generation;
+    }
+    proxies.stop_all();
 }
 
 fn registration(cfg: &AgentConfig) -> proto::RegisterHost {
@@ -312,8 +406,40 @@ fn spec(s: &Shared<impl Driver>, d: &DesiredInstance) -> VmSpec {
         memory_mb: d.memory_mb.max(16) as u64,
         disk: dir.join("disk"),
         config_drive: cd.exists().then_some(cd),
-        nics: Vec::new(),
+        nics: d
+            .nics
+            .iter()
+            .map(|n| crate::driver::NicSpec {
+                mac: n.mac.clone(),
+                tap: n.tap.clone(),
+            })
+            .collect(),
     }
+}
+
+async fn start_vm<D: Driver>(s: &Shared<D>, d: &DesiredInstance) -> Result<()> {
+    wait_for_taps(d, Duration::from_secs(60)).await?;
+    Ok(s.driver.start(&spec(s, d)).await?)
+}
+
+/// Host networking creates a server's taps when its ports are bound here; QEMU opens them by
+/// name, so a start waits (bounded) until they exist.
+async fn wait_for_taps(d: &DesiredInstance, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for nic in &d.nics {
+        let path = Path::new("/sys/class/net").join(&nic.tap);
+        while !path.exists() {
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "network device {} for port {} did not appear",
+                    nic.tap,
+                    nic.port_id
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState) -> Result<()> {
@@ -324,7 +450,7 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
             let t0 = std::time::Instant::now();
             prepare_disk(s, d, false).await?;
             let prepared = t0.elapsed();
-            s.driver.start(&spec(s, d)).await?;
+            start_vm(s, d).await?;
             // Read by scripts/bench-compute.sh to split host time from control-plane time.
             tracing::info!(
                 instance = %d.id,
@@ -337,11 +463,11 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
         TaskState::Rebuilding => {
             s.driver.destroy(&d.id).await?;
             prepare_disk(s, d, true).await?;
-            s.driver.start(&spec(s, d)).await?;
+            start_vm(s, d).await?;
             Ok(())
         }
         TaskState::PoweringOff => Ok(s.driver.stop(&d.id, grace).await?),
-        TaskState::PoweringOn => Ok(s.driver.start(&spec(s, d)).await?),
+        TaskState::PoweringOn => Ok(start_vm(s, d).await?),
         TaskState::Rebooting | TaskState::RebootingHard => {
             let hard = task == TaskState::RebootingHard;
             match s.driver.power_state(&d.id).await {
@@ -351,7 +477,7 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
                     s.driver.reboot(&d.id, true, grace).await?;
                     Ok(s.driver.unpause(&d.id).await?)
                 }
-                _ => Ok(s.driver.start(&spec(s, d)).await?),
+                _ => Ok(start_vm(s, d).await?),
             }
         }
         TaskState::Pausing => Ok(s.driver.pause(&d.id).await?),

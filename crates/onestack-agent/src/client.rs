@@ -89,6 +89,47 @@ impl Controller {
         Ok(Self::check(resp, "desired state").await?.json().await?)
     }
 
+    /// Long-polls the host's desired networking once its generation passes `after`.
+    pub async fn network_state(
+        &self,
+        host: &str,
+        after: i64,
+        wait: Duration,
+        network_node: bool,
+    ) -> Result<onestack_core::network::proto::NetworkState> {
+        let resp = self
+            .req(
+                reqwest::Method::GET,
+                &format!(
+                    "/hosts/{host}/network?after={after}&wait={}&network_node={}",
+                    wait.as_secs(),
+                    u8::from(network_node)
+                ),
+            )
+            .timeout(wait + Duration::from_secs(15))
+            .send()
+            .await
+            .context("network state")?;
+        Ok(Self::check(resp, "network state").await?.json().await?)
+    }
+
+    /// What the server at `ip` on `network_id` may know of itself; None when no server has it.
+    pub async fn metadata(&self, network_id: &str, ip: &str) -> Result<Option<proto::ConfigDrive>> {
+        let resp = self
+            .req(
+                reqwest::Method::GET,
+                &format!("/metadata/{network_id}/{ip}"),
+            )
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .context("metadata")?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Ok(Some(Self::check(resp, "metadata").await?.json().await?))
+    }
+
     pub async fn report(&self, host: &str, id: &str, r: &proto::Report) -> Result<()> {
         let resp = self
             .req(

@@ -3,7 +3,7 @@
 use crate::config::Config;
 use crate::paths::DataDir;
 use anyhow::{Context, Result};
-use onestack_agent::agent::AgentConfig;
+use onestack_agent::agent::{AgentConfig, AgentNetwork};
 use onestack_agent::driver::VirtType;
 use onestack_agent::qemu::{choose_accel, Accel, QemuDriver};
 use std::net::SocketAddr;
@@ -44,10 +44,37 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         heartbeat: Duration::from_millis(
             (cfg.compute.service_down_time * 1000 / 4).clamp(1000, 10_000),
         ),
+        network: None,
     };
+    let mut agent_cfg = agent_cfg;
     let run_as = qemu_user(&cfg.compute.qemu_user, &agent_cfg.instances_dir());
+    agent_cfg.network = host_networking(&cfg, run_as.as_deref());
     let driver = QemuDriver::new(agent_cfg.instances_dir(), accel, run_as);
     onestack_agent::agent::run(agent_cfg, driver, crate::serve::shutdown_signal()).await
+}
+
+/// Host networking needs root (netlink, nftables, namespaces) and dnsmasq for DHCP.
+fn host_networking(cfg: &Config, qemu_user: Option<&str>) -> Option<AgentNetwork> {
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!("not root: host networking is off, servers get no working NICs");
+        return None;
+    }
+    let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            tracing::warn!("dnsmasq not found: guests get no DHCP (install dnsmasq-base)");
+            std::path::PathBuf::from("/usr/sbin/dnsmasq")
+        });
+    let tap_owner = qemu_user
+        .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+        .map(|u| u.uid.as_raw());
+    Some(AgentNetwork {
+        network_node: cfg.network.network_node,
+        tap_owner,
+        dnsmasq,
+    })
 }
 
 /// The dedicated user QEMU drops to when the agent runs as root and nothing else is configured.
