@@ -70,6 +70,10 @@ pub struct ApplyStats {
     pub routers: Counts,
     /// Lines of the host nft transaction (0: nothing to change).
     pub nft_lines: usize,
+    /// Time spent in that transaction (`nft -f -`, including nft's own cache fill).
+    pub nft_elapsed: Duration,
+    /// Time spent on links, namespaces and dnsmasq.
+    pub l2_elapsed: Duration,
     /// Entries of the state left out because a field failed validation.
     pub rejected: Vec<String>,
     /// Objects that could not be realised; they are retried on the next apply.
@@ -156,7 +160,7 @@ impl HostNetworking {
         std::fs::create_dir_all(&self.cfg.state_dir)
             .with_context(|| format!("creating {}", self.cfg.state_dir.display()))?;
         let tmp = self.record_path().with_extension("tmp");
-        let json = serde_json::to_vec_pretty(a).context("encoding the network record")?;
+        let json = serde_json::to_vec(a).context("encoding the network record")?;
         std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, self.record_path()).context("saving the network record")
     }
@@ -190,8 +194,14 @@ impl HostNetworking {
                 self.load_record()
             }
         };
+        let before = (applied.plan.clone(), applied.dirty.clone());
         let r = self.converge(&plan, &mut applied, first, &mut stats).await;
-        let saved = self.save_record(&applied);
+        // Rewritten only when it changed: most applies (a rule, a member) change no object.
+        let saved = if first || before != (applied.plan.clone(), applied.dirty.clone()) {
+            self.save_record(&applied)
+        } else {
+            Ok(())
+        };
         self.applied = Some(applied);
         r?;
         saved?;
@@ -215,6 +225,7 @@ impl HostNetworking {
             dnsmasq: &self.cfg.dnsmasq,
         };
         let old = applied.plan.clone();
+        let l2_started = Instant::now();
 
         // Removals first (routers and DHCP before the bridges their veths sit in).
         for (id, r) in &old.routers {
@@ -350,6 +361,8 @@ impl HostNetworking {
             count(&mut stats.routers, prev, rt);
         }
 
+        stats.l2_elapsed = l2_started.elapsed();
+
         // Groups are nft-only.
         for (id, g) in &plan.groups {
             count(&mut stats.security_groups, old.groups.get(id), g);
@@ -369,7 +382,10 @@ impl HostNetworking {
         };
         stats.full_rebuild = full;
         stats.nft_lines = script.as_str().lines().count();
-        match self.nft.apply(&script).await {
+        let t = Instant::now();
+        let r = self.nft.apply(&script).await;
+        stats.nft_elapsed = t.elapsed();
+        match r {
             Ok(()) => applied.firewall = Some(want),
             Err(e) => {
                 // Unknown what the kernel holds now: rebuild from scratch next time.

@@ -18,7 +18,6 @@ use super::model::{Dir, Group, KeyRange, PortFilter, Router, Rule};
 use super::netns;
 use super::validate::{nft_prefix, Ident, IfName};
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -663,6 +662,7 @@ mod tests {
     use super::*;
     use crate::net::model::Rule;
     use crate::net::validate::{ipv4_prefix, Mac};
+    use ipnet::Ipv4Net;
 
     fn id(s: &str) -> Ident {
         Ident::parse(s).expect("id")

@@ -1,0 +1,778 @@
+//! The network data plane for real: a private "host" namespace per test, "VM" namespaces plugged
+//! in by veth pairs whose host ends carry the ports' device names, real nftables, dnsmasq and
+//! router namespaces. Addresses are all in 198.18.0.0/15 (benchmarking range) and no packet
+//! leaves the namespaces the test created. Everything it made is removed by a guard, even when an
+//! assertion fails. Skips (saying why) unless root with nft, dnsmasq, ip and busybox.
+
+use onestack_agent::net::{ApplyStats, HostNetworking, NetConfig};
+use onestack_core::network::proto::{self, *};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+fn find(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    for prog in ["nft", "dnsmasq", "ip", "busybox"] {
+        if find(prog).is_none() {
+            return Some(format!("{prog} is not installed"));
+        }
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    None
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Everything a test created; dropped last, also on panic.
+struct Env {
+    prefix: String,
+    host: String,
+    vms: Vec<String>,
+    net: Option<HostNetworking>,
+    state_dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let prefix = format!(
+            "osnt-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let host = format!("{prefix}-h");
+        ok(&["ip", "netns", "add", &host]);
+        ok(&["ip", "-n", &host, "link", "set", "lo", "up"]);
+        let state_dir = tempfile::tempdir().expect("tempdir");
+        // dnsmasq drops to `nobody` and re-reads its files from here on SIGHUP.
+        std::fs::set_permissions(
+            state_dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let net = HostNetworking::new(NetConfig {
+            host_netns: Some(host.clone()),
+            state_dir: state_dir.path().to_path_buf(),
+            tap_owner: None,
+            dnsmasq: find("dnsmasq").expect("dnsmasq"),
+        });
+        Env {
+            prefix,
+            host,
+            vms: Vec::new(),
+            net: Some(net),
+            state_dir,
+        }
+    }
+
+    fn net(&mut self) -> &mut HostNetworking {
+        self.net.as_mut().expect("data plane")
+    }
+
+    /// A "VM": a namespace whose eth0 is the peer of host device `dev`.
+    fn vm(&mut self, name: &str, dev: &str, mac: &str, addr: Option<&str>) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        ok(&["ip", "netns", "add", &ns]);
+        self.vms.push(ns.clone());
+        ok(&[
+            "ip", "-n", &self.host, "link", "add", dev, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ]);
+        ok(&["ip", "-n", &ns, "link", "set", "eth0", "address", mac]);
+        ok(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        if let Some(a) = addr {
+            ok(&["ip", "-n", &ns, "addr", "add", a, "dev", "eth0"]);
+            ok(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                "198.18.1.1",
+            ]);
+        }
+        ns
+    }
+
+    fn nft_list(&self, family: &str) -> String {
+        let out = run(&[
+            "ip", "netns", "exec", &self.host, "nft", "list", "table", family, "onestack",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut net) = self.net.take() {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(net.teardown_all()),
+                Err(e) => eprintln!("cleanup: no runtime: {e}"),
+            }
+        }
+        for ns in self.vms.iter().chain(std::iter::once(&self.host)) {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+        let _ = &self.state_dir;
+    }
+}
+
+fn ping(ns: &str, target: &str, source: Option<&str>) -> bool {
+    let mut args = vec![
+        "ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "1",
+    ];
+    if let Some(s) = source {
+        args.extend(["-I", s]);
+    }
+    args.push(target);
+    // A first packet may wait on ARP; a second try rules that out.
+    run(&args).status.success() || run(&args).status.success()
+}
+
+fn icmp_in_echos(ns: &str) -> u64 {
+    let snmp = ok(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]);
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Icmp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        panic!("no Icmp lines in /proc/net/snmp");
+    };
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "InEchos")
+        .expect("InEchos");
+    values
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .expect("InEchos value")
+}
+
+fn egress_all(id: &str) -> HostRule {
+    HostRule {
+        id: format!("{id}-egress"),
+        direction: Direction::Egress,
+        ethertype: "IPv4".into(),
+        protocol: None,
+        port_range_min: None,
+        port_range_max: None,
+        remote_ip_prefix: None,
+        remote_group_id: None,
+    }
+}
+
+fn vm_port(id: &str, dev: &str, mac: &str, ip: &str, groups: &[&str]) -> HostPort {
+    HostPort {
+        id: id.into(),
+        network_id: "tenant".into(),
+        kind: PortKind::Vm,
+        device: dev.into(),
+        mac: mac.into(),
+        ips: vec![ip.into()],
+        admin_state_up: true,
+        port_security: true,
+        security_groups: groups.iter().map(|g| g.to_string()).collect(),
+        allowed_address_pairs: vec![],
+    }
+}
+
+fn trusted_port(id: &str, net: &str, kind: PortKind, dev: &str, mac: &str, ip: &str) -> HostPort {
+    HostPort {
+        id: id.into(),
+        network_id: net.into(),
+        kind,
+        device: dev.into(),
+        mac: mac.into(),
+        ips: vec![ip.into()],
+        admin_state_up: true,
+        port_security: false,
+        security_groups: vec![],
+        allowed_address_pairs: vec![],
+    }
+}
+
+const MAC1: &str = "fa:16:3e:00:00:11";
+const MAC2: &str = "fa:16:3e:00:00:12";
+const MAC3: &str = "fa:16:3e:00:00:13";
+
+fn tenant_subnet() -> HostSubnet {
+    HostSubnet {
+        id: "tenant-v4".into(),
+        cidr: "198.18.1.0/24".into(),
+        gateway_ip: Some("198.18.1.1".into()),
+        enable_dhcp: true,
+        dns_nameservers: vec!["198.18.0.53".into()],
+        host_routes: vec![HostRoute {
+            destination: "198.18.200.0/24".into(),
+            nexthop: "198.18.1.254".into(),
+        }],
+    }
+}
+
+/// The scenario's state: a tenant network with three VMs, DHCP and a router to an external
+/// network on which the host has 198.18.64.1 and VM1 has floating IP 198.18.64.20.
+fn scenario_state(prefix: &str) -> NetworkState {
+    let dhcp_port = "dhcpport1";
+    let qr_port = "qrport1";
+    let qg_port = "qgport1";
+    NetworkState {
+        generation: 1,
+        networks: vec![
+            HostNetwork {
+                id: "tenant".into(),
+                bridge: "brqtenant".into(),
+                mtu: 1450,
+                external: false,
+                zone: 1,
+                host_address: None,
+                subnets: vec![tenant_subnet()],
+            },
+            HostNetwork {
+                id: "ext".into(),
+                bridge: "brqext".into(),
+                mtu: 1500,
+                external: true,
+                zone: 2,
+                host_address: Some("198.18.64.1/24".into()),
+                subnets: vec![],
+            },
+        ],
+        ports: vec![
+            vm_port("vm1port", "tapvm1", MAC1, "198.18.1.11", &["default"]),
+            vm_port("vm2port", "tapvm2", MAC2, "198.18.1.12", &["default"]),
+            vm_port("vm3port", "tapvm3", MAC3, "198.18.1.13", &["locked"]),
+            trusted_port(
+                dhcp_port,
+                "tenant",
+                PortKind::Dhcp,
+                "tapdhcp",
+                "fa:16:3e:00:00:02",
+                "198.18.1.2",
+            ),
+            trusted_port(
+                qr_port,
+                "tenant",
+                PortKind::Router,
+                "tapqr",
+                "fa:16:3e:00:00:01",
+                "198.18.1.1",
+            ),
+            trusted_port(
+                qg_port,
+                "ext",
+                PortKind::Router,
+                "tapqg",
+                "fa:16:3e:00:00:40",
+                "198.18.64.10",
+            ),
+        ],
+        security_groups: vec![
+            HostSecurityGroup {
+                id: "default".into(),
+                member_ips: vec!["198.18.1.11".into(), "198.18.1.12".into()],
+                rules: vec![
+                    egress_all("default"),
+                    HostRule {
+                        id: "default-in".into(),
+                        direction: Direction::Ingress,
+                        ethertype: "IPv4".into(),
+                        protocol: None,
+                        port_range_min: None,
+                        port_range_max: None,
+                        remote_ip_prefix: None,
+                        remote_group_id: Some("default".into()),
+                    },
+                    HostRule {
+                        id: "default-v6".into(),
+                        direction: Direction::Ingress,
+                        ethertype: "IPv6".into(),
+                        protocol: None,
+                        port_range_min: None,
+                        port_range_max: None,
+                        remote_ip_prefix: None,
+                        remote_group_id: Some("default".into()),
+                    },
+                ],
+            },
+            HostSecurityGroup {
+                id: "locked".into(),
+                member_ips: vec!["198.18.1.13".into()],
+                rules: vec![egress_all("locked")],
+            },
+        ],
+        dhcp: vec![DhcpServer {
+            network_id: "tenant".into(),
+            namespace: format!("{prefix}-dhcp"),
+            port_id: dhcp_port.into(),
+            device: "tapdhcp".into(),
+            mac: "fa:16:3e:00:00:02".into(),
+            addresses: vec!["198.18.1.2/24".into()],
+            mtu: 1450,
+            subnets: vec![tenant_subnet()],
+            hosts: [
+                ("198.18.1.11", MAC1),
+                ("198.18.1.12", MAC2),
+                ("198.18.1.13", MAC3),
+            ]
+            .iter()
+            .map(|(ip, mac)| DhcpHost {
+                mac: (*mac).into(),
+                ip: (*ip).into(),
+                hostname: format!("host-{}", ip.replace('.', "-")),
+            })
+            .collect(),
+        }],
+        routers: vec![HostRouter {
+            id: "router1".into(),
+            namespace: format!("{prefix}-r"),
+            gateway: Some(RouterGateway {
+                port_id: qg_port.into(),
+                network_id: "ext".into(),
+                host_device: "tapqg".into(),
+                device: proto::router_gateway_device(qg_port),
+                mac: "fa:16:3e:00:00:40".into(),
+                address: "198.18.64.10/24".into(),
+                default_gateway: Some("198.18.64.1".into()),
+                enable_snat: true,
+            }),
+            interfaces: vec![RouterInterface {
+                port_id: qr_port.into(),
+                network_id: "tenant".into(),
+                host_device: "tapqr".into(),
+                device: proto::router_interface_device(qr_port),
+                mac: "fa:16:3e:00:00:01".into(),
+                address: "198.18.1.1/24".into(),
+                mtu: 1450,
+            }],
+            floating_ips: vec![FloatingNat {
+                floating_ip: "198.18.64.20".into(),
+                fixed_ip: "198.18.1.11".into(),
+            }],
+        }],
+    }
+}
+
+fn applied(stats: &ApplyStats) {
+    assert!(stats.errors.is_empty(), "apply errors: {:#?}", stats.errors);
+    assert!(stats.rejected.is_empty(), "rejected: {:#?}", stats.rejected);
+}
+
+/// udhcpc in `ns`: returns the environment its script saw on `bound`.
+fn dhcp_client(ns: &str, dir: &Path) -> String {
+    let out = dir.join("udhcpc.env");
+    let script = dir.join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > '{}'\nexit 0\n",
+            out.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let script_arg = script.to_string_lossy().into_owned();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "busybox", "udhcpc", "-f", "-q", "-n"])
+        .args([
+            "-i",
+            "eth0",
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-O",
+            "staticroutes",
+            "-O",
+            "mtu",
+        ])
+        .args(["-s", &script_arg])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("udhcpc");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            // Only the client this test started.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("udhcpc got no lease in 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::read_to_string(&out).unwrap_or_default()
+}
+
+fn env_var<'a>(env: &'a str, key: &str) -> Option<&'a str> {
+    env.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+#[test]
+fn dataplane() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the network data plane test: {why}");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut env = Env::new();
+    let mut state = scenario_state(&env.prefix);
+    let host = env.host.clone();
+    let vm1 = env.vm("vm1", "tapvm1", MAC1, Some("198.18.1.11/24"));
+    let vm2 = env.vm("vm2", "tapvm2", MAC2, Some("198.18.1.12/24"));
+    let vm3 = env.vm("vm3", "tapvm3", MAC3, None);
+
+    let stats = rt.block_on(env.net().apply(&state)).expect("first apply");
+    applied(&stats);
+    assert!(stats.full_rebuild);
+    eprintln!("first apply: {stats:?}");
+
+    // bridge netfilter: bridged IPv4 reaches the inet hooks with the bridge as interface.
+    let ruleset = env.nft_list("inet");
+    assert!(ruleset.contains("\"brqtenant\" : 1"), "{ruleset}");
+    assert!(ruleset.contains("pi-tapvm1"), "{ruleset}");
+    assert!(!ruleset.contains("tapdhcp"), "trusted ports get no chains");
+
+    // DHCP: vm3 gets its fixed address, the gateway, MTU and the classless routes.
+    let lease = dhcp_client(&vm3, env.state_dir.path());
+    assert_eq!(env_var(&lease, "ip"), Some("198.18.1.13"), "{lease}");
+    assert_eq!(env_var(&lease, "subnet"), Some("255.255.255.0"), "{lease}");
+    assert_eq!(env_var(&lease, "mtu"), Some("1450"), "{lease}");
+    let routes = env_var(&lease, "staticroutes").unwrap_or_default();
+    assert!(routes.contains("169.254.169.254/32 198.18.1.2"), "{lease}");
+    assert!(routes.contains("198.18.200.0/24 198.18.1.254"), "{lease}");
+    assert!(routes.contains("0.0.0.0/0 198.18.1.1"), "{lease}");
+    ok(&[
+        "ip",
+        "-n",
+        &vm3,
+        "addr",
+        "add",
+        "198.18.1.13/24",
+        "dev",
+        "eth0",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &vm3,
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.18.1.1",
+    ]);
+
+    // Same default group: VMs reach each other both ways.
+    assert!(ping(&vm1, "198.18.1.12", None), "vm1 -> vm2");
+    assert!(ping(&vm2, "198.18.1.11", None), "vm2 -> vm1");
+
+    // vm3's group has no ingress rule: it cannot be pinged, but its own pings get answers
+    // (the reply is an established connection).
+    assert!(
+        !ping(&vm1, "198.18.1.13", None),
+        "vm1 -> vm3 must be dropped"
+    );
+    assert!(
+        ping(&vm3, "198.18.1.2", None),
+        "vm3 -> DHCP port (reply is stateful)"
+    );
+
+    // Adding an ICMP ingress rule is one small transaction touching only the group's chain.
+    state.security_groups[1].rules.push(HostRule {
+        id: "locked-icmp".into(),
+        direction: Direction::Ingress,
+        ethertype: "IPv4".into(),
+        protocol: Some(1),
+        port_range_min: None,
+        port_range_max: None,
+        remote_ip_prefix: Some("0.0.0.0/0".into()),
+        remote_group_id: None,
+    });
+    let stats = rt.block_on(env.net().apply(&state)).expect("rule apply");
+    applied(&stats);
+    assert!(!stats.full_rebuild);
+    assert_eq!(stats.security_groups.changed, 1);
+    assert!(stats.nft_lines <= 6, "{stats:?}");
+    assert!(
+        ping(&vm1, "198.18.1.13", None),
+        "vm1 -> vm3 after the ICMP rule"
+    );
+
+    // Anti-spoofing: vm2 claims 198.18.1.99. With vm3's MAC known (no ARP from the spoofed
+    // address), only the IPv4 source check can stop the echo requests before vm3 counts them.
+    ok(&[
+        "ip",
+        "-n",
+        &vm2,
+        "addr",
+        "add",
+        "198.18.1.99/32",
+        "dev",
+        "eth0",
+    ]);
+    ok(&[
+        "ip",
+        "-n",
+        &vm2,
+        "neigh",
+        "replace",
+        "198.18.1.13",
+        "lladdr",
+        MAC3,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let before = icmp_in_echos(&vm3);
+    assert!(!ping(&vm2, "198.18.1.13", Some("198.18.1.99")));
+    assert_eq!(icmp_in_echos(&vm3), before, "spoofed packets reached vm3");
+    assert!(
+        ping(&vm2, "198.18.1.13", Some("198.18.1.12")),
+        "the real address passes"
+    );
+    assert!(icmp_in_echos(&vm3) > before);
+
+    // Router: vm1 reaches the host's address on the external network through SNAT.
+    assert!(
+        ping(&vm1, "198.18.64.1", None),
+        "vm1 -> external via the router"
+    );
+    assert!(
+        ping(&vm3, "198.18.64.1", None),
+        "vm3 -> external via the router"
+    );
+
+    // Floating IP: the host reaches vm1 at 198.18.64.20 once vm1 also has the group that allows
+    // ICMP from anywhere (a membership change: the port's chains are refilled in place).
+    state.ports[0].security_groups.push("locked".into());
+    state.security_groups[1]
+        .member_ips
+        .push("198.18.1.11".into());
+    let stats = rt
+        .block_on(env.net().apply(&state))
+        .expect("membership apply");
+    applied(&stats);
+    assert_eq!(stats.ports.changed, 1);
+    assert!(
+        ping(&host, "198.18.64.20", None),
+        "host -> floating IP of vm1"
+    );
+
+    // A restarted agent (new instance, same state dir) converges without disturbing anything:
+    // same dnsmasq process, connectivity intact.
+    let pid_file = env.state_dir.path().join("dhcp/tenant/pid");
+    let pid_before = std::fs::read_to_string(&pid_file).expect("pid file");
+    let mut restarted = HostNetworking::new(NetConfig {
+        host_netns: Some(host.clone()),
+        state_dir: env.state_dir.path().to_path_buf(),
+        tap_owner: None,
+        dnsmasq: find("dnsmasq").expect("dnsmasq"),
+    });
+    let stats = rt
+        .block_on(restarted.apply(&state))
+        .expect("apply after restart");
+    applied(&stats);
+    assert!(stats.full_rebuild);
+    env.net = Some(restarted);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("pid file"),
+        pid_before
+    );
+    assert!(ping(&vm1, "198.18.1.12", None), "vm1 -> vm2 after restart");
+    assert!(
+        ping(&host, "198.18.64.20", None),
+        "floating IP after restart"
+    );
+
+    // Deleting a port removes its chains, map and set elements and its device, nothing else;
+    // its DHCP lease is released.
+    let leases = env.state_dir.path().join("dhcp/tenant/leases");
+    assert!(std::fs::read_to_string(&leases)
+        .unwrap_or_default()
+        .contains(MAC3));
+    state.ports.retain(|p| p.id != "vm3port");
+    state.dhcp[0].hosts.retain(|h| h.mac != MAC3);
+    for g in &mut state.security_groups {
+        g.member_ips.retain(|ip| ip != "198.18.1.13");
+    }
+    let stats = rt.block_on(env.net().apply(&state)).expect("delete apply");
+    applied(&stats);
+    assert_eq!(stats.ports.removed, 1);
+    assert!(!stats.full_rebuild);
+    let inet = env.nft_list("inet");
+    let bridge = env.nft_list("bridge");
+    assert!(
+        !inet.contains("tapvm3") && !inet.contains("198.18.1.13"),
+        "{inet}"
+    );
+    assert!(!bridge.contains("tapvm3"), "{bridge}");
+    assert!(inet.contains("pi-tapvm1") && bridge.contains("ps-tapvm1"));
+    assert!(!run(&["ip", "-n", &host, "link", "show", "tapvm3"])
+        .status
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&leases)
+        .unwrap_or_default()
+        .contains(MAC3)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "lease of the deleted port not released"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ping(&vm1, "198.18.1.12", None), "others unaffected");
+
+    // Teardown removes the namespaces (and dnsmasq) it created.
+    let dnsmasq_pid: i32 = pid_before.trim().parse().expect("pid");
+    rt.block_on(env.net().teardown_all());
+    for ns in [format!("{}-dhcp", env.prefix), format!("{}-r", env.prefix)] {
+        assert!(
+            !Path::new("/run/netns").join(&ns).exists(),
+            "{ns} left behind"
+        );
+    }
+    assert!(
+        !Path::new(&format!("/proc/{dnsmasq_pid}")).exists() || {
+            std::thread::sleep(Duration::from_millis(500));
+            !Path::new(&format!("/proc/{dnsmasq_pid}/cmdline")).exists()
+                || std::fs::read(format!("/proc/{dnsmasq_pid}/cmdline"))
+                    .map_or(true, |c| c.is_empty())
+        }
+    );
+    assert!(env.nft_list("inet").is_empty());
+}
+
+/// How long applying one new port takes with 1 and with 101 ports present, and 100 at once. The
+/// one-port transaction is the same size either way; the time must not grow with the port count.
+#[test]
+fn apply_time_per_port() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the apply benchmark: {why}");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut env = Env::new();
+    let mut state = NetworkState {
+        generation: 1,
+        networks: vec![HostNetwork {
+            id: "tenant".into(),
+            bridge: "brqtenant".into(),
+            mtu: 1500,
+            external: false,
+            zone: 1,
+            host_address: None,
+            subnets: vec![],
+        }],
+        ports: vec![],
+        security_groups: vec![HostSecurityGroup {
+            id: "default".into(),
+            member_ips: vec![],
+            rules: vec![egress_all("default")],
+        }],
+        dhcp: vec![],
+        routers: vec![],
+    };
+    let port = |i: usize| {
+        // The data plane creates these as real persistent TAPs.
+        vm_port(
+            &format!("bench{i}"),
+            &format!("tapbench{i}"),
+            &format!("fa:16:3e:01:{:02x}:{:02x}", i / 256, i % 256),
+            &format!("198.18.{}.{}", 10 + i / 250, 1 + i % 250),
+            &["default"],
+        )
+    };
+    let mut add = |state: &mut NetworkState, range: std::ops::Range<usize>| {
+        for i in range {
+            let p = port(i);
+            state.security_groups[0].member_ips.push(p.ips[0].clone());
+            state.ports.push(p);
+        }
+        let stats = rt.block_on(env.net().apply(state)).expect("apply");
+        applied(&stats);
+        stats
+    };
+    add(&mut state, 0..0);
+    // Ports #1..#5 one at a time, then 100 at once, then #106..#110 one at a time.
+    let early: Vec<ApplyStats> = (0..5).map(|i| add(&mut state, i..i + 1)).collect();
+    let hundred = add(&mut state, 5..105);
+    let later: Vec<ApplyStats> = (105..110).map(|i| add(&mut state, i..i + 1)).collect();
+    let median = |v: &[ApplyStats]| {
+        let mut t: Vec<Duration> = v.iter().map(|s| s.elapsed).collect();
+        t.sort();
+        t[t.len() / 2]
+    };
+    let (m_early, m_late) = (median(&early), median(&later));
+    for (what, v) in [("early", &early), ("late", &later)] {
+        let nft: Vec<Duration> = v.iter().map(|s| s.nft_elapsed).collect();
+        let l2: Vec<Duration> = v.iter().map(|s| s.l2_elapsed).collect();
+        let all: Vec<Duration> = v.iter().map(|s| s.elapsed).collect();
+        println!("{what}: total {all:?}\n  nft {nft:?}\n  links {l2:?}");
+    }
+    println!(
+        "apply time: 1 new port with 0-4 present {m_early:?} (median of {}; first {:?}), \
+         100 new ports at once {:?}, 1 new port with 105-109 present {m_late:?} (median of {}); \
+         nft lines per new port: {} vs {}",
+        early.len(),
+        early[0].elapsed,
+        hundred.elapsed,
+        later.len(),
+        early[1].nft_lines,
+        later[0].nft_lines
+    );
+    assert_eq!(early[1].nft_lines, later[0].nft_lines);
+    assert!(
+        m_late < m_early * 3 + Duration::from_millis(30),
+        "one-port apply grew with the port count: {m_early:?} -> {m_late:?}"
+    );
+}
