@@ -91,15 +91,84 @@ struct Firewall {
     ports: BTreeMap<String, (PortFilter, Vec<KeyRange>)>,
 }
 
-/// What is (or may be) realised: the last applied version of each object. Saved to disk so that
-/// after a restart the agent still removes what the controller dropped meanwhile.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// What is (or may be) realised: the last applied version of each object. Each object is also
+/// saved to disk ([`Record`]) so that after a restart the agent still removes what the controller
+/// dropped meanwhile.
+#[derive(Clone, Debug, Default)]
 struct Applied {
     plan: Plan,
     /// Keys of objects whose last realisation failed: converged again on the next apply.
     dirty: BTreeSet<String>,
-    #[serde(skip)]
     firewall: Option<Firewall>,
+}
+
+/// One small JSON file per realised object (`<state_dir>/net-record/<kind>/<id>.json`), written
+/// or removed with that object only, so recording a change costs the same whatever the number of
+/// other objects. Ids are checked identifiers, hence safe file names.
+struct Record {
+    dir: PathBuf,
+}
+
+impl Record {
+    fn path(&self, kind: &str, id: &str) -> PathBuf {
+        self.dir.join(kind).join(format!("{id}.json"))
+    }
+
+    fn put<T: Serialize>(&self, kind: &str, id: &str, v: &T) -> Result<()> {
+        let path = self.path(kind, id);
+        let dir = self.dir.join(kind);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_vec(v).context("encoding a network record")?;
+        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("saving {}", path.display()))
+    }
+
+    fn del(&self, kind: &str, id: &str) -> Result<()> {
+        let path = self.path(kind, id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+
+    fn load_kind<T: serde::de::DeserializeOwned>(&self, kind: &str) -> BTreeMap<String, T> {
+        let mut out = BTreeMap::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.join(kind)) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Some(id) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            match std::fs::read(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| serde_json::from_slice(&b).map_err(anyhow::Error::from))
+            {
+                Ok(v) => {
+                    out.insert(id.to_owned(), v);
+                }
+                Err(e) => tracing::warn!(path = %path.display(), error = %e,
+                    "ignoring an unreadable network record"),
+            }
+        }
+        out
+    }
+
+    fn load(&self) -> Plan {
+        Plan {
+            networks: self.load_kind("networks"),
+            ports: self.load_kind("ports"),
+            groups: BTreeMap::new(),
+            dhcp: self.load_kind("dhcp"),
+            routers: self.load_kind("routers"),
+        }
+    }
 }
 
 pub struct HostNetworking {
@@ -109,8 +178,6 @@ pub struct HostNetworking {
     nft: Nft,
     applied: Option<Applied>,
 }
-
-const RECORD: &str = "network-applied.json";
 
 impl HostNetworking {
     pub fn new(cfg: NetConfig) -> Self {
@@ -142,27 +209,10 @@ impl HostNetworking {
         self.links.as_ref().context("netlink handle")
     }
 
-    fn record_path(&self) -> PathBuf {
-        self.cfg.state_dir.join(RECORD)
-    }
-
-    fn load_record(&self) -> Applied {
-        match std::fs::read(self.record_path()) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "ignoring an unreadable network record");
-                Applied::default()
-            }),
-            Err(_) => Applied::default(),
+    fn record(&self) -> Record {
+        Record {
+            dir: self.cfg.state_dir.join("net-record"),
         }
-    }
-
-    fn save_record(&self, a: &Applied) -> Result<()> {
-        std::fs::create_dir_all(&self.cfg.state_dir)
-            .with_context(|| format!("creating {}", self.cfg.state_dir.display()))?;
-        let tmp = self.record_path().with_extension("tmp");
-        let json = serde_json::to_vec(a).context("encoding the network record")?;
-        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, self.record_path()).context("saving the network record")
     }
 
     /// Makes the host match `desired`, changing only what differs from the last apply. The first
@@ -191,20 +241,15 @@ impl HostNetworking {
                 )
                 .await
                 .context("enabling bridge netfilter")?;
-                self.load_record()
+                Applied {
+                    plan: self.record().load(),
+                    ..Default::default()
+                }
             }
         };
-        let before = (applied.plan.clone(), applied.dirty.clone());
         let r = self.converge(&plan, &mut applied, first, &mut stats).await;
-        // Rewritten only when it changed: most applies (a rule, a member) change no object.
-        let saved = if first || before != (applied.plan.clone(), applied.dirty.clone()) {
-            self.save_record(&applied)
-        } else {
-            Ok(())
-        };
         self.applied = Some(applied);
         r?;
-        saved?;
         stats.elapsed = started.elapsed();
         Ok(stats)
     }
@@ -224,6 +269,7 @@ impl HostNetworking {
             tap_owner: self.cfg.tap_owner,
             dnsmasq: &self.cfg.dnsmasq,
         };
+        let rec = self.record();
         let old = applied.plan.clone();
         let l2_started = Instant::now();
 
@@ -234,6 +280,7 @@ impl HostNetworking {
                 match l2::remove_router(&ctx, r).await {
                     Ok(()) => {
                         applied.plan.routers.remove(id);
+                        stored(stats, rec.del("routers", id));
                         applied.dirty.remove(&key);
                         stats.routers.removed += 1;
                     }
@@ -247,6 +294,7 @@ impl HostNetworking {
                 match l2::remove_dhcp(&ctx, d).await {
                     Ok(()) => {
                         applied.plan.dhcp.remove(id);
+                        stored(stats, rec.del("dhcp", id));
                         applied.dirty.remove(&key);
                         stats.dhcp.removed += 1;
                     }
@@ -260,6 +308,7 @@ impl HostNetworking {
                 match l2::remove_port(&ctx, p).await {
                     Ok(()) => {
                         applied.plan.ports.remove(id);
+                        stored(stats, rec.del("ports", id));
                         applied.dirty.remove(&key);
                         stats.ports.removed += 1;
                     }
@@ -273,6 +322,7 @@ impl HostNetworking {
                 match l2::remove_network(&ctx, n).await {
                     Ok(()) => {
                         applied.plan.networks.remove(id);
+                        stored(stats, rec.del("networks", id));
                         applied.dirty.remove(&key);
                         stats.networks.removed += 1;
                     }
@@ -290,6 +340,7 @@ impl HostNetworking {
             }
             let r = l2::converge_network(&ctx, prev, n).await;
             record(
+                (&rec, "networks"),
                 &mut applied.plan.networks,
                 &mut applied.dirty,
                 id,
@@ -309,6 +360,7 @@ impl HostNetworking {
             }
             let r = l2::converge_port(&ctx, prev, p).await;
             record(
+                (&rec, "ports"),
                 &mut applied.plan.ports,
                 &mut applied.dirty,
                 id,
@@ -329,6 +381,7 @@ impl HostNetworking {
             }
             let r = l2::converge_dhcp(&ctx, prev, d, first || dirty).await;
             record(
+                (&rec, "dhcp"),
                 &mut applied.plan.dhcp,
                 &mut applied.dirty,
                 id,
@@ -349,6 +402,7 @@ impl HostNetworking {
             }
             let r = l2::converge_router(&ctx, prev, rt, first || dirty).await;
             record(
+                (&rec, "routers"),
                 &mut applied.plan.routers,
                 &mut applied.dirty,
                 id,
@@ -399,7 +453,10 @@ impl HostNetworking {
     /// Removes everything this data plane created: namespaces (with their dnsmasq), VM taps,
     /// bridges and the nft tables. Best effort: every step is tried, failures are logged.
     pub async fn teardown_all(&mut self) {
-        let mut applied = self.applied.take().unwrap_or_else(|| self.load_record());
+        let mut applied = self.applied.take().unwrap_or_else(|| Applied {
+            plan: self.record().load(),
+            ..Default::default()
+        });
         if let Err(e) = self.host_links().await {
             tracing::warn!(error = %format!("{e:#}"), "teardown: no netlink handle");
             return;
@@ -443,7 +500,7 @@ impl HostNetworking {
         if let Err(e) = self.nft.apply(&s).await {
             warn("nft tables", e);
         }
-        let _ = std::fs::remove_file(self.record_path());
+        let _ = std::fs::remove_dir_all(self.record().dir);
         let _ = std::fs::remove_dir(self.cfg.state_dir.join("dhcp"));
         self.applied = None;
     }
@@ -466,7 +523,8 @@ fn count<T: PartialEq>(c: &mut Counts, prev: Option<&T>, new: &T) {
 /// version that may exist (the new one if it was being created, else the old one, so the retry
 /// also removes what the old one had), marked for retry.
 #[allow(clippy::too_many_arguments)]
-fn record<T: Clone>(
+fn record<T: Clone + Serialize>(
+    (rec, kind): (&Record, &str),
     map: &mut BTreeMap<String, T>,
     dirty: &mut BTreeSet<String>,
     id: &str,
@@ -476,16 +534,25 @@ fn record<T: Clone>(
     r: Result<()>,
     stats: &mut ApplyStats,
 ) {
-    match r {
+    let kept = match r {
         Ok(()) => {
-            map.insert(id.to_owned(), new.clone());
             dirty.remove(key);
+            new
         }
         Err(e) => {
-            map.insert(id.to_owned(), prev.unwrap_or(new).clone());
             dirty.insert(key.to_owned());
             fail(stats, key, e);
+            prev.unwrap_or(new)
         }
+    };
+    map.insert(id.to_owned(), kept.clone());
+    stored(stats, rec.put(kind, id, kept));
+}
+
+/// A record that cannot be written only weakens cleanup after a restart: reported, not fatal.
+fn stored(stats: &mut ApplyStats, r: Result<()>) {
+    if let Err(e) = r {
+        fail(stats, "record", e);
     }
 }
 

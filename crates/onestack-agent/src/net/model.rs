@@ -590,28 +590,29 @@ impl std::fmt::Display for KeyRange {
     }
 }
 
-/// `ranges` minus `held`, as sorted disjoint ranges.
-fn subtract(ranges: &[(u32, u32)], held: &[(u32, u32)]) -> Vec<(u32, u32)> {
+/// `ranges` minus `held` (disjoint ranges keyed by start), as sorted disjoint ranges. Looks only
+/// at the held ranges that overlap, so it costs O(k log n), not O(n).
+fn subtract(ranges: &[(u32, u32)], held: &BTreeMap<u32, u32>) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     for &(a, b) in ranges {
-        let mut pieces = vec![(a, b)];
-        for &(ha, hb) in held {
-            let mut next = Vec::new();
-            for (pa, pb) in pieces {
-                if hb < pa || ha > pb {
-                    next.push((pa, pb));
-                    continue;
-                }
-                if ha > pa {
-                    next.push((pa, ha - 1));
-                }
-                if hb < pb {
-                    next.push((hb + 1, pb));
-                }
+        // The held range starting before `a` may reach into it.
+        let before = held.range(..a).next_back().map(|(s, e)| (*s, *e));
+        let mut cursor = u64::from(a);
+        for (s, e) in before
+            .into_iter()
+            .chain(held.range(a..=b).map(|(s, e)| (*s, *e)))
+        {
+            if u64::from(e) < cursor {
+                continue;
             }
-            pieces = next;
+            if u64::from(s) > cursor {
+                out.push((cursor as u32, s - 1));
+            }
+            cursor = u64::from(e) + 1;
         }
-        out.extend(pieces);
+        if cursor <= u64::from(b) {
+            out.push((cursor as u32, b));
+        }
     }
     out.sort_unstable();
     out
@@ -625,15 +626,15 @@ fn prefix_bounds(p: &Ipv4Net) -> (u32, u32) {
 /// first (each port owns its own addresses), then address pairs in port order, each only where
 /// no other key is (the interval maps refuse overlaps).
 pub fn dispatch_keys(filters: &BTreeMap<String, PortFilter>) -> BTreeMap<String, Vec<KeyRange>> {
-    let mut held: BTreeMap<&IfName, Vec<(u32, u32)>> = BTreeMap::new();
+    let mut held: BTreeMap<&IfName, BTreeMap<u32, u32>> = BTreeMap::new();
     let mut keys: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
     for (id, f) in filters {
         let h = held.entry(&f.bridge).or_default();
         let mine = keys.entry(id.clone()).or_default();
         for ip in &f.fixed {
             let x = u32::from(*ip);
-            if !h.iter().any(|&(a, b)| a <= x && x <= b) {
-                h.push((x, x));
+            if let std::collections::btree_map::Entry::Vacant(v) = h.entry(x) {
+                v.insert(x);
                 mine.push((x, x));
             }
         }
@@ -643,6 +644,7 @@ pub fn dispatch_keys(filters: &BTreeMap<String, PortFilter>) -> BTreeMap<String,
         let pairs: Vec<(u32, u32)> = f.prefixes.iter().map(prefix_bounds).collect();
         let free = subtract(&pairs, h);
         h.extend(free.iter().copied());
+        // (Disjoint by construction: `free` avoided everything held.)
         keys.entry(id.clone()).or_default().extend(free);
     }
     keys.into_iter()
@@ -681,10 +683,19 @@ mod tests {
             r("198.18.1.0", "198.18.1.9").to_string(),
             "198.18.1.0-198.18.1.9"
         );
+        let held = |v: &[(u32, u32)]| v.iter().copied().collect::<BTreeMap<u32, u32>>();
         assert_eq!(
-            subtract(&[(0, 15)], &[(10, 10), (11, 11)]),
+            subtract(&[(0, 15)], &held(&[(10, 10), (11, 11)])),
             vec![(0, 9), (12, 15)]
         );
-        assert_eq!(subtract(&[(5, 5)], &[(0, 15)]), vec![]);
+        assert_eq!(subtract(&[(5, 5)], &held(&[(0, 15)])), vec![]);
+        assert_eq!(
+            subtract(&[(5, 20)], &held(&[(0, 6), (9, 9), (30, 40)])),
+            vec![(7, 8), (10, 20)]
+        );
+        assert_eq!(
+            subtract(&[(0, u32::MAX)], &held(&[(u32::MAX, u32::MAX)])),
+            vec![(0, u32::MAX - 1)]
+        );
     }
 }
