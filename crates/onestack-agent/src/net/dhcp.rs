@@ -190,7 +190,7 @@ pub fn running(f: &Files) -> Option<(i32, Vec<OsString>)> {
         .is_some_and(|n| n.as_bytes() == b"dnsmasq");
     let mut want = OsString::from("--pid-file=");
     want.push(f.pid().as_os_str());
-    if is_dnsmasq && argv.iter().any(|a| *a == want) {
+    if is_dnsmasq && argv.contains(&want) {
         Some((pid, argv[1..].to_vec()))
     } else {
         None

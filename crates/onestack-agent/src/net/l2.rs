@@ -119,7 +119,7 @@ struct VethEnd<'a> {
 
 /// A veth whose host end is in `bridge` and whose other end, in namespace `ns`, carries `mac`
 /// and `addrs`. Recreated when either end is missing.
-async fn converge_veth(c: &Ctx<'_>, ns: &PathBuf, inner: &Links, v: &VethEnd<'_>) -> Result<()> {
+async fn converge_veth(c: &Ctx<'_>, ns: &Path, inner: &Links, v: &VethEnd<'_>) -> Result<()> {
     let host_has = c.host.index(v.host_dev).await?.is_some();
     let inner_has = inner.index(v.inner_dev).await?.is_some();
     if !(host_has && inner_has) {
@@ -128,7 +128,7 @@ async fn converge_veth(c: &Ctx<'_>, ns: &PathBuf, inner: &Links, v: &VethEnd<'_>
         // A stale namespace end left in the host namespace would block the new pair.
         c.host.delete(v.inner_dev).await?;
         c.host.add_veth(v.host_dev, v.inner_dev).await?;
-        c.host.move_to(v.inner_dev, ns.clone()).await?;
+        c.host.move_to(v.inner_dev, ns.to_path_buf()).await?;
     }
     let bridge = c.host.require(v.bridge).await?;
     let host_index = c.host.require(v.host_dev).await?;
