@@ -54,6 +54,14 @@ fi
 ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1 || apt-get update -qq
 export ONESTACK_IMAGE_CACHE="$CACHE/images"
 
+step "Networking tools for the data plane tests (nftables, dnsmasq, iproute2, ping)"
+if ! command -v nft >/dev/null || ! command -v dnsmasq >/dev/null || ! command -v ping >/dev/null \
+    || ! command -v ip >/dev/null || ! command -v busybox >/dev/null || ! command -v debootstrap >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    nftables dnsmasq-base iproute2 iputils-ping busybox debootstrap >/dev/null
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -93,7 +93,8 @@ def test_server_lifecycle_with_a_real_guest(tmp_path):
 
         srv = json.loads(demo(cloud, 
             "server", "create", "--image", "onestack-tiny", "--flavor", "m1.tiny",
-            "--key-name", "k1", "--property", "role=e2e", "--wait", "vm1", "-f", "json").stdout)
+            "--key-name", "k1", "--property", "role=e2e", "--config-drive", "True",
+            "--wait", "vm1", "-f", "json").stdout)
         assert srv["status"] == "ACTIVE"
         sid = srv["id"]
         s = show(cloud, "vm1")

@@ -134,6 +134,14 @@ ip route replace default via "$DEFGW" dev eth0
         assert blocked.returncode != 0
         demo(cloud, "security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "22", "nossh")
         assert wait_ssh(cloud, key, c_fip, timeout=60) == "vm-c"
+        # Groups change on a running server through compute too (Nova's add/removeSecurityGroup).
+        demo(cloud, "server", "add", "security", "group", "vm-c", "default")
+        demo(cloud, "server", "remove", "security", "group", "vm-c", "nossh")
+        c = json.loads(demo(cloud, "server", "show", "vm-c", "-f", "json").stdout)
+        assert [g["name"] for g in c["security_groups"]] == ["default"]
+        c_port = json.loads(demo(cloud, "port", "list", "--server", "vm-c", "-f", "json", "--long").stdout)[0]
+        default_id = demo(cloud, "security", "group", "show", "default", "-f", "value", "-c", "id").stdout.strip()
+        assert c_port["Security Groups"] == [default_id]
 
         # Deleting servers takes their ports, addresses and taps with them.
         demo(cloud, "server", "delete", "--wait", "vm-a", "vm-b", "vm-c")

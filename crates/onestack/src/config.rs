@@ -51,7 +51,7 @@ impl Default for ComputeConfig {
             disk_allocation_ratio: 1.0,
             reserved_host_memory_mb: 512,
             shutdown_timeout: 60,
-            force_config_drive: true,
+            force_config_drive: false,
             agent_port: 8775,
             service_down_time: 60,
             host: String::new(),

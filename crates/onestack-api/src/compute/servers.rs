@@ -473,6 +473,17 @@ pub async fn action(
             s.compute.set_locked(&ctx, &p.id, name == "lock").await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
+        "addSecurityGroup" | "removeSecurityGroup" => {
+            let group = arg
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.trim().is_empty())
+                .ok_or_else(|| bad_field("name"))?;
+            s.compute
+                .change_security_group(&ctx, &p.id, group, name == "addSecurityGroup")
+                .await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
         "createImage" => {
             let image_name = arg
                 .get("name")

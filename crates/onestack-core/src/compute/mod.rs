@@ -51,7 +51,7 @@ pub struct ComputeConfig {
     pub quota: Quota,
     /// A host is down when it has not heartbeaten for this long (Nova's `service_down_time`).
     pub service_down_time: Duration,
-    /// Always attach a config drive (the metadata service arrives with networking).
+    /// Always attach a config drive (Nova's force_config_drive; off: the metadata service).
     pub force_config_drive: bool,
     pub default_availability_zone: String,
 }
@@ -62,7 +62,7 @@ impl Default for ComputeConfig {
             ratios: scheduler::Ratios::default(),
             quota: Quota::default(),
             service_down_time: Duration::from_secs(60),
-            force_config_drive: true,
+            force_config_drive: false,
             default_availability_zone: "nova".into(),
         }
     }
@@ -1369,6 +1369,57 @@ impl ComputeService {
             )
             .await?;
         self.notify();
+        Ok(())
+    }
+
+    /// `addSecurityGroup` / `removeSecurityGroup`: on every port of the server, and in the
+    /// server's own list of group names.
+    pub async fn change_security_group(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        group: &str,
+        add: bool,
+    ) -> CoreResult<()> {
+        let rule = if add {
+            "os_compute_api:os-security-groups:add"
+        } else {
+            "os_compute_api:os-security-groups:remove"
+        };
+        let inst = self.get_server_for_update(ctx, id, rule, true).await?;
+        let Some(net) = self.network.get() else {
+            return Err(CoreError::NotFound(format!(
+                "Security group {group} not found for project {}.",
+                inst.project_id
+            )));
+        };
+        let name = net
+            .change_server_group(id, &inst.project_id, group, add)
+            .await?;
+        let mut groups: Vec<String> =
+            serde_json::from_str(&inst.security_groups).unwrap_or_default();
+        if add {
+            if !groups.contains(&name) {
+                groups.push(name);
+            }
+        } else {
+            groups.retain(|g| g != &name && g != group);
+        }
+        self.store
+            .update_instance(
+                id,
+                &Expect::Any,
+                &vec![
+                    (
+                        "security_groups",
+                        serde_json::to_string(&groups)
+                            .unwrap_or_else(|_| "[]".into())
+                            .into(),
+                    ),
+                    ("updated_at", now().into()),
+                ],
+            )
+            .await?;
         Ok(())
     }
 

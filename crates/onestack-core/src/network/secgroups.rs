@@ -753,3 +753,60 @@ pub(crate) fn security_group_view(
         }),
     )
 }
+
+impl NetworkService {
+    /// Nova's addSecurityGroup/removeSecurityGroup: the group (name or id, of the server's
+    /// project) joins or leaves every port of the server. Returns the group's name.
+    pub async fn change_server_group(
+        &self,
+        server_id: &str,
+        project_id: &str,
+        group: &str,
+        add: bool,
+    ) -> CoreResult<String> {
+        let mut tx = self.tx().await?;
+        let gid = self
+            .resolve_group(&mut tx, project_id, group)
+            .await
+            .map_err(|e| match e {
+                CoreError::Typed { message, kind, .. } => typed(404, kind, message),
+                other => other,
+            })?;
+        let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, &gid).await?;
+        let ports: Vec<Rec<Port>> = Self::all_tx(
+            &mut tx,
+            NetFilter {
+                kind: PORT,
+                device_id: Some(server_id),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let mut touched = false;
+        for mut p in ports
+            .into_iter()
+            .filter(|p| p.val.device_owner.starts_with("compute:"))
+        {
+            let has = p.val.security_groups.contains(&gid);
+            if add && !has && p.val.port_security_enabled {
+                p.val.security_groups.push(gid.clone());
+            } else if !add && has {
+                p.val.security_groups.retain(|x| x != &gid);
+            } else {
+                continue;
+            }
+            touched = true;
+            let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
+            tx.update(&row).await.map_err(store_err)?;
+        }
+        if !add && !touched {
+            return Err(typed(
+                404,
+                "SecurityGroupNotFound",
+                format!("Security group {group} not associated with the instance {server_id}"),
+            ));
+        }
+        self.commit(tx).await?;
+        Ok(g.val.name)
+    }
+}
