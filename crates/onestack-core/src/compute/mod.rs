@@ -995,6 +995,11 @@ impl ComputeService {
             }
             k
         };
+        // Shown by name, as Nova shows them, whichever way the client named them.
+        let group_names = match self.network.get() {
+            Some(net) => net.group_names(&project, &groups).await?,
+            None => groups.clone(),
+        };
         let reservation_id = format!("r-{}", &crate::new_id()[..8]);
         let specs = serde_json::to_string(&flavor.extra_specs).unwrap_or_else(|_| "{}".into());
         let mut created = Vec::new();
@@ -1053,7 +1058,8 @@ impl ComputeService {
                 description: req.description.clone(),
                 access_ipv4: req.access_ipv4.clone().unwrap_or_default(),
                 access_ipv6: req.access_ipv6.clone().unwrap_or_default(),
-                security_groups: serde_json::to_string(&groups).unwrap_or_else(|_| "[]".into()),
+                security_groups: serde_json::to_string(&group_names)
+                    .unwrap_or_else(|_| "[]".into()),
                 requested_networks: serde_json::to_string(&req.networks)
                     .unwrap_or_else(|_| "null".into()),
                 fault_code: None,

@@ -810,3 +810,28 @@ impl NetworkService {
         Ok(g.val.name)
     }
 }
+
+impl NetworkService {
+    /// The names of groups given by name or id (Nova shows a server's groups by name).
+    pub async fn group_names(
+        &self,
+        project_id: &str,
+        groups: &[String],
+    ) -> CoreResult<Vec<String>> {
+        let all: Vec<Rec<SecurityGroup>> = self
+            .all(NetFilter {
+                kind: SECURITY_GROUP,
+                project_id: Some(project_id),
+                ..Default::default()
+            })
+            .await?;
+        Ok(groups
+            .iter()
+            .map(|g| {
+                all.iter()
+                    .find(|x| &x.val.id == g)
+                    .map_or_else(|| g.clone(), |x| x.val.name.clone())
+            })
+            .collect())
+    }
+}
