@@ -2,6 +2,8 @@
 dnsmasq, nftables, a router namespace with NAT, the metadata service), driven by the real CLI.
 The cloud runs in its own network namespace; everything uses 198.18.0.0/15."""
 import json
+import os
+import signal
 import subprocess
 import time
 
@@ -117,6 +119,24 @@ ip route replace default via "$DEFGW" dev eth0
         r = ssh(cloud, key, fip, f"timeout 5 nc {b_ip} 22 </dev/null | head -c 7; echo; "
                                  "wget -q -O - http://169.254.169.254/latest/meta-data/public-ipv4")
         assert "SSH-2.0" in r.stdout and fip in r.stdout, r
+
+        # A killed agent comes back (supervisor) and rebuilds the data plane from the database
+        # without disturbing the running guest: its floating IP answers throughout.
+        pid_file = cloud.data / "run" / "compute.pid"
+        old_pid = int(pid_file.read_text())
+        os.kill(old_pid, signal.SIGKILL)
+        # Ping through the restart and the full re-apply that follows it.
+        lost, restarted, deadline = 0, False, time.time() + 15
+        while time.time() < deadline:
+            if not ping(cloud, fip, count=1):
+                lost += 1
+            try:
+                restarted = restarted or int(pid_file.read_text()) != old_pid
+            except (OSError, ValueError):
+                pass
+        assert restarted, "the supervisor did not restart the agent"
+        assert lost == 0, f"{lost} pings lost while the agent restarted"
+        assert ssh(cloud, key, fip, "hostname").stdout.strip() == "vm-a"
 
         # A group without SSH: ping passes, SSH does not; adding the rule lets it in (applied
         # to the running port, no reboot).
