@@ -658,7 +658,12 @@ impl NetworkService {
     ) -> CoreResult<Value> {
         ctx.require_admin("update_quota")?;
         let keys: Vec<&str> = QUOTA_DEFAULTS.iter().map(|(k, _)| *k).collect();
-        let f = Fields::new(body, &keys)?;
+        // `check_limit` (refuse a limit below what is used) and `force` as OSC sends them.
+        let mut allowed = keys.clone();
+        allowed.extend(["check_limit", "force"]);
+        let f = Fields::new(body, &allowed)?;
+        let check_limit =
+            f.boolean("check_limit")?.unwrap_or(false) && !f.boolean("force")?.unwrap_or(false);
         let mut tx = self.tx().await?;
         let id = format!("quota-{project_id}");
         let existing = match tx.get(&id).await {
@@ -672,6 +677,24 @@ impl NetworkService {
             .unwrap_or_default();
         for k in &keys {
             if let Some(v) = f.integer(k, -1, i64::from(i32::MAX))? {
+                if check_limit && v >= 0 {
+                    let used = tx
+                        .list(&NetFilter {
+                            kind: k,
+                            project_id: Some(project_id),
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(internal)?
+                        .len() as i64;
+                    if v < used {
+                        return Err(typed(
+                            400,
+                            "InvalidQuotaValue",
+                            format!("Change would make usage less than 0 for the following resources: {k}"),
+                        ));
+                    }
+                }
                 limits.insert((*k).into(), json!(v));
             }
         }
