@@ -157,16 +157,18 @@ def qemu_pids(data_dir):
 
 
 def helper_pids(data_dir):
-    """Other processes of this cloud that write pid files (dnsmasq), named by their data dir."""
+    """Other processes of this cloud (dnsmasq per network, which outlives the agent by design):
+    every process whose command line names this cloud's data directory."""
     out = []
-    for f in Path(data_dir).rglob("*.pid"):
-        try:
-            pid = int(f.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (ValueError, OSError):
+    marker = str(data_dir).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
-        if str(data_dir).encode() in cmdline:
-            out.append(pid)
+        try:
+            if marker in (proc / "cmdline").read_bytes():
+                out.append(int(proc.name))
+        except OSError:
+            pass
     return out
 
 
