@@ -36,6 +36,9 @@ pub struct AgentConfig {
     /// How long a guest gets to shut down on stop / soft reboot before it is forced.
     pub stop_grace: Duration,
     pub heartbeat: Duration,
+    /// Start the guests the controller still counts as running but whose VM is gone (the host
+    /// booted, or everything was killed): set when the services start fresh, not on a restart.
+    pub resume_guests: bool,
     /// Host networking (bridges, taps, rules, DHCP, routers, metadata); None: VMs get no NICs
     /// realised here (control-plane tests).
     pub network: Option<AgentNetwork>,
@@ -299,8 +302,12 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
     // The task this worker last finished: a stale copy of the desired state (from before the
     // controller applied our report) must not run it twice.
     let mut finished: Option<TaskState> = None;
+    let mut first = true;
     loop {
         let d = rx.borrow_and_update().clone();
+        if std::mem::take(&mut first) && s.cfg.resume_guests {
+            resume_after_boot(&s, &d).await;
+        }
         if d.task_state.is_none() || d.task_state != finished {
             finished = None;
         }
@@ -349,6 +356,28 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return; },
             _ = tokio::time::sleep(WATCH_EVERY) => {}
+        }
+    }
+}
+
+/// A server that was ACTIVE and running whose VM is gone comes back (its disk, config drive and
+/// ports are all still there), before anything could report it SHUTOFF.
+async fn resume_after_boot<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
+    let running_before = d.vm_state == VmState::Active
+        && d.task_state.is_none()
+        && d.power_state == PowerState::Running.code();
+    if !running_before {
+        return;
+    }
+    let now = s.driver.power_state(&d.id).await;
+    if matches!(now, PowerState::Running | PowerState::Paused) {
+        return;
+    }
+    tracing::info!(instance = %d.id, "resuming a guest that was running before the services started");
+    match start_vm(s, d).await {
+        Ok(()) => tracing::info!(instance = %d.id, "guest resumed"),
+        Err(e) => {
+            tracing::error!(instance = %d.id, error = %format!("{e:#}"), "cannot resume the guest")
         }
     }
 }

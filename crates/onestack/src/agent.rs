@@ -45,6 +45,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             (cfg.compute.service_down_time * 1000 / 4).clamp(1000, 10_000),
         ),
         network: None,
+        resume_guests: std::env::var(crate::supervisor::RESUME_GUESTS_ENV).is_ok_and(|v| v == "1"),
     };
     let mut agent_cfg = agent_cfg;
     let run_as = qemu_user(&cfg.compute.qemu_user, &agent_cfg.instances_dir());

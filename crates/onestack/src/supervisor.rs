@@ -24,13 +24,30 @@ struct Supervised {
     restart_at: Option<Instant>,
 }
 
-fn spawn(exe: &PathBuf, dd: &DataDir, name: &str, subcommand: &str) -> Result<Child> {
+/// Set for the services a fresh supervisor starts (what boot does), not for restarts after a
+/// crash: the compute agent then starts the guests that were running (Nova's
+/// `resume_guests_state_on_host_boot`), where a mere agent restart must leave them as they are.
+pub const RESUME_GUESTS_ENV: &str = "ONESTACK_RESUME_GUESTS";
+
+fn spawn(
+    exe: &PathBuf,
+    dd: &DataDir,
+    name: &str,
+    subcommand: &str,
+    first_start: bool,
+) -> Result<Child> {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dd.log_file(name))
         .with_context(|| format!("cannot open log for {name}"))?;
-    let child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if first_start {
+        cmd.env(RESUME_GUESTS_ENV, "1");
+    } else {
+        cmd.env_remove(RESUME_GUESTS_ENV);
+    }
+    let child = cmd
         .arg(subcommand)
         .arg("--data-dir")
         .arg(&dd.root)
@@ -70,7 +87,7 @@ pub async fn run(dd: DataDir) -> Result<()> {
         services.push(Supervised {
             name,
             subcommand,
-            child: Some(spawn(&exe, &dd, name, subcommand)?),
+            child: Some(spawn(&exe, &dd, name, subcommand, true)?),
             started: Instant::now(),
             backoff: Duration::from_secs(1),
             restart_at: None,
@@ -97,7 +114,7 @@ pub async fn run(dd: DataDir) -> Result<()> {
                     s.backoff = (s.backoff * 2).min(Duration::from_secs(30));
                 }
             } else if s.restart_at.is_some_and(|t| Instant::now() >= t) {
-                match spawn(&exe, &dd, s.name, s.subcommand) {
+                match spawn(&exe, &dd, s.name, s.subcommand, false) {
                     Ok(c) => {
                         s.child = Some(c);
                         s.started = Instant::now();
