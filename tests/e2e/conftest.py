@@ -42,7 +42,7 @@ class Cloud:
         self.netns = f"onestack-t{self.port}"
         self.ns_prefix = f"t{self.port}-"
         self.data = self.root / "data"
-        # With demo=True, `up` makes the demo project's private network, router1 and rules.
+        # With demo=True, `up` ends by booting the demo server (as `onestack up` does by default).
         self.demo = demo
         self.image_port = free_port()
         self.compute_port = free_port()

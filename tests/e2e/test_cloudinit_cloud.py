@@ -46,7 +46,7 @@ def ssh(cloud, key, ip, command, timeout=20):
 
 def test_cloud_init_from_the_metadata_service_and_the_config_drive(tmp_path):
     image, _ = build()
-    with make_cloud(demo=True) as cloud:
+    with make_cloud() as cloud:
         cloud.up()
         cloud.os("flavor", "create", "--vcpus", "1", "--ram", "1024", "--disk", "2", "ci.small")
         demo(cloud, "image", "create", "--disk-format", "qcow2", "--file", str(image), "debian")

@@ -32,7 +32,7 @@ def eventually(check, timeout=30):
 
 
 def test_network_commands_and_cleanup():
-    with make_cloud(demo=True) as cloud:
+    with make_cloud() as cloud:
         cloud.up()
         # What up made: public (external), private + subnet for demo, router1, open default group.
         nets = {n["Name"]: n for n in j(cloud, "network", "list", "--long")}

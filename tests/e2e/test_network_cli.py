@@ -54,7 +54,7 @@ def add_floating_ip(cloud, server):
 
 
 def test_guests_get_dhcp_metadata_ssh_and_security_groups(tmp_path):
-    with make_cloud(default_image=True, demo=True, compute=NO_CONFIG_DRIVE) as cloud:
+    with make_cloud(default_image=True, compute=NO_CONFIG_DRIVE) as cloud:
         cloud.up()
         key = tmp_path / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not have_qemu(), reason="needs root, qemu-system
 
 
 def test_everything_killed_and_started_again(tmp_path):
-    with make_cloud(default_image=True, demo=True) as cloud:
+    with make_cloud(default_image=True) as cloud:
         cloud.up()
         key = tmp_path / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)

@@ -2,6 +2,7 @@
 
 mod agent;
 mod config;
+mod demo;
 mod ops;
 mod paths;
 mod serve;
@@ -45,6 +46,12 @@ enum Command {
         /// Run the services in this process instead of under the supervisor (for systemd).
         #[arg(long)]
         foreground: bool,
+    },
+    /// Boot the demo server (keypair, server on the demo network, floating IP) and print the
+    /// `ssh` command into it.
+    Demo {
+        #[command(flatten)]
+        dir: DataDirArg,
     },
     /// Stop the services; keep every piece of data.
     Down {
@@ -155,6 +162,7 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Command::Down { dir } => ops::down(paths::DataDir::new(dir.data_dir)?).await,
+            Command::Demo { dir } => ops::demo(paths::DataDir::new(dir.data_dir)?).await,
             Command::Status { dir } => {
                 if !ops::status(paths::DataDir::new(dir.data_dir)?).await? {
                     std::process::exit(1);

@@ -136,7 +136,6 @@ async fn register_default_image(
 async fn bootstrap_networks(
     store: &onestack_store::Store,
     cfg: &Config,
-    no_demo: bool,
     t0: Instant,
 ) -> Result<()> {
     let domain = onestack_core::identity::DEFAULT_DOMAIN_ID;
@@ -144,11 +143,7 @@ async fn bootstrap_networks(
         .find_project(domain, "admin")
         .await
         .context("no admin project")?;
-    let demo = if no_demo {
-        None
-    } else {
-        store.find_project(domain, "demo").await.ok()
-    };
+    let demo = store.find_project(domain, "demo").await.ok();
     let net =
         onestack_core::network::NetworkService::new(store.clone(), serve::network_config(cfg));
     let created = net
@@ -180,7 +175,7 @@ async fn healthy(cfg: &Config) -> bool {
     matches!(client.get(url).send().await, Ok(r) if r.status().is_success())
 }
 
-fn step(t0: Instant, msg: &str) {
+pub fn step(t0: Instant, msg: &str) {
     println!("[{:>5.1}s] {msg}", t0.elapsed().as_secs_f64());
 }
 
@@ -240,7 +235,9 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     if cfg.image.default_image {
         register_default_image(&store, &cfg, &dd, t0).await;
     }
-    bootstrap_networks(&store, &cfg, no_demo, t0).await?;
+    // The demo project's network is part of the cloud (FlatDHCP in the original); --no-demo
+    // skips only the demo server.
+    bootstrap_networks(&store, &cfg, t0).await?;
     drop(store);
     if report.created.is_empty() {
         step(t0, "identity bootstrap: everything already in place");
@@ -317,10 +314,43 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     step(t0, "services answer");
+    let ssh = if no_demo {
+        None
+    } else {
+        match crate::demo::run(&dd, &cfg, t0).await {
+            Ok(cmd) => Some(cmd),
+            Err(e) => bail!(
+                "step `demo server` failed: {e:#}\n  the cloud itself is up; see {} and {} \
+                 (retry with `onestack demo`, or skip with `up --no-demo`)",
+                dd.log_file("api").display(),
+                dd.log_file("compute").display()
+            ),
+        }
+    };
     println!();
     println!("OneStack is up.");
     println!("  Identity API:  {auth_url}");
     print_login(&dd);
+    if let Some(cmd) = ssh {
+        println!("  Demo server:   {cmd}");
+    }
+    Ok(())
+}
+
+/// `onestack demo`: boots (or finds) the demo server and prints how to reach it.
+pub async fn demo(dd: DataDir) -> Result<()> {
+    let t0 = Instant::now();
+    let cfg = load_config(&dd, None)?;
+    if supervisor::running_pid(&dd, "supervisor").is_none() && !healthy(&cfg).await {
+        bail!(
+            "OneStack is not running from {}; start it with `onestack up`",
+            dd.root.display()
+        );
+    }
+    let cmd = crate::demo::run(&dd, &cfg, t0).await?;
+    println!();
+    println!("Demo server ready:");
+    println!("  {cmd}");
     Ok(())
 }
 
