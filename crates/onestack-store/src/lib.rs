@@ -119,6 +119,47 @@ impl Store {
         &self.pool
     }
 
+    /// Drops every table of this store (`onestack reset` on PostgreSQL; SQLite simply loses its
+    /// file). The next `open` migrates an empty schema again.
+    pub async fn drop_all(&self) -> Result<()> {
+        let tables: Vec<(String,)> = match self.backend {
+            Backend::Postgres => {
+                sqlx::query_as(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Backend::Sqlite => sqlx::query_as(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .fetch_all(&self.pool)
+            .await?,
+        };
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA foreign_keys = OFF")
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (t,) in &tables {
+            // Names come from the catalog, quoted as identifiers.
+            let cascade = if self.backend == Backend::Postgres {
+                " CASCADE"
+            } else {
+                ""
+            };
+            sqlx::query(&format!(
+                "DROP TABLE IF EXISTS \"{}\"{cascade}",
+                t.replace('"', "\"\"")
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Verifies the database answers (health checks).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -3,11 +3,13 @@
 mod agent;
 mod config;
 mod demo;
+mod doctor;
 mod ops;
 mod paths;
 mod serve;
 mod supervisor;
 mod sys;
+mod teardown;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -52,6 +54,43 @@ enum Command {
     Demo {
         #[command(flatten)]
         dir: DataDirArg,
+    },
+    /// Delete every server, image, network and project resource and start afresh, as a first
+    /// `up` would (the configuration is kept).
+    Reset {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Configuration file (TOML) for the fresh cloud.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Do not boot the demo server at the end.
+        #[arg(long)]
+        no_demo: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Stop and remove the services, VMs and host networking; keep the data unless --purge.
+    Uninstall {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Also remove the data directory.
+        #[arg(long)]
+        purge: bool,
+        /// Also remove the host packages `up` installed.
+        #[arg(long)]
+        purge_packages: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Check the host and the cloud for the usual causes of trouble (exit 1 when broken).
+    Doctor {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Configuration file to check against (default: the data dir's).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
     },
     /// Stop the services; keep every piece of data.
     Down {
@@ -163,6 +202,40 @@ fn main() -> Result<()> {
             }
             Command::Down { dir } => ops::down(paths::DataDir::new(dir.data_dir)?).await,
             Command::Demo { dir } => ops::demo(paths::DataDir::new(dir.data_dir)?).await,
+            Command::Doctor { dir, config } => {
+                if !doctor::run(paths::DataDir::new(dir.data_dir)?, config.as_deref()).await? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+            Command::Reset {
+                dir,
+                config,
+                no_demo,
+                yes,
+            } => {
+                teardown::reset(
+                    paths::DataDir::new(dir.data_dir)?,
+                    config.as_deref(),
+                    no_demo,
+                    yes,
+                )
+                .await
+            }
+            Command::Uninstall {
+                dir,
+                purge,
+                purge_packages,
+                yes,
+            } => {
+                teardown::uninstall(
+                    paths::DataDir::new(dir.data_dir)?,
+                    purge,
+                    purge_packages,
+                    yes,
+                )
+                .await
+            }
             Command::Status { dir } => {
                 if !ops::status(paths::DataDir::new(dir.data_dir)?).await? {
                     std::process::exit(1);

@@ -205,6 +205,16 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
             return Ok(());
         }
     }
+    // A port another program holds would only show as "services did not answer" much later.
+    for (name, port) in crate::doctor::ports(&cfg) {
+        if !crate::doctor::port_free(&cfg, port) {
+            bail!(
+                "{name} {port} on {} is in use by another program; no service was started \
+                 (choose another in the [api]/[compute] config, or stop that program)",
+                cfg.api.listen
+            );
+        }
+    }
     step(t0, &format!("data directory {}", dd.root.display()));
     let admin_password = if cfg.identity.admin_password.is_empty() {
         dd.secret("admin-password")?
@@ -403,6 +413,14 @@ pub async fn down(dd: DataDir) -> Result<()> {
 }
 
 /// Prints what runs and whether it answers; exits non-zero unless everything is healthy.
+/// Every service runs and the APIs answer (no output).
+pub async fn status_quiet(dd: &DataDir, cfg: &Config) -> bool {
+    supervisor::SERVICES
+        .iter()
+        .all(|(name, _)| supervisor::running_pid(dd, name).is_some())
+        && healthy(cfg).await
+}
+
 pub async fn status(dd: DataDir) -> Result<bool> {
     let cfg = load_config(&dd, None)?;
     println!("data directory: {}", dd.root.display());

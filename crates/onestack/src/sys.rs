@@ -14,3 +14,4 @@ pub fn signal(pid: u32, sig: i32) -> bool {
 }
 
 pub const SIGTERM: i32 = libc::SIGTERM;
+pub const SIGKILL: i32 = libc::SIGKILL;

@@ -1,0 +1,175 @@
+//! `onestack doctor`: the usual causes of a broken cloud, each checked and said plainly — KVM,
+//! QEMU and the tools the data plane needs, kernel features, API ports taken by someone else,
+//! disk space, and the services, compute hosts and host networking of a running cloud.
+
+use crate::config::Config;
+use crate::ops;
+use crate::paths::DataDir;
+use anyhow::Result;
+use std::net::SocketAddr;
+use std::path::Path;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    worst: Level,
+}
+
+impl Report {
+    fn line(&mut self, level: Level, what: &str, detail: impl AsRef<str>) {
+        let tag = match level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        println!("[{tag}] {what:<22} {}", detail.as_ref());
+        if level == Level::Fail || (level == Level::Warn && self.worst == Level::Ok) {
+            self.worst = level;
+        }
+    }
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+fn free_gib(dir: &Path) -> Option<f64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as f64 * st.fragment_size() as f64 / (1u64 << 30) as f64)
+}
+
+/// The TCP ports a controller listens on, by what they serve.
+pub fn ports(cfg: &Config) -> [(&'static str, u16); 5] {
+    [
+        ("identity port", cfg.api.identity_port),
+        ("image port", cfg.api.image_port),
+        ("compute port", cfg.api.compute_port),
+        ("network port", cfg.api.network_port),
+        ("agent port", cfg.compute.agent_port),
+    ]
+}
+
+pub fn port_free(cfg: &Config, port: u16) -> bool {
+    std::net::TcpListener::bind(SocketAddr::new(cfg.api.listen, port)).is_ok()
+}
+
+/// Returns false when something is broken.
+pub async fn run(dd: DataDir, config: Option<&Path>) -> Result<bool> {
+    // Read-only: a given file is checked, not installed into the data dir.
+    let cfg: Config = match config {
+        Some(p) => Config::load(p)?,
+        None => ops::load_config(&dd, None)?,
+    };
+    let mut r = Report { worst: Level::Ok };
+
+    let (accel, notice) =
+        onestack_agent::qemu::choose_accel(onestack_agent::driver::VirtType::Auto);
+    let level = if accel == onestack_agent::qemu::Accel::Kvm {
+        Level::Ok
+    } else {
+        Level::Warn
+    };
+    r.line(level, "hardware acceleration", notice);
+    for (tool, why, required) in [
+        ("qemu-system-x86_64", "runs the VMs", true),
+        ("qemu-img", "makes instance disks", true),
+        ("genisoimage", "writes config drives", false),
+        ("nft", "security groups, anti-spoofing, NAT", true),
+        ("dnsmasq", "DHCP for guests", true),
+        ("ip", "network namespaces", true),
+    ] {
+        match which(tool) {
+            Some(p) => r.line(Level::Ok, tool, p.display().to_string()),
+            None => r.line(
+                if required { Level::Fail } else { Level::Warn },
+                tool,
+                format!("not installed ({why})"),
+            ),
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        r.line(
+            Level::Fail,
+            "privileges",
+            "not root: host networking and QEMU's own user need root",
+        );
+    }
+    for (path, what) in [
+        ("/dev/net/tun", "TAP devices for VM NICs"),
+        (
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+            "stateful security groups on bridges (br_netfilter)",
+        ),
+    ] {
+        if Path::new(path).exists() {
+            r.line(Level::Ok, path, what);
+        } else {
+            r.line(Level::Fail, path, format!("missing: {what}"));
+        }
+    }
+    match free_gib(&dd.root).or_else(|| dd.root.parent().and_then(free_gib)) {
+        Some(g) if g < 2.0 => r.line(
+            Level::Fail,
+            "disk space",
+            format!("{g:.1} GiB free under {}", dd.root.display()),
+        ),
+        Some(g) if g < 10.0 => r.line(
+            Level::Warn,
+            "disk space",
+            format!("{g:.1} GiB free under {}", dd.root.display()),
+        ),
+        Some(g) => r.line(Level::Ok, "disk space", format!("{g:.1} GiB free")),
+        None => r.line(Level::Warn, "disk space", "cannot tell"),
+    }
+
+    // Ports: ours when the cloud runs, someone else's when it does not and they are taken.
+    let running = crate::supervisor::running_pid(&dd, "supervisor").is_some();
+    for (name, port) in ports(&cfg) {
+        let free = port_free(&cfg, port);
+        match (free, running) {
+            (true, false) | (false, true) => r.line(Level::Ok, name, format!("{port}")),
+            (false, false) => r.line(
+                Level::Fail,
+                name,
+                format!("{port} is in use by another program"),
+            ),
+            (true, true) => r.line(
+                Level::Fail,
+                name,
+                format!("{port}: nothing listens although OneStack runs"),
+            ),
+        }
+    }
+    if running {
+        let healthy = ops::status_quiet(&dd, &cfg).await;
+        r.line(
+            if healthy { Level::Ok } else { Level::Fail },
+            "services",
+            if healthy {
+                "running and answering"
+            } else {
+                "not all running or answering (see `onestack status`)"
+            },
+        );
+    } else {
+        r.line(Level::Warn, "services", "not running (`onestack up`)");
+    }
+    println!(
+        "{}",
+        match r.worst {
+            Level::Ok => "Everything looks right.",
+            Level::Warn => "Works, with the warnings above.",
+            Level::Fail => "Broken: see the FAIL lines above.",
+        }
+    );
+    Ok(r.worst != Level::Fail)
+}

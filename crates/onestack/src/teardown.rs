@@ -1,0 +1,184 @@
+//! `onestack reset` (resetStack.sh) and `onestack uninstall` (delStack.sh): stop the services,
+//! then remove what outlives them by design — VMs, dnsmasq, namespaces, bridges, TAPs and
+//! OneStack's nft tables — and, for reset, the state, before a fresh `up`.
+
+use crate::config::Config;
+use crate::ops;
+use crate::paths::DataDir;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Asks on the terminal unless `yes`.
+fn confirm(question: &str, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    print!("{question} Type 'yes' to go on: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "yes" {
+        bail!("nothing changed");
+    }
+    Ok(())
+}
+
+/// Live processes whose command line names `needle` (the data directory or an instance id).
+fn pids_naming(pid_file: &Path, needle: &str) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let hit = cmdline
+        .windows(needle.len().max(1))
+        .any(|w| w == needle.as_bytes());
+    hit.then_some(pid)
+}
+
+/// SIGKILLs every QEMU of this data dir (checked against its command line) and waits for them.
+async fn kill_vms(dd: &DataDir) -> usize {
+    let instances = dd.root.join("compute").join("instances");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(&instances)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = entry.file_name().to_string_lossy().to_string();
+        if let Some(pid) = pids_naming(&entry.path().join("qemu.pid"), &id) {
+            crate::sys::signal(pid as u32, crate::sys::SIGKILL);
+            pids.push(pid);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pids.len()
+}
+
+/// Removes the host networking the agent built, from the agent's own records.
+async fn remove_data_plane(dd: &DataDir) {
+    let state_dir = dd.root.join("compute").join("network");
+    if !state_dir.exists() {
+        return;
+    }
+    let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/dnsmasq"));
+    let mut net = onestack_agent::net::HostNetworking::new(onestack_agent::net::NetConfig {
+        host_netns: None,
+        state_dir,
+        tap_owner: None,
+        dnsmasq,
+    });
+    net.teardown_all().await;
+}
+
+async fn stop_everything(dd: &DataDir, t0: Instant) -> Result<()> {
+    ops::down(dd.clone()).await?;
+    let vms = kill_vms(dd).await;
+    ops::step(t0, &format!("stopped the services and {vms} VM(s)"));
+    remove_data_plane(dd).await;
+    ops::step(
+        t0,
+        "removed bridges, TAPs, namespaces, dnsmasq and nft tables",
+    );
+    Ok(())
+}
+
+/// Empties the store: the SQLite file goes with the data dir; a PostgreSQL database is emptied.
+async fn empty_store(cfg: &Config, dd: &DataDir) -> Result<()> {
+    let url = crate::serve::database_url(cfg, dd);
+    if url.starts_with("postgres") {
+        let store = onestack_store::Store::open(&url)
+            .await
+            .context("cannot open the PostgreSQL store")?;
+        store
+            .drop_all()
+            .await
+            .context("cannot empty the PostgreSQL store")?;
+    }
+    Ok(())
+}
+
+/// Everything in the data dir but the configuration.
+fn wipe_data_dir(dd: &DataDir) -> Result<()> {
+    let keep = dd.config();
+    for entry in std::fs::read_dir(&dd.root)?.flatten() {
+        let p = entry.path();
+        if p == keep {
+            continue;
+        }
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+        } else {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn reset(dd: DataDir, config: Option<&Path>, no_demo: bool, yes: bool) -> Result<()> {
+    confirm(
+        &format!(
+            "This deletes every server, image, network and project resource of the cloud in {} \
+             and starts it afresh.",
+            dd.root.display()
+        ),
+        yes,
+    )?;
+    let t0 = Instant::now();
+    let cfg = ops::load_config(&dd, config)?;
+    stop_everything(&dd, t0).await?;
+    empty_store(&cfg, &dd).await?;
+    wipe_data_dir(&dd)?;
+    ops::step(
+        t0,
+        "emptied the store and the data directory (configuration kept)",
+    );
+    ops::up(dd, config, false, no_demo).await
+}
+
+pub async fn uninstall(dd: DataDir, purge: bool, purge_packages: bool, yes: bool) -> Result<()> {
+    confirm(
+        &format!(
+            "This stops OneStack in {} and removes its services, VMs and host networking{}.",
+            dd.root.display(),
+            if purge {
+                ", and the data directory"
+            } else {
+                " (data kept)"
+            }
+        ),
+        yes,
+    )?;
+    let t0 = Instant::now();
+    stop_everything(&dd, t0).await?;
+    if purge_packages {
+        // `up` installs no host packages yet, so there is nothing of ours to remove.
+        ops::step(
+            t0,
+            "no host packages were installed by OneStack; none removed",
+        );
+    }
+    if purge {
+        std::fs::remove_dir_all(&dd.root)
+            .with_context(|| format!("removing {}", dd.root.display()))?;
+        ops::step(t0, &format!("removed {}", dd.root.display()));
+    } else {
+        ops::step(t0, &format!("kept the data in {}", dd.root.display()));
+    }
+    println!("OneStack is uninstalled.");
+    Ok(())
+}
