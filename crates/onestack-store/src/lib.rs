@@ -136,27 +136,37 @@ impl Store {
             .fetch_all(&self.pool)
             .await?,
         };
-        let mut tx = self.pool.begin().await?;
+        // One connection: SQLite ignores `foreign_keys` inside a transaction, so the pragma is
+        // set on the connection first (PostgreSQL drops with CASCADE in one transaction).
+        let mut conn = self.pool.acquire().await?;
         if self.backend == Backend::Sqlite {
             sqlx::query("PRAGMA foreign_keys = OFF")
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
         }
+        let cascade = if self.backend == Backend::Postgres {
+            " CASCADE"
+        } else {
+            ""
+        };
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
         for (t,) in &tables {
             // Names come from the catalog, quoted as identifiers.
-            let cascade = if self.backend == Backend::Postgres {
-                " CASCADE"
-            } else {
-                ""
-            };
-            sqlx::query(&format!(
+            let q = format!(
                 "DROP TABLE IF EXISTS \"{}\"{cascade}",
                 t.replace('"', "\"\"")
-            ))
-            .execute(&mut *tx)
-            .await?;
+            );
+            if let Err(e) = sqlx::query(&q).execute(&mut *conn).await {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(e.into());
+            }
         }
-        tx.commit().await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
 

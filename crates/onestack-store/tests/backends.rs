@@ -451,6 +451,32 @@ async fn sqlite() {
     scenario(&s).await;
     compute_scenario(&s).await;
     network_scenario(&s).await;
+    emptied_by_drop_all(s, &format!("sqlite://{}/t.db", dir.path().display())).await;
+}
+
+/// `onestack reset` on a shared database: every table goes, the next open starts empty.
+async fn emptied_by_drop_all(s: Store, url: &str) {
+    assert!(!s
+        .net_list(&onestack_store::NetFilter {
+            kind: "network",
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .is_empty());
+    s.drop_all().await.expect("drop all");
+    s.pool().close().await;
+    let fresh = Store::open(url).await.expect("reopen");
+    assert!(fresh
+        .net_list(&onestack_store::NetFilter {
+            kind: "network",
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(fresh.list_flavors().await.expect("flavors").is_empty());
+    fresh.pool().close().await;
 }
 
 #[tokio::test]
@@ -486,7 +512,7 @@ async fn postgresql() {
         compute_scenario(&s).await;
         network_scenario(&s).await;
         Store::open(&url).await.expect("migrations are idempotent");
-        s.pool().close().await;
+        emptied_by_drop_all(s, &url).await;
     }
     sqlx::query(&format!("DROP DATABASE {db}"))
         .execute(&admin)
