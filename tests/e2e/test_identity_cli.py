@@ -148,3 +148,18 @@ def test_bad_config_is_refused_with_the_key_named(cloud):
     assert r.returncode != 0
     assert "identity_prot" in r.stderr
     assert not (cloud.data / "run/supervisor.pid").exists()
+    # Overlapping fixed and floating ranges: refused, naming both, before anything runs.
+    cloud.config.write_text('[network]\nfixed_range = "198.18.10.0/24"\nfloating_range = "198.18.10.0/25"\n')
+    r = cloud.onestack("up", "--config", str(cloud.config), "--no-demo", check=False)
+    assert r.returncode != 0
+    assert "network.fixed_range" in r.stderr and "network.floating_range" in r.stderr
+    assert not (cloud.data / "run/supervisor.pid").exists()
+    assert not (cloud.data / "onestack.db").exists()
+
+
+def test_dry_run_changes_nothing(cloud):
+    r = cloud.onestack("up", "--dry-run", "--config", str(cloud.config))
+    assert "dry run: nothing is changed" in r.stdout
+    assert f"identity {cloud.port}" in r.stdout and "demo server" in r.stdout
+    assert "198.18.11.0/24" in r.stdout
+    assert not cloud.data.exists()

@@ -110,7 +110,13 @@ pub async fn run<D: Driver>(
     let _ = stop_tx.send(true);
     main.abort();
     if let Some(n) = networking {
-        n.abort();
+        // Let an apply in progress finish (bounded), so its records match the host.
+        if tokio::time::timeout(Duration::from_secs(8), n)
+            .await
+            .is_err()
+        {
+            tracing::warn!("host networking did not finish its apply in time");
+        }
     }
     let _ = server.await;
     tracing::info!("agent stopped; VMs keep running");
@@ -124,7 +130,7 @@ pub async fn run<D: Driver>(
 async fn network_forever<D: Driver>(
     s: Arc<Shared<D>>,
     n: AgentNetwork,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut net = crate::net::HostNetworking::new(crate::net::NetConfig {
         host_netns: None,
@@ -142,16 +148,19 @@ async fn network_forever<D: Driver>(
         } else {
             Duration::from_secs(30)
         };
-        let state = match s
-            .ctl
-            .network_state(
-                &s.cfg.host,
-                if retry_soon { -1 } else { after },
-                wait,
-                n.network_node,
-            )
-            .await
-        {
+        // A stop ends the long poll at once, but never an apply in progress (an apply cut short
+        // would leave objects its records do not list yet).
+        let poll = s.ctl.network_state(
+            &s.cfg.host,
+            if retry_soon { -1 } else { after },
+            wait,
+            n.network_node,
+        );
+        let fetched = tokio::select! {
+            r = poll => r,
+            _ = stop.changed() => break,
+        };
+        let state = match fetched {
             Ok(st) => st,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch the network state; retrying");

@@ -200,6 +200,42 @@ impl Config {
                 bail!("{key} = {v:?}: the range is too small (at most /29)");
             }
         }
+        // Guests on the private network must never see floating addresses as their own.
+        if let (Ok(fixed), Ok(floating)) = (
+            self.network.fixed_range.parse::<Ipv4Net>(),
+            self.network.floating_range.parse::<Ipv4Net>(),
+        ) {
+            if fixed.contains(&floating.network()) || floating.contains(&fixed.network()) {
+                bail!(
+                    "network.fixed_range = {:?} overlaps network.floating_range = {:?}",
+                    self.network.fixed_range,
+                    self.network.floating_range
+                );
+            }
+        }
+        if !(576..=9000).contains(&self.network.mtu) {
+            bail!(
+                "network.mtu = {}: must be between 576 and 9000",
+                self.network.mtu
+            );
+        }
+        for d in &self.network.dns_nameservers {
+            if d.parse::<std::net::Ipv4Addr>().is_err() {
+                bail!("network.dns_nameservers: {d:?} is not an IPv4 address");
+            }
+        }
+        if !self
+            .network
+            .namespace_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || self.network.namespace_prefix.len() > 32
+        {
+            bail!(
+                "network.namespace_prefix = {:?}: letters, digits and '-' only (at most 32)",
+                self.network.namespace_prefix
+            );
+        }
         let ports = [
             ("api.identity_port", self.api.identity_port),
             ("api.compute_port", self.api.compute_port),
@@ -331,5 +367,22 @@ mod tests {
             let e = Config::parse(text).expect_err(text);
             assert!(format!("{e:#}").contains(key), "{text}: {e:#}");
         }
+    }
+
+    #[test]
+    fn overlapping_ranges_and_bad_network_values_are_refused() {
+        for (toml, key) in [
+            ("[network]\nfixed_range = \"198.18.10.0/24\"\nfloating_range = \"198.18.10.128/25\"\n", "overlaps network.floating_range"),
+            ("[network]\nmtu = 100\n", "network.mtu"),
+            ("[network]\ndns_nameservers = [\"x\"]\n", "network.dns_nameservers"),
+            ("[network]\nnamespace_prefix = \"a b\"\n", "network.namespace_prefix"),
+        ] {
+            let err = format!("{:#}", Config::parse(toml).expect_err(toml));
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        assert!(Config::parse(
+            "[network]\nfixed_range = \"198.18.10.0/24\"\nfloating_range = \"198.18.11.0/24\"\n"
+        )
+        .is_ok());
     }
 }

@@ -173,3 +173,85 @@ pub async fn run(dd: DataDir, config: Option<&Path>) -> Result<bool> {
     );
     Ok(r.worst != Level::Fail)
 }
+
+/// `up --dry-run`: the plan, with what this host has; nothing is written or started.
+pub async fn plan(dd: DataDir, config: Option<&Path>, no_demo: bool) -> Result<()> {
+    let cfg: Config = match config {
+        Some(p) => Config::load(p)?,
+        None => ops::load_config(&dd, None)?,
+    };
+    println!("Plan for `onestack up` (dry run: nothing is changed)");
+    let running = crate::supervisor::running_pid(&dd, "supervisor");
+    if let Some(pid) = running {
+        println!(
+            "  OneStack already runs from {} (supervisor pid {pid}): `up` would change nothing.",
+            dd.root.display()
+        );
+        return Ok(());
+    }
+    let exists = dd.root.join("onestack.db").exists() || dd.config().exists();
+    println!(
+        "  data directory   {} ({})",
+        dd.root.display(),
+        if exists {
+            "exists: its state is kept"
+        } else {
+            "new: created, secrets generated"
+        }
+    );
+    println!(
+        "  state store      {}",
+        crate::serve::database_url(&cfg, &dd)
+    );
+    let (_, notice) = onestack_agent::qemu::choose_accel(onestack_agent::driver::VirtType::Auto);
+    println!(
+        "  virtualisation   virt_type = {}; this host: {notice}",
+        cfg.compute.virt_type
+    );
+    let tools: Vec<String> = [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "nft",
+        "dnsmasq",
+        "ip",
+        "genisoimage",
+    ]
+    .iter()
+    .map(|t| format!("{t} {}", if which(t).is_some() { "ok" } else { "MISSING" }))
+    .collect();
+    println!("  host tools       {}", tools.join(", "));
+    let ports: Vec<String> = ports(&cfg)
+        .iter()
+        .map(|(n, p)| {
+            format!(
+                "{} {p}{}",
+                n.trim_end_matches(" port"),
+                if port_free(&cfg, *p) { "" } else { " (IN USE)" }
+            )
+        })
+        .collect();
+    println!("  ports on {}  {}", cfg.api.listen, ports.join(", "));
+    println!("  steps");
+    println!(
+        "    1. identity: domain Default, projects admin and demo, users, roles, catalog (once)"
+    );
+    if cfg.image.default_image {
+        println!(
+            "    2. default image {} (built from Debian packages, cached; registered once)",
+            onestack_image::IMAGE_NAME
+        );
+    } else {
+        println!("    2. no default image (image.default_image = false)");
+    }
+    println!(
+        "    3. networks: public (external, {}), private for demo ({}), router1, ping and SSH allowed in (once)",
+        cfg.network.floating_range, cfg.network.fixed_range
+    );
+    println!("    4. write clouds.yaml, openrc, openrc-demo; start the supervisor with: api (identity, image, compute, network), compute agent");
+    if no_demo {
+        println!("    5. no demo server (--no-demo)");
+    } else {
+        println!("    5. demo server: keypair, server from the default image on private, floating IP, wait for SSH");
+    }
+    Ok(())
+}

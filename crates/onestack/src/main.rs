@@ -48,6 +48,9 @@ enum Command {
         /// Run the services in this process instead of under the supervisor (for systemd).
         #[arg(long)]
         foreground: bool,
+        /// Print what `up` would do, and what it found on this host; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Boot the demo server (keypair, server on the demo network, floating IP) and print the
     /// `ssh` command into it.
@@ -170,7 +173,16 @@ fn main() -> Result<()> {
                 config,
                 no_demo,
                 foreground,
+                dry_run,
             } => {
+                if dry_run {
+                    return doctor::plan(
+                        paths::DataDir::new(dir.data_dir)?,
+                        config.as_deref(),
+                        no_demo,
+                    )
+                    .await;
+                }
                 if foreground {
                     init_logging();
                 }

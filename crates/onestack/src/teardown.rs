@@ -65,12 +65,60 @@ async fn kill_vms(dd: &DataDir) -> usize {
     pids.len()
 }
 
-/// Removes the host networking the agent built, from the agent's own records.
-async fn remove_data_plane(dd: &DataDir) {
+/// Removes the host networking the agent built, from the agent's own records, then anything
+/// named after this cloud's networks and routers that the records missed (an agent killed in the
+/// middle of building it).
+async fn remove_data_plane(dd: &DataDir, cfg: &Config) {
     let state_dir = dd.root.join("compute").join("network");
-    if !state_dir.exists() {
-        return;
+    if state_dir.exists() {
+        teardown_recorded(state_dir.clone()).await;
     }
+    // dnsmasq of this cloud, recorded or not: its command line names our DHCP directory.
+    let dhcp_dir = state_dir.join("dhcp").to_string_lossy().to_string();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let hit = std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| c.windows(dhcp_dir.len()).any(|w| w == dhcp_dir.as_bytes()));
+        if hit {
+            crate::sys::signal(pid, crate::sys::SIGKILL);
+        }
+    }
+    let Ok(store) = onestack_store::Store::open(&crate::serve::database_url(cfg, dd)).await else {
+        return;
+    };
+    let prefix = &cfg.network.namespace_prefix;
+    for (kind, ns) in [("network", "qdhcp"), ("router", "qrouter")] {
+        let rows = store
+            .net_list(&onestack_store::NetFilter {
+                kind,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_default();
+        for r in rows {
+            // Names embed this cloud's own ids: nothing else on the host can match them.
+            let name = format!("{prefix}{ns}-{}", r.id);
+            if Path::new("/run/netns").join(&name).exists() {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &name])
+                    .output();
+            }
+            if kind == "network" {
+                let bridge = onestack_core::network::proto::bridge_name(&r.id);
+                if Path::new("/sys/class/net").join(&bridge).exists() {
+                    let _ = std::process::Command::new("ip")
+                        .args(["link", "del", &bridge])
+                        .output();
+                }
+            }
+        }
+    }
+    store.pool().close().await;
+}
+
+async fn teardown_recorded(state_dir: PathBuf) {
     let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
         .iter()
         .map(PathBuf::from)
@@ -85,11 +133,11 @@ async fn remove_data_plane(dd: &DataDir) {
     net.teardown_all().await;
 }
 
-async fn stop_everything(dd: &DataDir, t0: Instant) -> Result<()> {
+async fn stop_everything(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
     ops::down(dd.clone()).await?;
     let vms = kill_vms(dd).await;
     ops::step(t0, &format!("stopped the services and {vms} VM(s)"));
-    remove_data_plane(dd).await;
+    remove_data_plane(dd, cfg).await;
     ops::step(
         t0,
         "removed bridges, TAPs, namespaces, dnsmasq and nft tables",
@@ -140,7 +188,7 @@ pub async fn reset(dd: DataDir, config: Option<&Path>, no_demo: bool, yes: bool)
     )?;
     let t0 = Instant::now();
     let cfg = ops::load_config(&dd, config)?;
-    stop_everything(&dd, t0).await?;
+    stop_everything(&dd, &cfg, t0).await?;
     empty_store(&cfg, &dd).await?;
     wipe_data_dir(&dd)?;
     ops::step(
@@ -164,7 +212,8 @@ pub async fn uninstall(dd: DataDir, purge: bool, purge_packages: bool, yes: bool
         yes,
     )?;
     let t0 = Instant::now();
-    stop_everything(&dd, t0).await?;
+    let cfg = ops::load_config(&dd, None)?;
+    stop_everything(&dd, &cfg, t0).await?;
     if purge_packages {
         // `up` installs no host packages yet, so there is nothing of ours to remove.
         ops::step(
