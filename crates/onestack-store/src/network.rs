@@ -70,6 +70,28 @@ pub struct NetFilter<'a> {
     pub device_id: Option<&'a str>,
 }
 
+impl<'a> NetFilter<'a> {
+    /// Every resource of a kind; narrow with the methods below.
+    pub fn of(kind: &'a str) -> Self {
+        NetFilter {
+            kind,
+            ..Default::default()
+        }
+    }
+    pub fn project(mut self, id: &'a str) -> Self {
+        self.project_id = Some(id);
+        self
+    }
+    pub fn network(mut self, id: &'a str) -> Self {
+        self.network_id = Some(id);
+        self
+    }
+    pub fn device(mut self, id: &'a str) -> Self {
+        self.device_id = Some(id);
+        self
+    }
+}
+
 impl Store {
     /// Begins a network write; see the module comment.
     pub async fn net_tx(&self) -> Result<NetTx> {

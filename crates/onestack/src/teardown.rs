@@ -91,10 +91,7 @@ async fn remove_data_plane(dd: &DataDir, cfg: &Config) {
     let prefix = &cfg.network.namespace_prefix;
     for (kind, ns) in [("network", "qdhcp"), ("router", "qrouter")] {
         let rows = store
-            .net_list(&onestack_store::NetFilter {
-                kind,
-                ..Default::default()
-            })
+            .net_list(&onestack_store::NetFilter::of(kind))
             .await
             .unwrap_or_default();
         for r in rows {

@@ -51,14 +51,11 @@ impl NetworkService {
             s: &NetworkService,
             kind: &str,
         ) -> CoreResult<Vec<T>> {
-            Ok(s.all::<T>(NetFilter {
-                kind,
-                ..Default::default()
-            })
-            .await?
-            .into_iter()
-            .map(|r| r.val)
-            .collect())
+            Ok(s.all::<T>(NetFilter::of(kind))
+                .await?
+                .into_iter()
+                .map(|r| r.val)
+                .collect())
         }
         Ok(Snapshot {
             networks: vals(self, NETWORK).await?,
@@ -333,13 +330,7 @@ impl NetworkService {
         network_id: &str,
         source_ip: &str,
     ) -> CoreResult<Option<Port>> {
-        let ports: Vec<Rec<Port>> = self
-            .all(NetFilter {
-                kind: PORT,
-                network_id: Some(network_id),
-                ..Default::default()
-            })
-            .await?;
+        let ports: Vec<Rec<Port>> = self.all(NetFilter::of(PORT).network(network_id)).await?;
         Ok(ports.into_iter().map(|p| p.val).find(|p| {
             p.device_owner.starts_with("compute:") && p.ipv4s().any(|ip| ip == source_ip)
         }))
@@ -347,12 +338,7 @@ impl NetworkService {
 
     /// Public IPv4 (a floating IP) of a port, for the EC2 `public-ipv4` key.
     pub async fn floating_ip_of(&self, port_id: &str) -> CoreResult<Option<String>> {
-        let fips: Vec<Rec<FloatingIp>> = self
-            .all(NetFilter {
-                kind: FLOATINGIP,
-                ..Default::default()
-            })
-            .await?;
+        let fips: Vec<Rec<FloatingIp>> = self.all(NetFilter::of(FLOATINGIP)).await?;
         Ok(fips
             .into_iter()
             .find(|f| f.val.port_id.as_deref() == Some(port_id))
@@ -362,11 +348,7 @@ impl NetworkService {
     /// The subnets of a network (network_data.json, DNS servers).
     pub async fn subnets_of(&self, network_id: &str) -> CoreResult<Vec<Subnet>> {
         Ok(self
-            .all::<Subnet>(NetFilter {
-                kind: SUBNET,
-                network_id: Some(network_id),
-                ..Default::default()
-            })
+            .all::<Subnet>(NetFilter::of(SUBNET).network(network_id))
             .await?
             .into_iter()
             .map(|r| r.val)

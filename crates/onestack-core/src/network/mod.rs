@@ -348,11 +348,7 @@ impl NetworkService {
             return Ok(());
         }
         let used = tx
-            .list(&NetFilter {
-                kind,
-                project_id: Some(project_id),
-                ..Default::default()
-            })
+            .list(&NetFilter::of(kind).project(project_id))
             .await
             .map_err(internal)?
             .len() as i64;
@@ -453,11 +449,7 @@ impl NetworkService {
     ) -> CoreResult<Value> {
         let subnets = self
             .store
-            .net_list(&NetFilter {
-                kind: SUBNET,
-                network_id: Some(&n.val.id),
-                ..Default::default()
-            })
+            .net_list(&NetFilter::of(SUBNET).network(&n.val.id))
             .await
             .map_err(internal)?;
         Ok(network_view(
@@ -476,18 +468,10 @@ impl NetworkService {
     }
 
     pub async fn list_networks(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
-        let nets: Vec<Rec<Network>> = self
-            .all(NetFilter {
-                kind: NETWORK,
-                ..Default::default()
-            })
-            .await?;
+        let nets: Vec<Rec<Network>> = self.all(NetFilter::of(NETWORK)).await?;
         let subnets = self
             .store
-            .net_list(&NetFilter {
-                kind: SUBNET,
-                ..Default::default()
-            })
+            .net_list(&NetFilter::of(SUBNET))
             .await
             .map_err(internal)?;
         Ok(nets
@@ -571,15 +555,7 @@ impl NetworkService {
         if !owns(ctx, &n.val.project_id) {
             return Err(forbidden("delete_network"));
         }
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                network_id: Some(id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).network(id)).await?;
         if ports.iter().any(|p| p.val.device_owner != OWNER_DHCP) {
             return Err(typed(
                 409,
@@ -593,11 +569,7 @@ impl NetworkService {
             tx.delete(&p.val.id).await.map_err(internal)?;
         }
         let subnets = tx
-            .list(&NetFilter {
-                kind: SUBNET,
-                network_id: Some(id),
-                ..Default::default()
-            })
+            .list(&NetFilter::of(SUBNET).network(id))
             .await
             .map_err(internal)?;
         for s in subnets {

@@ -163,15 +163,8 @@ impl NetworkService {
             }
             None => ipam::random_mac(),
         };
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: PORT,
-                network_id: Some(network_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> =
+            Self::all_tx(tx, NetFilter::of(PORT).network(network_id)).await?;
         if ports.iter().any(|p| p.val.mac_address == mac) {
             return Err(typed(
                 409,
@@ -239,15 +232,8 @@ impl NetworkService {
         port_id: &str,
         requests: Option<Vec<IpRequest>>,
     ) -> CoreResult<Vec<FixedIp>> {
-        let subnets: Vec<Rec<Subnet>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: SUBNET,
-                network_id: Some(&network.id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let subnets: Vec<Rec<Subnet>> =
+            Self::all_tx(tx, NetFilter::of(SUBNET).network(&network.id)).await?;
         let mut out = Vec::new();
         match requests {
             None => {
@@ -331,18 +317,8 @@ impl NetworkService {
     }
 
     pub async fn list_ports(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
-        let nets: Vec<Rec<Network>> = self
-            .all(NetFilter {
-                kind: NETWORK,
-                ..Default::default()
-            })
-            .await?;
-        let ports: Vec<Rec<Port>> = self
-            .all(NetFilter {
-                kind: PORT,
-                ..Default::default()
-            })
-            .await?;
+        let nets: Vec<Rec<Network>> = self.all(NetFilter::of(NETWORK)).await?;
+        let ports: Vec<Rec<Port>> = self.all(NetFilter::of(PORT)).await?;
         Ok(ports
             .iter()
             .filter(|p| {
@@ -468,14 +444,7 @@ impl NetworkService {
 
     /// Deletes a port, disassociating any floating IP that pointed at it.
     pub(crate) async fn delete_port_tx(&self, tx: &mut NetTx, id: &str) -> CoreResult<()> {
-        let fips: Vec<Rec<FloatingIp>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: FLOATINGIP,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let fips: Vec<Rec<FloatingIp>> = Self::all_tx(tx, NetFilter::of(FLOATINGIP)).await?;
         for mut fip in fips
             .into_iter()
             .filter(|f| f.val.port_id.as_deref() == Some(id))
@@ -497,12 +466,7 @@ impl NetworkService {
     /// Networks a server gets when it asks for none (Nova 2.1): the project's own and shared,
     /// non-external networks. Nova uses the only one, refuses a choice among several.
     pub async fn default_networks(&self, ctx: &AuthContext) -> CoreResult<Vec<String>> {
-        let nets: Vec<Rec<Network>> = self
-            .all(NetFilter {
-                kind: NETWORK,
-                ..Default::default()
-            })
-            .await?;
+        let nets: Vec<Rec<Network>> = self.all(NetFilter::of(NETWORK)).await?;
         let project = ctx.project_id().unwrap_or_default();
         Ok(nets
             .iter()
@@ -594,15 +558,8 @@ impl NetworkService {
     /// Binds a server's ports to the host it was placed on.
     pub async fn bind_server_ports(&self, server_id: &str, host: &str) -> CoreResult<()> {
         let mut tx = self.tx().await?;
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                device_id: Some(server_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> =
+            Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
         for mut p in ports {
             p.val.host = host.to_string();
             let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
@@ -613,13 +570,7 @@ impl NetworkService {
 
     /// A server's ports, in creation order.
     pub async fn server_ports(&self, server_id: &str) -> CoreResult<Vec<Port>> {
-        let ports: Vec<Rec<Port>> = self
-            .all(NetFilter {
-                kind: PORT,
-                device_id: Some(server_id),
-                ..Default::default()
-            })
-            .await?;
+        let ports: Vec<Rec<Port>> = self.all(NetFilter::of(PORT).device(server_id)).await?;
         Ok(ports
             .into_iter()
             .map(|p| p.val)
@@ -630,15 +581,8 @@ impl NetworkService {
     /// When a server is gone: deletes the ports compute made, frees the ones the user gave.
     pub async fn release_server_ports(&self, server_id: &str) -> CoreResult<()> {
         let mut tx = self.tx().await?;
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                device_id: Some(server_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> =
+            Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
         for mut p in ports
             .into_iter()
             .filter(|p| p.val.device_owner.starts_with("compute:"))
@@ -659,24 +603,9 @@ impl NetworkService {
     /// Nova's `addresses` for servers: network name → fixed and floating addresses.
     pub async fn server_addresses(&self, server_ids: &[&str]) -> CoreResult<Vec<(String, Value)>> {
         let wanted: HashSet<&str> = server_ids.iter().copied().collect();
-        let nets: Vec<Rec<Network>> = self
-            .all(NetFilter {
-                kind: NETWORK,
-                ..Default::default()
-            })
-            .await?;
-        let ports: Vec<Rec<Port>> = self
-            .all(NetFilter {
-                kind: PORT,
-                ..Default::default()
-            })
-            .await?;
-        let fips: Vec<Rec<FloatingIp>> = self
-            .all(NetFilter {
-                kind: FLOATINGIP,
-                ..Default::default()
-            })
-            .await?;
+        let nets: Vec<Rec<Network>> = self.all(NetFilter::of(NETWORK)).await?;
+        let ports: Vec<Rec<Port>> = self.all(NetFilter::of(PORT)).await?;
+        let fips: Vec<Rec<FloatingIp>> = self.all(NetFilter::of(FLOATINGIP)).await?;
         let mut out = Vec::new();
         for id in server_ids {
             let mut addrs = Map::new();

@@ -29,14 +29,8 @@ impl NetworkService {
     ) -> CoreResult<()> {
         let Some(info) = info else {
             if let Some(gw) = router.gateway.take() {
-                let fips: Vec<Rec<FloatingIp>> = Self::all_tx(
-                    tx,
-                    NetFilter {
-                        kind: FLOATINGIP,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                let fips: Vec<Rec<FloatingIp>> =
+                    Self::all_tx(tx, NetFilter::of(FLOATINGIP)).await?;
                 if fips
                     .iter()
                     .any(|f| f.val.router_id.as_deref() == Some(&router.id))
@@ -183,18 +177,8 @@ impl NetworkService {
     }
 
     pub async fn list_routers(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
-        let routers: Vec<Rec<Router>> = self
-            .all(NetFilter {
-                kind: ROUTER,
-                ..Default::default()
-            })
-            .await?;
-        let ports: Vec<Rec<Port>> = self
-            .all(NetFilter {
-                kind: PORT,
-                ..Default::default()
-            })
-            .await?;
+        let routers: Vec<Rec<Router>> = self.all(NetFilter::of(ROUTER)).await?;
+        let ports: Vec<Rec<Port>> = self.all(NetFilter::of(PORT)).await?;
         Ok(routers
             .iter()
             .filter(|r| owns(ctx, &r.val.project_id))
@@ -257,15 +241,7 @@ impl NetworkService {
         require_writer(ctx, "delete_router")?;
         let mut tx = self.tx().await?;
         let r = self.visible_router(&mut tx, ctx, id).await?;
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                device_id: Some(id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
         if ports
             .iter()
             .any(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
@@ -276,14 +252,7 @@ impl NetworkService {
                 format!("Router {id} still has ports"),
             ));
         }
-        let fips: Vec<Rec<FloatingIp>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: FLOATINGIP,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let fips: Vec<Rec<FloatingIp>> = Self::all_tx(&mut tx, NetFilter::of(FLOATINGIP)).await?;
         if fips.iter().any(|f| f.val.router_id.as_deref() == Some(id)) {
             return Err(typed(
                 409,
@@ -318,15 +287,8 @@ impl NetworkService {
         }
         let mut tx = self.tx().await?;
         let router = self.visible_router(&mut tx, ctx, id).await?;
-        let existing: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                device_id: Some(id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let existing: Vec<Rec<Port>> =
+            Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
         let attached: Vec<String> = existing
             .iter()
             .filter(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
@@ -451,15 +413,7 @@ impl NetworkService {
         let (subnet_id, port_id) = (f.string("subnet_id", 64)?, f.string("port_id", 64)?);
         let mut tx = self.tx().await?;
         let router = self.visible_router(&mut tx, ctx, id).await?;
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                device_id: Some(id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
         let port = ports
             .into_iter()
             .filter(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
@@ -484,14 +438,7 @@ impl NetworkService {
                     "Bad router request: Either subnet_id or port_id must be specified.",
                 ),
             })?;
-        let fips: Vec<Rec<FloatingIp>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: FLOATINGIP,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let fips: Vec<Rec<FloatingIp>> = Self::all_tx(&mut tx, NetFilter::of(FLOATINGIP)).await?;
         let subnets: Vec<&str> = port
             .val
             .fixed_ips
@@ -540,23 +487,9 @@ impl NetworkService {
                     port.id
                 ))
             })?;
-        let routers: Vec<Rec<Router>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: ROUTER,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: PORT,
-                network_id: Some(&port.network_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let routers: Vec<Rec<Router>> = Self::all_tx(tx, NetFilter::of(ROUTER)).await?;
+        let ports: Vec<Rec<Port>> =
+            Self::all_tx(tx, NetFilter::of(PORT).network(&port.network_id)).await?;
         for r in routers.iter().filter(|r| {
             r.val
                 .gateway
@@ -607,14 +540,7 @@ impl NetworkService {
         let router_id = self
             .router_for(tx, &fip.floating_network_id, &port.val, &fixed)
             .await?;
-        let others: Vec<Rec<FloatingIp>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: FLOATINGIP,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let others: Vec<Rec<FloatingIp>> = Self::all_tx(tx, NetFilter::of(FLOATINGIP)).await?;
         if let Some(o) = others.iter().find(|o| {
             o.val.id != fip.id
                 && o.val.port_id.as_deref() == Some(port_id)
@@ -766,18 +692,8 @@ impl NetworkService {
     }
 
     pub async fn list_floatingips(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
-        let fips: Vec<Rec<FloatingIp>> = self
-            .all(NetFilter {
-                kind: FLOATINGIP,
-                ..Default::default()
-            })
-            .await?;
-        let ports: Vec<Rec<Port>> = self
-            .all(NetFilter {
-                kind: PORT,
-                ..Default::default()
-            })
-            .await?;
+        let fips: Vec<Rec<FloatingIp>> = self.all(NetFilter::of(FLOATINGIP)).await?;
+        let ports: Vec<Rec<Port>> = self.all(NetFilter::of(PORT)).await?;
         Ok(fips
             .iter()
             .filter(|f| owns(ctx, &f.val.project_id))

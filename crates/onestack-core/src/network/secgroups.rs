@@ -27,15 +27,8 @@ impl NetworkService {
         tx: &mut NetTx,
         project_id: &str,
     ) -> CoreResult<String> {
-        let groups: Vec<Rec<SecurityGroup>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: SECURITY_GROUP,
-                project_id: Some(project_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let groups: Vec<Rec<SecurityGroup>> =
+            Self::all_tx(tx, NetFilter::of(SECURITY_GROUP).project(project_id)).await?;
         if let Some(g) = groups.iter().find(|g| g.val.name == "default") {
             return Ok(g.val.id.clone());
         }
@@ -97,15 +90,8 @@ impl NetworkService {
         if name_or_id == "default" {
             return self.ensure_default_sg(tx, project_id).await;
         }
-        let groups: Vec<Rec<SecurityGroup>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: SECURITY_GROUP,
-                project_id: Some(project_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let groups: Vec<Rec<SecurityGroup>> =
+            Self::all_tx(tx, NetFilter::of(SECURITY_GROUP).project(project_id)).await?;
         let hits: Vec<&Rec<SecurityGroup>> = groups
             .iter()
             .filter(|g| g.val.id == name_or_id || g.val.name == name_or_id)
@@ -209,11 +195,7 @@ impl NetworkService {
 
     async fn group_view(&self, g: &Rec<SecurityGroup>) -> CoreResult<Value> {
         let rules: Vec<Rec<SecurityGroupRule>> = self
-            .all(NetFilter {
-                kind: SECURITY_GROUP_RULE,
-                device_id: Some(&g.val.id),
-                ..Default::default()
-            })
+            .all(NetFilter::of(SECURITY_GROUP_RULE).device(&g.val.id))
             .await?;
         Ok(security_group_view(g, &rules))
     }
@@ -234,18 +216,9 @@ impl NetworkService {
                 self.commit(tx).await?;
             }
         }
-        let groups: Vec<Rec<SecurityGroup>> = self
-            .all(NetFilter {
-                kind: SECURITY_GROUP,
-                ..Default::default()
-            })
-            .await?;
-        let rules: Vec<Rec<SecurityGroupRule>> = self
-            .all(NetFilter {
-                kind: SECURITY_GROUP_RULE,
-                ..Default::default()
-            })
-            .await?;
+        let groups: Vec<Rec<SecurityGroup>> = self.all(NetFilter::of(SECURITY_GROUP)).await?;
+        let rules: Vec<Rec<SecurityGroupRule>> =
+            self.all(NetFilter::of(SECURITY_GROUP_RULE)).await?;
         Ok(groups
             .iter()
             .filter(|g| owns(ctx, &g.val.project_id))
@@ -306,14 +279,7 @@ impl NetworkService {
                 "Removing default security group not allowed.",
             ));
         }
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT)).await?;
         if ports
             .iter()
             .any(|p| p.val.security_groups.iter().any(|s| s == id))
@@ -325,10 +291,7 @@ impl NetworkService {
             ));
         }
         let rules = tx
-            .list(&NetFilter {
-                kind: SECURITY_GROUP_RULE,
-                ..Default::default()
-            })
+            .list(&NetFilter::of(SECURITY_GROUP_RULE))
             .await
             .map_err(internal)?;
         for r in rules {
@@ -506,15 +469,8 @@ impl NetworkService {
             remote_group_id,
             description: f.string("description", 255)?.unwrap_or_default(),
         };
-        let existing: Vec<Rec<SecurityGroupRule>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: SECURITY_GROUP_RULE,
-                device_id: Some(&sg_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let existing: Vec<Rec<SecurityGroupRule>> =
+            Self::all_tx(&mut tx, NetFilter::of(SECURITY_GROUP_RULE).device(&sg_id)).await?;
         if let Some(dup) = existing.iter().find(|r| r.val.same_as(&rule)) {
             return Err(typed(
                 409,
@@ -543,12 +499,7 @@ impl NetworkService {
     }
 
     async fn default_group_ids(&self) -> CoreResult<Vec<String>> {
-        let groups: Vec<Rec<SecurityGroup>> = self
-            .all(NetFilter {
-                kind: SECURITY_GROUP,
-                ..Default::default()
-            })
-            .await?;
+        let groups: Vec<Rec<SecurityGroup>> = self.all(NetFilter::of(SECURITY_GROUP)).await?;
         Ok(groups
             .into_iter()
             .filter(|g| g.val.name == "default")
@@ -557,12 +508,8 @@ impl NetworkService {
     }
 
     pub async fn list_security_group_rules(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
-        let rules: Vec<Rec<SecurityGroupRule>> = self
-            .all(NetFilter {
-                kind: SECURITY_GROUP_RULE,
-                ..Default::default()
-            })
-            .await?;
+        let rules: Vec<Rec<SecurityGroupRule>> =
+            self.all(NetFilter::of(SECURITY_GROUP_RULE)).await?;
         let default_ids = self.default_group_ids().await?;
         Ok(rules
             .iter()
@@ -621,11 +568,7 @@ impl NetworkService {
             let limit = self.quota_limit(&mut tx, project_id, kind).await?;
             if details {
                 let used = tx
-                    .list(&NetFilter {
-                        kind,
-                        project_id: Some(project_id),
-                        ..Default::default()
-                    })
+                    .list(&NetFilter::of(kind).project(project_id))
                     .await
                     .map_err(internal)?
                     .len();
@@ -679,11 +622,7 @@ impl NetworkService {
             if let Some(v) = f.integer(k, -1, i64::from(i32::MAX))? {
                 if check_limit && v >= 0 {
                     let used = tx
-                        .list(&NetFilter {
-                            kind: k,
-                            project_id: Some(project_id),
-                            ..Default::default()
-                        })
+                        .list(&NetFilter::of(k).project(project_id))
                         .await
                         .map_err(internal)?
                         .len() as i64;
@@ -796,15 +735,8 @@ impl NetworkService {
                 other => other,
             })?;
         let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, &gid).await?;
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                device_id: Some(server_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> =
+            Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
         let mut touched = false;
         for mut p in ports
             .into_iter()
@@ -842,11 +774,7 @@ impl NetworkService {
         groups: &[String],
     ) -> CoreResult<Vec<String>> {
         let all: Vec<Rec<SecurityGroup>> = self
-            .all(NetFilter {
-                kind: SECURITY_GROUP,
-                project_id: Some(project_id),
-                ..Default::default()
-            })
+            .all(NetFilter::of(SECURITY_GROUP).project(project_id))
             .await?;
         Ok(groups
             .iter()

@@ -150,15 +150,8 @@ impl NetworkService {
         }
         let project_id = owner_for_create(ctx, &f)?;
         self.check_quota(&mut tx, SUBNET, &project_id, 1).await?;
-        let siblings: Vec<Rec<Subnet>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: SUBNET,
-                network_id: Some(&network_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let siblings: Vec<Rec<Subnet>> =
+            Self::all_tx(&mut tx, NetFilter::of(SUBNET).network(&network_id)).await?;
         for s in &siblings {
             if let Ok(other) = ipam::parse_cidr(&s.val.cidr) {
                 if ipam::overlaps(net, other) {
@@ -213,18 +206,8 @@ impl NetworkService {
     }
 
     pub async fn list_subnets(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
-        let nets: Vec<Rec<Network>> = self
-            .all(NetFilter {
-                kind: NETWORK,
-                ..Default::default()
-            })
-            .await?;
-        let subnets: Vec<Rec<Subnet>> = self
-            .all(NetFilter {
-                kind: SUBNET,
-                ..Default::default()
-            })
-            .await?;
+        let nets: Vec<Rec<Network>> = self.all(NetFilter::of(NETWORK)).await?;
+        let subnets: Vec<Rec<Subnet>> = self.all(NetFilter::of(SUBNET)).await?;
         Ok(subnets
             .iter()
             .filter(|s| {
@@ -322,15 +305,8 @@ impl NetworkService {
                 not_found(SUBNET, id)
             });
         }
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            &mut tx,
-            NetFilter {
-                kind: PORT,
-                network_id: Some(&s.val.network_id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> =
+            Self::all_tx(&mut tx, NetFilter::of(PORT).network(&s.val.network_id)).await?;
         if ports.iter().any(|p| {
             p.val.device_owner != OWNER_DHCP && p.val.fixed_ips.iter().any(|f| f.subnet_id == id)
         }) {
@@ -350,29 +326,15 @@ impl NetworkService {
     /// Keeps the network's DHCP port in step with its DHCP-enabled subnets: one address in each,
     /// created when the first appears, deleted with the last.
     pub(crate) async fn sync_dhcp_port(&self, tx: &mut NetTx, network: &Network) -> CoreResult<()> {
-        let subnets: Vec<Rec<Subnet>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: SUBNET,
-                network_id: Some(&network.id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let subnets: Vec<Rec<Subnet>> =
+            Self::all_tx(tx, NetFilter::of(SUBNET).network(&network.id)).await?;
         let dhcp_subnets: Vec<&Subnet> = subnets
             .iter()
             .map(|s| &s.val)
             .filter(|s| s.enable_dhcp)
             .collect();
-        let ports: Vec<Rec<Port>> = Self::all_tx(
-            tx,
-            NetFilter {
-                kind: PORT,
-                network_id: Some(&network.id),
-                ..Default::default()
-            },
-        )
-        .await?;
+        let ports: Vec<Rec<Port>> =
+            Self::all_tx(tx, NetFilter::of(PORT).network(&network.id)).await?;
         let existing = ports.into_iter().find(|p| p.val.device_owner == OWNER_DHCP);
         if dhcp_subnets.is_empty() {
             if let Some(p) = existing {
