@@ -42,7 +42,9 @@ def test_reset_then_uninstall_leave_nothing_behind():
         assert refused.returncode != 0 and "nothing changed" in refused.stderr
         assert demo(cloud, "server", "list", "-f", "value", "-c", "ID").stdout.split() == [old_server]
 
-        out = cloud.onestack("reset", "--yes", "--no-demo").stdout
+        r = cloud.onestack("reset", "--yes", "--no-demo", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = r.stdout
         assert "removed bridges, TAPs, namespaces" in out
         # A fresh cloud: new credentials, no servers, freshly bootstrapped networks.
         assert (cloud.data / "secrets" / "admin-password").read_text() != old_password

@@ -75,6 +75,7 @@ async fn remove_data_plane(dd: &DataDir, cfg: &Config) {
     }
     // dnsmasq of this cloud, recorded or not: its command line names our DHCP directory.
     let dhcp_dir = state_dir.join("dhcp").to_string_lossy().to_string();
+    let mut killed = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -83,7 +84,17 @@ async fn remove_data_plane(dd: &DataDir, cfg: &Config) {
             .is_ok_and(|c| c.windows(dhcp_dir.len()).any(|w| w == dhcp_dir.as_bytes()));
         if hit {
             crate::sys::signal(pid, crate::sys::SIGKILL);
+            killed.push(pid);
         }
+    }
+    // Gone before their directory is removed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while killed
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let Ok(store) = onestack_store::Store::open(&crate::serve::database_url(cfg, dd)).await else {
         return;
@@ -166,7 +177,15 @@ fn wipe_data_dir(dd: &DataDir) -> Result<()> {
             continue;
         }
         if p.is_dir() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            // A process that was just killed may still be closing files in there: retry briefly.
+            let mut tries = 0;
+            while let Err(e) = std::fs::remove_dir_all(&p) {
+                tries += 1;
+                if tries >= 10 {
+                    return Err(e).with_context(|| format!("removing {}", p.display()));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         } else {
             std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
         }
