@@ -187,7 +187,13 @@ fn wipe_data_dir(dd: &DataDir) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(200));
             }
         } else {
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            // SQLite's -wal/-shm files vanish on their own when the last connection closes.
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", p.display()));
+                }
+                _ => {}
+            }
         }
     }
     Ok(())
@@ -211,6 +217,15 @@ pub async fn reset(dd: DataDir, config: Option<&Path>, no_demo: bool, yes: bool)
         t0,
         "emptied the store and the data directory (configuration kept)",
     );
+    // The old services' sockets may take a moment to close.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while crate::doctor::ports(&cfg)
+        .iter()
+        .any(|(_, p)| !crate::doctor::port_free(&cfg, *p))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     ops::up(dd, config, false, no_demo).await
 }
 
