@@ -80,26 +80,17 @@ impl NetworkService {
             let old = gw.port_id.clone();
             self.delete_port_tx(tx, &old).await?;
         }
-        let mut body = Map::new();
-        body.insert("device_id".into(), json!(router.id));
-        body.insert("device_owner".into(), json!(OWNER_ROUTER_GATEWAY));
-        body.insert("port_security_enabled".into(), json!(false));
-        if let Some(ips) = f.raw("external_fixed_ips") {
-            body.insert("fixed_ips".into(), ips.clone());
-        }
-        let admin = service_ctx(ctx);
-        let pf = Fields::new(
-            &body,
-            &[
-                "device_id",
-                "device_owner",
-                "port_security_enabled",
-                "fixed_ips",
-            ],
-        )?;
         // Gateway ports belong to no project (Neutron shows an empty tenant).
         let port_id = self
-            .create_port_tx(tx, &admin, "", &network_id, &pf, false)
+            .create_service_port(
+                tx,
+                ctx,
+                "",
+                &network_id,
+                &router.id,
+                OWNER_ROUTER_GATEWAY,
+                f.raw("external_fixed_ips").cloned(),
+            )
             .await?;
         router.gateway = Some(GatewayInfo {
             network_id,
@@ -310,32 +301,15 @@ impl NetworkService {
                 };
                 self.check_interface_subnet(&mut tx, &attached, &s.val)
                     .await?;
-                let mut body = Map::new();
-                body.insert("device_id".into(), json!(id));
-                body.insert("device_owner".into(), json!(OWNER_ROUTER_INTERFACE));
-                body.insert("port_security_enabled".into(), json!(false));
-                body.insert(
-                    "fixed_ips".into(),
-                    json!([{"subnet_id": sid, "ip_address": gw}]),
-                );
-                let pf = Fields::new(
-                    &body,
-                    &[
-                        "device_id",
-                        "device_owner",
-                        "port_security_enabled",
-                        "fixed_ips",
-                    ],
-                )?;
-                let admin = service_ctx(ctx);
                 let pid = self
-                    .create_port_tx(
+                    .create_service_port(
                         &mut tx,
-                        &admin,
+                        ctx,
                         &router.val.project_id,
                         &s.val.network_id,
-                        &pf,
-                        false,
+                        id,
+                        OWNER_ROUTER_INTERFACE,
+                        Some(json!([{"subnet_id": sid, "ip_address": gw}])),
                     )
                     .await?;
                 self.fetch::<Port>(&mut tx, PORT, &pid).await?
@@ -603,39 +577,25 @@ impl NetworkService {
         self.check_quota(&mut tx, FLOATINGIP, &project_id, 1)
             .await?;
         let id = uuid::Uuid::new_v4().to_string();
-        let mut body = Map::new();
-        body.insert("device_id".into(), json!(id));
-        body.insert("device_owner".into(), json!(OWNER_FLOATINGIP));
-        body.insert("port_security_enabled".into(), json!(false));
-        match (
+        let fixed_ips = match (
             f.string("floating_ip_address", 64)?,
             f.string("subnet_id", 64)?,
         ) {
-            (Some(ip), sid) => {
-                let mut o = Map::new();
-                o.insert("ip_address".into(), json!(ip));
-                if let Some(s) = sid {
-                    o.insert("subnet_id".into(), json!(s));
-                }
-                body.insert("fixed_ips".into(), json!([o]));
-            }
-            (None, Some(sid)) => {
-                body.insert("fixed_ips".into(), json!([{"subnet_id": sid}]));
-            }
-            (None, None) => {}
-        }
-        let pf = Fields::new(
-            &body,
-            &[
-                "device_id",
-                "device_owner",
-                "port_security_enabled",
-                "fixed_ips",
-            ],
-        )?;
-        let admin = service_ctx(ctx);
+            (Some(ip), Some(sid)) => Some(json!([{"ip_address": ip, "subnet_id": sid}])),
+            (Some(ip), None) => Some(json!([{"ip_address": ip}])),
+            (None, Some(sid)) => Some(json!([{"subnet_id": sid}])),
+            (None, None) => None,
+        };
         let fport_id = self
-            .create_port_tx(&mut tx, &admin, "", &network_id, &pf, false)
+            .create_service_port(
+                &mut tx,
+                ctx,
+                "",
+                &network_id,
+                &id,
+                OWNER_FLOATINGIP,
+                fixed_ips,
+            )
             .await?;
         let fport: Rec<Port> = self.fetch(&mut tx, PORT, &fport_id).await?;
         let address = fport
@@ -761,6 +721,41 @@ impl NetworkService {
             .await?;
         tx.delete(id).await.map_err(internal)?;
         self.commit(tx).await
+    }
+}
+
+impl NetworkService {
+    /// A port the service makes for a router gateway or interface or a floating IP: no port
+    /// security, owned by `device_id`, created with admin rights on the caller's behalf.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_service_port(
+        &self,
+        tx: &mut NetTx,
+        ctx: &AuthContext,
+        project_id: &str,
+        network_id: &str,
+        device_id: &str,
+        owner: &str,
+        fixed_ips: Option<Value>,
+    ) -> CoreResult<String> {
+        let mut body = Map::new();
+        body.insert("device_id".into(), json!(device_id));
+        body.insert("device_owner".into(), json!(owner));
+        body.insert("port_security_enabled".into(), json!(false));
+        if let Some(ips) = fixed_ips {
+            body.insert("fixed_ips".into(), ips);
+        }
+        let f = Fields::new(
+            &body,
+            &[
+                "device_id",
+                "device_owner",
+                "port_security_enabled",
+                "fixed_ips",
+            ],
+        )?;
+        self.create_port_tx(tx, &service_ctx(ctx), project_id, network_id, &f, false)
+            .await
     }
 }
 
