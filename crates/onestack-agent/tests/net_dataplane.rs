@@ -262,6 +262,7 @@ fn scenario_state(prefix: &str) -> NetworkState {
                 zone: 1,
                 host_address: None,
                 subnets: vec![tenant_subnet()],
+                tunnel: None,
             },
             HostNetwork {
                 id: "ext".into(),
@@ -271,6 +272,7 @@ fn scenario_state(prefix: &str) -> NetworkState {
                 zone: 2,
                 host_address: Some("198.18.64.1/24".into()),
                 subnets: vec![],
+                tunnel: None,
             },
         ],
         ports: vec![
@@ -753,6 +755,7 @@ fn apply_time_per_port() {
             zone: 1,
             host_address: None,
             subnets: vec![],
+            tunnel: None,
         }],
         ports: vec![],
         security_groups: vec![HostSecurityGroup {
@@ -838,4 +841,129 @@ fn apply_time_per_port() {
         m_late < m_early * 3 + Duration::from_millis(30),
         "one-port apply grew with the port count: {m_early:?} -> {m_late:?}"
     );
+}
+
+/// One host's view of a two-host tenant network: its VM and a VXLAN tunnel to the other host
+/// (`peer` None: the other host is gone, so no tunnel).
+fn tunnel_state(generation: i64, local: &str, peer: Option<&str>, vm: HostPort) -> NetworkState {
+    NetworkState {
+        generation,
+        networks: vec![HostNetwork {
+            id: "tenant".into(),
+            bridge: "brqtenant".into(),
+            mtu: 1450,
+            external: false,
+            zone: 7,
+            host_address: None,
+            subnets: vec![],
+            tunnel: peer.map(|p| Tunnel {
+                device: proto::vxlan_device(7007),
+                vni: 7007,
+                local_ip: local.into(),
+                peers: vec![p.into()],
+            }),
+        }],
+        ports: vec![vm],
+        security_groups: vec![HostSecurityGroup {
+            id: "default".into(),
+            member_ips: vec!["198.18.1.11".into(), "198.18.1.12".into()],
+            rules: vec![
+                egress_all("default"),
+                HostRule {
+                    id: "default-in".into(),
+                    direction: Direction::Ingress,
+                    ethertype: "IPv4".into(),
+                    protocol: None,
+                    port_range_min: None,
+                    port_range_max: None,
+                    remote_ip_prefix: None,
+                    remote_group_id: Some("default".into()),
+                },
+            ],
+        }],
+        dhcp: vec![],
+        routers: vec![],
+    }
+}
+
+/// Two hosts (namespaces joined by a veth "wire", 198.18.90.0/24), one VM each on the same
+/// tenant network: the VXLAN tunnel carries their traffic, security groups still apply on both
+/// ends, and dropping the peer removes the tunnel.
+#[test]
+fn vxlan_joins_hosts() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut a = Env::new();
+    let mut b = Env::new();
+    ok(&[
+        "ip", "-n", &a.host, "link", "add", "wire", "type", "veth", "peer", "name", "wire",
+        "netns", &b.host,
+    ]);
+    for (env, addr) in [(&a, "198.18.90.1/24"), (&b, "198.18.90.2/24")] {
+        ok(&["ip", "-n", &env.host, "addr", "add", addr, "dev", "wire"]);
+        ok(&["ip", "-n", &env.host, "link", "set", "wire", "up"]);
+    }
+    let vm1 = a.vm("vm1", "tapvm1", MAC1, Some("198.18.1.11/24"));
+    let vm2 = b.vm("vm2", "tapvm2", MAC2, Some("198.18.1.12/24"));
+    let port1 = vm_port("vm1port", "tapvm1", MAC1, "198.18.1.11", &["default"]);
+    let port2 = vm_port("vm2port", "tapvm2", MAC2, "198.18.1.12", &["default"]);
+
+    // Before the tunnel exists the two halves of the network are apart.
+    let s = tunnel_state(1, "198.18.90.1", None, port1.clone());
+    applied(&rt.block_on(a.net().apply(&s)).expect("apply a"));
+    let s = tunnel_state(1, "198.18.90.2", None, port2.clone());
+    applied(&rt.block_on(b.net().apply(&s)).expect("apply b"));
+    assert!(!ping(&vm1, "198.18.1.12", None), "no tunnel yet, yet VM2 answered");
+
+    let s = tunnel_state(2, "198.18.90.1", Some("198.18.90.2"), port1.clone());
+    applied(&rt.block_on(a.net().apply(&s)).expect("tunnel a"));
+    let s = tunnel_state(2, "198.18.90.2", Some("198.18.90.1"), port2.clone());
+    applied(&rt.block_on(b.net().apply(&s)).expect("tunnel b"));
+    let link = ok(&["ip", "-d", "-n", &a.host, "link", "show", "vxlan-7007"]);
+    assert!(link.contains("vxlan id 7007"), "{link}");
+    assert!(link.contains("master brqtenant"), "{link}");
+    assert!(link.contains("local 198.18.90.1"), "{link}");
+    let fdb = ok(&["bridge", "-n", &a.host, "fdb", "show", "dev", "vxlan-7007"]);
+    assert!(
+        fdb.contains("00:00:00:00:00:00 dst 198.18.90.2"),
+        "no flooding entry to the peer: {fdb}"
+    );
+    assert!(ping(&vm1, "198.18.1.12", None), "VM1 cannot reach VM2 over the tunnel");
+    assert!(ping(&vm2, "198.18.1.11", None), "VM2 cannot reach VM1 over the tunnel");
+    // Anti-spoofing still holds at the sender: VM2 cannot claim VM1's address across hosts.
+    ok(&["ip", "-n", &vm2, "addr", "add", "198.18.1.50/24", "dev", "eth0"]);
+    assert!(
+        !ping(&vm2, "198.18.1.11", Some("198.18.1.50")),
+        "a spoofed source crossed the tunnel"
+    );
+
+    // Applying the same state again (an agent restart) keeps one flooding entry.
+    let s = tunnel_state(3, "198.18.90.1", Some("198.18.90.2"), port1.clone());
+    let mut restarted = HostNetworking::new(NetConfig {
+        host_netns: Some(a.host.clone()),
+        state_dir: a.state_dir.path().to_path_buf(),
+        tap_owner: None,
+        dnsmasq: find("dnsmasq").expect("dnsmasq"),
+    });
+    applied(&rt.block_on(restarted.apply(&s)).expect("restart apply"));
+    let fdb = ok(&["bridge", "-n", &a.host, "fdb", "show", "dev", "vxlan-7007"]);
+    assert_eq!(fdb.matches("00:00:00:00:00:00").count(), 1, "{fdb}");
+    assert!(ping(&vm1, "198.18.1.12", None), "lost the tunnel on restart");
+
+    // The other host leaves: the tunnel goes, the bridge and VM stay.
+    let s = tunnel_state(4, "198.18.90.1", None, port1);
+    applied(&rt.block_on(restarted.apply(&s)).expect("leave apply"));
+    let links = ok(&["ip", "-n", &a.host, "link", "show"]);
+    assert!(!links.contains("vxlan-7007"), "{links}");
+    assert!(links.contains("brqtenant"), "{links}");
+    assert!(!ping(&vm1, "198.18.1.12", None), "VM2 still reachable without a tunnel");
+    drop(restarted);
 }

@@ -491,6 +491,53 @@ impl Store {
         require_row(r)
     }
 
+    // ---- join tokens ----
+
+    /// Stores a join token (by its hash) valid until `expires_at` (µs since the epoch); expired
+    /// ones are dropped on the way.
+    pub async fn create_join_token(
+        &self,
+        token_hash: &str,
+        expires_at: i64,
+        now_micros: i64,
+        created_at: &str,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
+            .bind(now_micros)
+            .execute(self.pool())
+            .await?;
+        sqlx::query(
+            "INSERT INTO join_tokens (token_hash, expires_at, used_by, created_at) \
+             VALUES ($1, $2, NULL, $3)",
+        )
+        .bind(token_hash)
+        .bind(expires_at)
+        .bind(created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Uses up a join token: true once for a valid, unexpired token (one statement, so two
+    /// concurrent joins cannot both succeed), false afterwards or when unknown or expired.
+    pub async fn redeem_join_token(
+        &self,
+        token_hash: &str,
+        host: &str,
+        now_micros: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE join_tokens SET used_by = $2 \
+             WHERE token_hash = $1 AND used_by IS NULL AND expires_at >= $3",
+        )
+        .bind(token_hash)
+        .bind(host)
+        .bind(now_micros)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     // ---- compute hosts ----
 
     /// Registers a host, or refreshes the figures of one that registered before (same name);

@@ -279,6 +279,17 @@ CREATE TABLE net_generation (
 INSERT INTO net_generation (id, value) VALUES (1, 1)
 "#,
     ),
+    (
+        5,
+        r#"
+CREATE TABLE join_tokens (
+    token_hash TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL,
+    used_by TEXT,
+    created_at TEXT NOT NULL
+)
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

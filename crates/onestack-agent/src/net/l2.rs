@@ -30,12 +30,45 @@ pub async fn converge_network(c: &Ctx<'_>, old: Option<&Network>, new: &Network)
     if let Some(o) = old.filter(|o| o.bridge != new.bridge) {
         c.host.delete(&o.bridge).await?;
     }
+    let old_tunnel = old.and_then(|o| o.tunnel.as_ref());
+    if let Some(ot) = old_tunnel {
+        if !new.tunnel.as_ref().is_some_and(|nt| nt.same_device(ot)) {
+            c.host.delete(&ot.device).await?;
+        }
+    }
     let index = c.host.ensure_bridge(&new.bridge, new.mtu).await?;
     let addrs: Vec<Ipv4Net> = new.host_address.iter().copied().collect();
-    c.host.sync_addrs(index, &new.bridge, &addrs).await
+    c.host.sync_addrs(index, &new.bridge, &addrs).await?;
+    if let Some(t) = &new.tunnel {
+        let vx = c.host.ensure_vxlan(&t.device, t.vni, t.local, new.mtu).await?;
+        c.host
+            .set(
+                vx,
+                &t.device,
+                &Settings {
+                    mtu: Some(new.mtu),
+                    master: Some(index),
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        if let Some(ot) = old_tunnel.filter(|ot| ot.same_device(t)) {
+            for gone in ot.peers.difference(&t.peers) {
+                c.host.flood_entry(vx, &t.device, *gone, false).await?;
+            }
+        }
+        for peer in &t.peers {
+            c.host.flood_entry(vx, &t.device, *peer, true).await?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn remove_network(c: &Ctx<'_>, old: &Network) -> Result<()> {
+    if let Some(t) = &old.tunnel {
+        c.host.delete(&t.device).await?;
+    }
     c.host.delete(&old.bridge).await.map(|_| ())
 }
 

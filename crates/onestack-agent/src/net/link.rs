@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -96,6 +96,72 @@ impl Links {
         )
         .await?;
         Ok(index)
+    }
+
+    /// A VXLAN device `name` (VNI `vni`, source `local`, UDP 4789, learning on so the bridge and
+    /// the device learn where remote MACs are); created if absent.
+    pub async fn ensure_vxlan(&self, name: &IfName, vni: u32, local: Ipv4Addr, mtu: u32) -> Result<u32> {
+        if self.index(name).await?.is_none() {
+            let msg = LinkVxlan::new(name.as_str(), vni)
+                .local(local)
+                .port(onestack_core::network::proto::VXLAN_PORT)
+                .learning(true)
+                .mtu(mtu)
+                .build();
+            match self.h.link().add(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e).with_context(|| format!("creating VXLAN device {name}")),
+            }
+        }
+        self.require(name).await
+    }
+
+    /// Adds (`add`) or removes a flooding entry of a VXLAN device: broadcast and unknown unicast
+    /// are copied to `peer` (`bridge fdb append 00:00:00:00:00:00 dev … dst …`).
+    pub async fn flood_entry(&self, index: u32, name: &IfName, peer: Ipv4Addr, add: bool) -> Result<()> {
+        use rtnetlink::packet_core::{
+            NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
+        };
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+        };
+        use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
+        let mut req = NetlinkMessage::from(if add {
+            RouteNetlinkMessage::NewNeighbour(msg)
+        } else {
+            RouteNetlinkMessage::DelNeighbour(msg)
+        });
+        req.header.flags = if add {
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND
+        } else {
+            NLM_F_REQUEST | NLM_F_ACK
+        };
+        let mut h = self.h.clone();
+        let mut resp = h
+            .request(req)
+            .with_context(|| format!("flooding entry {peer} on {name}"))?;
+        while let Some(m) = futures_util::StreamExt::next(&mut resp).await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                let code = e.code.map(|c| -c.get());
+                // Already there (add) or already gone (delete): the wanted state holds.
+                if (add && code == Some(libc::EEXIST)) || (!add && code == Some(libc::ENOENT)) {
+                    return Ok(());
+                }
+                return Err(rtnetlink::Error::NetlinkError(e))
+                    .with_context(|| format!("flooding entry {peer} on {name}"));
+            }
+        }
+        Ok(())
     }
 
     /// Creates veth `a` ↔ `b` in this namespace (both ends here; move one with [`Self::move_to`]).

@@ -699,6 +699,7 @@ mod tests {
                 zone: 1,
                 host_address: None,
                 subnets: vec![],
+                tunnel: None,
             }],
             ports,
             security_groups: vec![proto::HostSecurityGroup {

@@ -21,6 +21,24 @@ pub struct Network {
     pub external: bool,
     pub zone: u16,
     pub host_address: Option<Ipv4Net>,
+    /// The VXLAN segment to the other hosts (tenant networks on a multi-host cloud).
+    #[serde(default)]
+    pub tunnel: Option<Tunnel>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub device: IfName,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub peers: BTreeSet<Ipv4Addr>,
+}
+
+impl Tunnel {
+    /// What the device itself is made of (peers change without recreating it).
+    pub fn same_device(&self, other: &Tunnel) -> bool {
+        (&self.device, self.vni, self.local) == (&other.device, other.vni, other.local)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,6 +373,29 @@ fn network(n: &proto::HostNetwork) -> Result<Network> {
         external: n.external,
         zone: n.zone,
         host_address: n.host_address.as_deref().map(ipv4_iface).transpose()?,
+        tunnel: n.tunnel.as_ref().map(tunnel).transpose()?,
+    })
+}
+
+fn tunnel(t: &proto::Tunnel) -> Result<Tunnel> {
+    // 24-bit VNI; 0 is reserved.
+    if !(1..=0xFF_FFFF).contains(&t.vni) {
+        bail!("VNI {} out of range", t.vni);
+    }
+    let local = ipv4(&t.local_ip)?;
+    let peers = t
+        .peers
+        .iter()
+        .map(|p| ipv4(p))
+        .collect::<Result<BTreeSet<_>>>()?;
+    if peers.contains(&local) {
+        bail!("tunnel peer {local} is this host's own address");
+    }
+    Ok(Tunnel {
+        device: IfName::parse(&t.device)?,
+        vni: t.vni,
+        local,
+        peers,
     })
 }
 

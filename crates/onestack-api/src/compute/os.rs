@@ -225,21 +225,7 @@ pub async fn service_delete(
         .iter()
         .find(|h| h.num.to_string() == id)
         .ok_or_else(|| ApiError::not_found(format!("Service {id} could not be found.")))?;
-    let usage = s.compute.host_usage().await?;
-    if usage.get(&h.host).is_some_and(|u| u.instances > 0) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "Unable to delete compute service that is hosting instances: {}",
-                h.host
-            ),
-        ));
-    }
-    s.compute
-        .store()
-        .delete_host(&h.host)
-        .await
-        .map_err(|e| ApiError::from(onestack_core::CoreError::from(e)))?;
+    s.compute.remove_host(&h.host).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,6 +3,7 @@
 //! database; agents reconcile their host to it and report back (see `proto`).
 
 pub mod console;
+pub mod join;
 pub mod keypair;
 pub mod metadata;
 pub mod proto;
@@ -605,9 +606,38 @@ impl ComputeService {
             created_at: t.clone(),
             updated_at: t,
         };
+        let before = self.store.get_host_by_name(&rec.host).await.ok();
         let stored = self.store.upsert_host(&rec).await?;
         self.notify();
+        // A new host, or one at a new address, changes every host's tunnels.
+        if before.is_none_or(|b| b.host_ip != stored.host_ip) {
+            if let Some(net) = self.network() {
+                net.hosts_changed().await?;
+            }
+        }
         Ok(stored)
+    }
+
+    /// Removes a compute host that holds no servers (`compute service delete`, `onestack
+    /// leave`); its agent registers again if it comes back.
+    pub async fn remove_host(&self, host: &str) -> CoreResult<()> {
+        let usage = self.store.host_usage().await?;
+        if let Some(u) = usage.get(host).filter(|u| u.instances > 0) {
+            return Err(CoreError::Conflict(format!(
+                "Unable to delete compute service that is hosting instances: {host} \
+                 ({} server(s); delete or migrate them first)",
+                u.instances
+            )));
+        }
+        self.store
+            .delete_host(host)
+            .await
+            .map_err(|e| CoreError::from_store(e, "compute host", host))?;
+        self.notify();
+        if let Some(net) = self.network() {
+            net.hosts_changed().await?;
+        }
+        Ok(())
     }
 
     pub async fn heartbeat(&self, host: &str) -> CoreResult<()> {

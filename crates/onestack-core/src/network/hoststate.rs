@@ -85,6 +85,7 @@ impl NetworkService {
         if network_node {
             net_ids.extend(s.networks.iter().map(|n| n.id.as_str()));
         }
+        let tunnel_ends = self.tunnel_ends(host).await?;
         let networks: Vec<HostNetwork> = s
             .networks
             .iter()
@@ -116,6 +117,15 @@ impl NetworkService {
                     zone: n.zone,
                     host_address,
                     subnets,
+                    tunnel: match (&tunnel_ends, n.external) {
+                        (Some((local, peers)), false) => Some(Tunnel {
+                            device: proto::vxlan_device(n.vni()),
+                            vni: n.vni(),
+                            local_ip: local.clone(),
+                            peers: peers.clone(),
+                        }),
+                        _ => None,
+                    },
                 }
             })
             .collect();
@@ -321,6 +331,37 @@ impl NetworkService {
             dhcp,
             routers,
         })
+    }
+
+    /// This host's tunnel address and its peers', from the compute host records; None while it
+    /// has no peer (a single host needs no tunnel) or no address others can reach.
+    async fn tunnel_ends(&self, host: &str) -> CoreResult<Option<(String, Vec<String>)>> {
+        let hosts = self.store.list_hosts().await.map_err(internal)?;
+        let usable = |ip: &str| {
+            ip.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| !a.is_loopback() && !a.is_unspecified())
+        };
+        let Some(me) = hosts
+            .iter()
+            .find(|h| h.host == host && usable(&h.host_ip))
+        else {
+            return Ok(None);
+        };
+        let peers: BTreeSet<String> = hosts
+            .iter()
+            .filter(|h| h.host != host && usable(&h.host_ip) && h.host_ip != me.host_ip)
+            .map(|h| h.host_ip.clone())
+            .collect();
+        if peers.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((me.host_ip.clone(), peers.into_iter().collect())))
+    }
+
+    /// Wakes the agents after the set of hosts changed (their tunnels follow it).
+    pub async fn hosts_changed(&self) -> CoreResult<()> {
+        let tx = self.tx().await?;
+        self.commit(tx).await
     }
 
     /// The server behind a metadata request: the compute port on `network_id` holding

@@ -25,7 +25,8 @@ use serde_json::{json, Map, Value};
 
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
-    /// MTU of new networks.
+    /// MTU of the physical network between hosts (Neutron's `global_physnet_mtu`): external
+    /// networks get it, tenant networks (VXLAN between hosts) 50 bytes less.
     pub mtu: u32,
     /// Prepended to `qdhcp-…`/`qrouter-…` namespace names (tests use a unique one).
     pub namespace_prefix: String,
@@ -36,6 +37,20 @@ impl Default for NetworkConfig {
         NetworkConfig {
             mtu: 1500,
             namespace_prefix: String::new(),
+        }
+    }
+}
+
+/// Bytes a VXLAN encapsulation adds (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+impl NetworkConfig {
+    /// Largest MTU a network of this kind can carry between hosts.
+    pub fn max_mtu(&self, external: bool) -> u32 {
+        if external {
+            self.mtu
+        } else {
+            self.mtu.saturating_sub(VXLAN_OVERHEAD)
         }
     }
 }
@@ -408,17 +423,32 @@ impl NetworkService {
                 return Err(forbidden(&format!("create_network:{k}")));
             }
         }
+        // Tenant networks are VXLAN segments (VNI allocated here), external ones flat.
         if let Some(t) = f.string("provider:network_type", 64)? {
-            if t != "flat" && t != "local" {
+            let expected = if external { "flat" } else { "vxlan" };
+            if t != expected && t != "local" {
                 return Err(fields::bad(format!(
-                    "Invalid input for operation: network_type value '{t}' not supported."
+                    "Invalid input for operation: network_type value '{t}' not supported \
+                     (OneStack networks are {expected} when router:external is {external})."
                 )));
             }
         }
+        if f.has("provider:segmentation_id") {
+            return Err(fields::bad(
+                "Invalid input for operation: provider:segmentation_id is allocated by OneStack \
+                 and cannot be chosen.",
+            ));
+        }
+        let max_mtu = self.cfg.max_mtu(external);
         let mtu = f
             .integer("mtu", 68, 9000)?
             .map(|m| m as u32)
-            .unwrap_or(self.cfg.mtu);
+            .unwrap_or(max_mtu);
+        if mtu > max_mtu {
+            return Err(fields::bad(format!(
+                "Invalid input for operation: Requested MTU is too big, maximum is {max_mtu}."
+            )));
+        }
         let mut tx = self.tx().await?;
         self.check_quota(&mut tx, NETWORK, &project_id, 1).await?;
         let seq = tx.next_seq(NETWORK).await.map_err(internal)?;
@@ -529,6 +559,12 @@ impl NetworkService {
             n.val.port_security_enabled = v;
         }
         if let Some(v) = f.integer("mtu", 68, 9000)? {
+            let max_mtu = self.cfg.max_mtu(n.val.external);
+            if v as u32 > max_mtu {
+                return Err(fields::bad(format!(
+                    "Invalid input for operation: Requested MTU is too big, maximum is {max_mtu}."
+                )));
+            }
             n.val.mtu = v as u32;
         }
         for (key, slot) in [
@@ -603,9 +639,15 @@ pub(crate) fn network_view(n: &Rec<Network>, subnets: Vec<String>, ctx: &AuthCon
     });
     if ctx.is_admin() {
         if let Some(o) = body.as_object_mut() {
-            o.insert("provider:network_type".into(), json!("flat"));
-            o.insert("provider:physical_network".into(), json!(null));
-            o.insert("provider:segmentation_id".into(), json!(null));
+            if v.external {
+                o.insert("provider:network_type".into(), json!("flat"));
+                o.insert("provider:physical_network".into(), json!("public"));
+                o.insert("provider:segmentation_id".into(), json!(null));
+            } else {
+                o.insert("provider:network_type".into(), json!("vxlan"));
+                o.insert("provider:physical_network".into(), json!(null));
+                o.insert("provider:segmentation_id".into(), json!(v.vni()));
+            }
         }
     }
     standard(&n.row, body)

@@ -20,6 +20,14 @@ pub struct Network {
     pub zone: u16,
 }
 
+impl Network {
+    /// The VXLAN network identifier of a tenant network between hosts: its zone, which is
+    /// already unique among networks.
+    pub fn vni(&self) -> u32 {
+        u32::from(self.zone)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AllocationPool {
     pub start: String,

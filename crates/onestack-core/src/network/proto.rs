@@ -78,7 +78,31 @@ pub struct HostNetwork {
     /// subnet's gateway) so floating IPs are reachable from the host.
     pub host_address: Option<String>,
     pub subnets: Vec<HostSubnet>,
+    /// A tenant network's VXLAN segment to the other hosts; None for external networks and while
+    /// this host is the only one.
+    #[serde(default)]
+    pub tunnel: Option<Tunnel>,
 }
+
+/// VXLAN (UDP 4789) with head-end replication: broadcast and unknown unicast are copied to every
+/// peer; the bridge learns where each MAC lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tunnel {
+    /// `vxlan-<vni>`, Neutron's Linux bridge agent's name.
+    pub device: String,
+    pub vni: u32,
+    /// This host's tunnel endpoint address.
+    pub local_ip: String,
+    /// Every other host's endpoint.
+    pub peers: Vec<String>,
+}
+
+pub fn vxlan_device(vni: u32) -> String {
+    format!("vxlan-{vni}")
+}
+
+/// VXLAN's IANA port.
+pub const VXLAN_PORT: u16 = 4789;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostSubnet {
