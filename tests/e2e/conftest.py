@@ -33,7 +33,8 @@ def pids_of(data_dir):
 
 
 class Cloud:
-    def __init__(self, root, default_image=False, image_size_cap=None, compute="", demo=False):
+    def __init__(self, root, default_image=False, image_size_cap=None, compute="", demo=False,
+                 listen="127.0.0.1", public_host=None):
         self.root = Path(root)
         # The whole cloud runs inside a network namespace of its own (bridges, taps, rules and
         # the namespaces its agent makes stay out of the host's); commands reach it through
@@ -55,7 +56,8 @@ class Cloud:
         accel = os.environ.get("ONESTACK_TEST_ACCEL", "tcg")
         virt = "kvm" if accel == "kvm" else "qemu"
         self.config.write_text(
-            f'[api]\nlisten = "127.0.0.1"\nidentity_port = {self.port}\nimage_port = {self.image_port}\n'
+            f'[api]\nlisten = "{listen}"\nidentity_port = {self.port}\nimage_port = {self.image_port}\n'
+            + (f'public_host = "{public_host}"\n' if public_host else '') +
             f'compute_port = {self.compute_port}\nnetwork_port = {self.network_port}\n'
             '[identity]\ntoken_lifetime = 3600\n' + image
             # Test clouds use 198.18.0.0/15 only, and namespaces named for this cloud.

@@ -921,7 +921,10 @@ fn vxlan_joins_hosts() {
     applied(&rt.block_on(a.net().apply(&s)).expect("apply a"));
     let s = tunnel_state(1, "198.18.90.2", None, port2.clone());
     applied(&rt.block_on(b.net().apply(&s)).expect("apply b"));
-    assert!(!ping(&vm1, "198.18.1.12", None), "no tunnel yet, yet VM2 answered");
+    assert!(
+        !ping(&vm1, "198.18.1.12", None),
+        "no tunnel yet, yet VM2 answered"
+    );
 
     let s = tunnel_state(2, "198.18.90.1", Some("198.18.90.2"), port1.clone());
     applied(&rt.block_on(a.net().apply(&s)).expect("tunnel a"));
@@ -936,10 +939,25 @@ fn vxlan_joins_hosts() {
         fdb.contains("00:00:00:00:00:00 dst 198.18.90.2"),
         "no flooding entry to the peer: {fdb}"
     );
-    assert!(ping(&vm1, "198.18.1.12", None), "VM1 cannot reach VM2 over the tunnel");
-    assert!(ping(&vm2, "198.18.1.11", None), "VM2 cannot reach VM1 over the tunnel");
+    assert!(
+        ping(&vm1, "198.18.1.12", None),
+        "VM1 cannot reach VM2 over the tunnel"
+    );
+    assert!(
+        ping(&vm2, "198.18.1.11", None),
+        "VM2 cannot reach VM1 over the tunnel"
+    );
     // Anti-spoofing still holds at the sender: VM2 cannot claim VM1's address across hosts.
-    ok(&["ip", "-n", &vm2, "addr", "add", "198.18.1.50/24", "dev", "eth0"]);
+    ok(&[
+        "ip",
+        "-n",
+        &vm2,
+        "addr",
+        "add",
+        "198.18.1.50/24",
+        "dev",
+        "eth0",
+    ]);
     assert!(
         !ping(&vm2, "198.18.1.11", Some("198.18.1.50")),
         "a spoofed source crossed the tunnel"
@@ -956,7 +974,10 @@ fn vxlan_joins_hosts() {
     applied(&rt.block_on(restarted.apply(&s)).expect("restart apply"));
     let fdb = ok(&["bridge", "-n", &a.host, "fdb", "show", "dev", "vxlan-7007"]);
     assert_eq!(fdb.matches("00:00:00:00:00:00").count(), 1, "{fdb}");
-    assert!(ping(&vm1, "198.18.1.12", None), "lost the tunnel on restart");
+    assert!(
+        ping(&vm1, "198.18.1.12", None),
+        "lost the tunnel on restart"
+    );
 
     // The other host leaves: the tunnel goes, the bridge and VM stay.
     let s = tunnel_state(4, "198.18.90.1", None, port1);
@@ -964,6 +985,9 @@ fn vxlan_joins_hosts() {
     let links = ok(&["ip", "-n", &a.host, "link", "show"]);
     assert!(!links.contains("vxlan-7007"), "{links}");
     assert!(links.contains("brqtenant"), "{links}");
-    assert!(!ping(&vm1, "198.18.1.12", None), "VM2 still reachable without a tunnel");
+    assert!(
+        !ping(&vm1, "198.18.1.12", None),
+        "VM2 still reachable without a tunnel"
+    );
     drop(restarted);
 }

@@ -22,10 +22,10 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     } else {
         cfg.compute.host.clone()
     };
-    let host_ip = cfg.public_host();
+    let host_ip = cfg.my_ip();
     let state_dir = dd.root.join("compute");
     let agent_cfg = AgentConfig {
-        controller_url: cfg.compute_url(),
+        controller_url: cfg.controller_url(),
         token: dd
             .secret("agent-token")
             .context("cannot read the agent token")?,
@@ -72,7 +72,8 @@ fn host_networking(cfg: &Config, qemu_user: Option<&str>) -> Option<AgentNetwork
         .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
         .map(|u| u.uid.as_raw());
     Some(AgentNetwork {
-        network_node: cfg.network.network_node,
+        // DHCP, metadata and routers live with the controller.
+        network_node: cfg.network.network_node && !cfg.is_compute_node(),
         tap_owner,
         dnsmasq,
     })

@@ -40,6 +40,12 @@ pub struct ComputeConfig {
     /// The user QEMU runs as: `auto` (a dedicated unprivileged user when the agent is root),
     /// `root`, or a user name.
     pub qemu_user: String,
+    /// The controller's compute API this host's agent reports to (`http://host:8774`); empty =
+    /// this host is the controller. Set by `onestack join`.
+    pub controller_url: String,
+    /// This host's address as other hosts reach it (agent endpoint, VXLAN tunnel endpoint);
+    /// empty = `api.public_host` (Nova's `my_ip`).
+    pub my_ip: String,
 }
 
 impl Default for ComputeConfig {
@@ -56,6 +62,8 @@ impl Default for ComputeConfig {
             service_down_time: 60,
             host: String::new(),
             qemu_user: "auto".into(),
+            controller_url: String::new(),
+            my_ip: String::new(),
         }
     }
 }
@@ -251,6 +259,23 @@ impl Config {
                 bail!("{k} = {p}: the same port as {k2}");
             }
         }
+        if !self.compute.my_ip.is_empty()
+            && self.compute.my_ip.parse::<std::net::Ipv4Addr>().is_err()
+        {
+            bail!(
+                "compute.my_ip = {:?}: not an IPv4 address",
+                self.compute.my_ip
+            );
+        }
+        if self.is_compute_node() {
+            let u = &self.compute.controller_url;
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                bail!("compute.controller_url = {u:?}: want http://host:port");
+            }
+        }
         if !["auto", "kvm", "qemu"].contains(&self.compute.virt_type.as_str()) {
             bail!(
                 "compute.virt_type = {:?}: use auto, kvm or qemu",
@@ -320,6 +345,32 @@ impl Config {
 
     pub fn network_url(&self) -> String {
         format!("http://{}:{}", self.public_host(), self.api.network_port)
+    }
+
+    /// A compute-only host (joined to a controller elsewhere).
+    pub fn is_compute_node(&self) -> bool {
+        !self.compute.controller_url.is_empty()
+    }
+
+    /// The compute API the agent reports to: the controller's, or this host's own.
+    pub fn controller_url(&self) -> String {
+        if self.is_compute_node() {
+            self.compute
+                .controller_url
+                .trim_end_matches('/')
+                .to_string()
+        } else {
+            self.compute_url()
+        }
+    }
+
+    /// This host's address for other hosts.
+    pub fn my_ip(&self) -> String {
+        if self.compute.my_ip.is_empty() {
+            self.public_host()
+        } else {
+            self.compute.my_ip.clone()
+        }
     }
 
     pub fn compute_url(&self) -> String {

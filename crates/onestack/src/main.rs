@@ -4,6 +4,7 @@ mod agent;
 mod config;
 mod demo;
 mod doctor;
+mod node;
 mod ops;
 mod paths;
 mod serve;
@@ -57,6 +58,43 @@ enum Command {
     Demo {
         #[command(flatten)]
         dir: DataDirArg,
+    },
+    /// Turn this host into a compute node of the controller at URL (the command `up` prints).
+    Join {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// The controller's compute API, e.g. http://198.18.0.1:8774.
+        #[arg(long)]
+        controller: String,
+        /// The one-time join token (`onestack join-token` on the controller).
+        #[arg(long)]
+        token: String,
+        /// This host's name in the cloud (default: the machine's host name).
+        #[arg(long)]
+        host: Option<String>,
+        /// This host's address as the other hosts reach it (default: the one toward the
+        /// controller).
+        #[arg(long)]
+        my_ip: Option<String>,
+        /// Local settings for this node (TOML; e.g. [compute] virt_type, agent_port).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Take this compute node out of the cloud (refused while it still holds servers).
+    Leave {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print a join command with a fresh one-time token (on the controller).
+    JoinToken {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Seconds the token stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
     },
     /// Delete every server, image, network and project resource and start afresh, as a first
     /// `up` would (the configuration is kept).
@@ -211,6 +249,36 @@ fn main() -> Result<()> {
                     t0.elapsed().as_secs_f64()
                 );
                 Ok(())
+            }
+            Command::Join {
+                dir,
+                controller,
+                token,
+                host,
+                my_ip,
+                config,
+            } => {
+                node::join(
+                    paths::DataDir::new(dir.data_dir)?,
+                    node::JoinArgs {
+                        controller: &controller,
+                        token: &token,
+                        host: host.as_deref(),
+                        my_ip: my_ip.as_deref(),
+                        config: config.as_deref(),
+                    },
+                )
+                .await
+            }
+            Command::Leave { dir, yes } => {
+                node::leave(paths::DataDir::new(dir.data_dir)?, yes).await
+            }
+            Command::JoinToken { dir, ttl } => {
+                node::join_token(
+                    paths::DataDir::new(dir.data_dir)?,
+                    std::time::Duration::from_secs(ttl.clamp(60, 7 * 24 * 3600)),
+                )
+                .await
             }
             Command::Down { dir } => ops::down(paths::DataDir::new(dir.data_dir)?).await,
             Command::Demo { dir } => ops::demo(paths::DataDir::new(dir.data_dir)?).await,

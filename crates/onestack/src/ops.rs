@@ -183,6 +183,10 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     let t0 = Instant::now();
     dd.create()?;
     let (cfg, config_changed) = load_config_tracked(&dd, config)?;
+    if cfg.is_compute_node() {
+        // A joined compute host: no store, no bootstrap, only its agent (what boot runs).
+        return crate::node::start(&dd, &cfg, t0).await;
+    }
     if !foreground {
         if let Some(pid) = supervisor::running_pid(&dd, "supervisor") {
             if config_changed {
@@ -202,6 +206,7 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
             );
             println!("Identity API: {}/v3 ({health})", cfg.identity_url());
             print_login(&dd);
+            print_join(&cfg, &dd, None);
             return Ok(());
         }
     }
@@ -248,6 +253,7 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     // The demo project's network is part of the cloud (FlatDHCP in the original); --no-demo
     // skips only the demo server.
     bootstrap_networks(&store, &cfg, t0).await?;
+    let join_cmd = crate::node::join_command(&store, &cfg, crate::node::JOIN_TOKEN_TTL).await;
     drop(store);
     if report.created.is_empty() {
         step(t0, "identity bootstrap: everything already in place");
@@ -296,22 +302,7 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
         return serve::run(cfg, dd).await;
     }
 
-    let exe = std::env::current_exe()?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dd.log_file("supervisor"))?;
-    std::process::Command::new(exe)
-        .arg("supervise")
-        .arg("--data-dir")
-        .arg(&dd.root)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group: a Ctrl-C in this terminal must not stop the cloud.
-        .process_group(0)
-        .spawn()
-        .context("cannot start the supervisor")?;
+    start_supervisor(&dd)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !healthy(&cfg).await {
         if Instant::now() > deadline {
@@ -344,6 +335,28 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     if let Some(cmd) = ssh {
         println!("  Demo server:   {cmd}");
     }
+    print_join(&cfg, &dd, join_cmd.ok());
+    Ok(())
+}
+
+/// Starts the supervisor of `dd` in the background (its own process group: a Ctrl-C in this
+/// terminal must not stop the cloud).
+pub fn start_supervisor(dd: &DataDir) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dd.log_file("supervisor"))?;
+    std::process::Command::new(exe)
+        .arg("supervise")
+        .arg("--data-dir")
+        .arg(&dd.root)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the supervisor")?;
     Ok(())
 }
 
@@ -385,6 +398,27 @@ fn install_system_clouds_yaml(content: &str) {
     }
 }
 
+/// How to add a compute host: the join command (token valid an hour, once), or how to get one.
+fn print_join(cfg: &Config, dd: &DataDir, cmd: Option<String>) {
+    match cmd {
+        Some(cmd) => {
+            println!("  Compute host:  on another host run (token valid 1 h, once):");
+            println!("                 {cmd}");
+        }
+        None => println!(
+            "  Compute host:  `onestack join-token --data-dir {}` prints a join command",
+            dd.root.display()
+        ),
+    }
+    if !crate::node::reachable_by_others(cfg) {
+        println!(
+            "                 (note: the controller's address {} is local to this host; set \
+             api.public_host to one other hosts reach)",
+            cfg.public_host()
+        );
+    }
+}
+
 fn print_login(dd: &DataDir) {
     let d = dd.root.display();
     println!(
@@ -415,7 +449,7 @@ pub async fn down(dd: DataDir) -> Result<()> {
 /// Prints what runs and whether it answers; exits non-zero unless everything is healthy.
 /// Every service runs and the APIs answer (no output).
 pub async fn status_quiet(dd: &DataDir, cfg: &Config) -> bool {
-    supervisor::SERVICES
+    supervisor::services_of(dd)
         .iter()
         .all(|(name, _)| supervisor::running_pid(dd, name).is_some())
         && healthy(cfg).await
@@ -430,7 +464,7 @@ pub async fn status(dd: DataDir) -> Result<bool> {
         Some(pid) => println!("supervisor      running   pid {pid}"),
         None => println!("supervisor      stopped"),
     }
-    for (name, _) in supervisor::SERVICES {
+    for (name, _) in supervisor::services_of(&dd) {
         match supervisor::running_pid(&dd, name) {
             Some(pid) => println!(
                 "{name:<15} running   pid {pid}   log {}",
@@ -445,18 +479,68 @@ pub async fn status(dd: DataDir) -> Result<bool> {
             }
         }
     }
-    let answers = healthy(&cfg).await;
-    ok &= answers;
-    println!(
-        "identity API    {}/v3   {}",
-        cfg.identity_url(),
-        if answers { "healthy" } else { "not answering" }
-    );
+    if cfg.is_compute_node() {
+        match crate::node::host_state(&dd, &cfg).await {
+            Ok(h) => {
+                let state = h["state"].as_str().unwrap_or("unknown");
+                ok &= state == "up";
+                println!(
+                    "controller      {}   this host ({}) is {state}, {} server(s)",
+                    cfg.compute.controller_url, cfg.compute.host, h["instances"]
+                );
+            }
+            Err(e) => {
+                ok = false;
+                println!("controller      {}   {e:#}", cfg.compute.controller_url);
+            }
+        }
+    } else {
+        let answers = healthy(&cfg).await;
+        ok &= answers;
+        println!(
+            "identity API    {}/v3   {}",
+            cfg.identity_url(),
+            if answers { "healthy" } else { "not answering" }
+        );
+        ok &= print_hosts(&cfg, &dd).await;
+    }
     println!(
         "overall         {}",
         if ok { "healthy" } else { "NOT healthy" }
     );
     Ok(ok)
+}
+
+/// The compute hosts as the store records them; false when an enabled host is down.
+async fn print_hosts(cfg: &Config, dd: &DataDir) -> bool {
+    let Ok(store) = onestack_store::Store::open(&serve::database_url(cfg, dd)).await else {
+        println!("compute hosts   (state store not readable)");
+        return false;
+    };
+    let hosts = store.list_hosts().await.unwrap_or_default();
+    let usage = store.host_usage().await.unwrap_or_default();
+    store.pool().close().await;
+    let now = onestack_core::now_micros();
+    let down_after = i64::try_from(cfg.compute.service_down_time)
+        .unwrap_or(i64::MAX / 2_000_000)
+        .saturating_mul(1_000_000);
+    let mut ok = true;
+    if hosts.is_empty() {
+        println!("compute hosts   none registered");
+    }
+    for h in &hosts {
+        let up = !h.forced_down && now - h.last_seen <= down_after;
+        ok &= up || !h.enabled;
+        println!(
+            "compute host    {:<15} {:<15} {:<5} {:<9} {} server(s)",
+            h.host,
+            h.host_ip,
+            if up { "up" } else { "DOWN" },
+            if h.enabled { "enabled" } else { "disabled" },
+            usage.get(&h.host).map_or(0, |u| u.instances)
+        );
+    }
+    ok
 }
 
 pub fn openrc(dd: DataDir, user: &str) -> Result<()> {

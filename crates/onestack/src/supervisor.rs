@@ -15,6 +15,17 @@ use tokio::process::{Child, Command};
 /// The compute agent is its own process, as it is on a compute-only host.
 pub const SERVICES: &[(&str, &str)] = &[("api", "serve"), ("compute", "agent")];
 
+/// What a compute-only host (joined to a controller) runs.
+pub const NODE_SERVICES: &[(&str, &str)] = &[("compute", "agent")];
+
+/// The services of the cloud in `dd`, by its role.
+pub fn services_of(dd: &DataDir) -> &'static [(&'static str, &'static str)] {
+    match crate::ops::load_config(dd, None) {
+        Ok(cfg) if cfg.is_compute_node() => NODE_SERVICES,
+        _ => SERVICES,
+    }
+}
+
 struct Supervised {
     name: &'static str,
     subcommand: &'static str,
@@ -83,7 +94,7 @@ pub async fn run(dd: DataDir) -> Result<()> {
     )?;
     let exe = std::env::current_exe()?;
     let mut services: Vec<Supervised> = Vec::new();
-    for (name, subcommand) in SERVICES {
+    for (name, subcommand) in services_of(&dd) {
         services.push(Supervised {
             name,
             subcommand,

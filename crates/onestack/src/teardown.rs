@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Asks on the terminal unless `yes`.
-fn confirm(question: &str, yes: bool) -> Result<()> {
+pub(crate) fn confirm(question: &str, yes: bool) -> Result<()> {
     if yes {
         return Ok(());
     }
@@ -96,6 +96,10 @@ async fn remove_data_plane(dd: &DataDir, cfg: &Config) {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A compute node has no store (and must not grow one here).
+    if cfg.is_compute_node() {
+        return;
+    }
     let Ok(store) = onestack_store::Store::open(&crate::serve::database_url(cfg, dd)).await else {
         return;
     };
@@ -149,6 +153,17 @@ async fn stop_everything(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> 
     ops::step(
         t0,
         "removed bridges, TAPs, namespaces, dnsmasq and nft tables",
+    );
+    Ok(())
+}
+
+/// What `leave` removes on a compute node once its agent is stopped: VMs and host networking.
+pub async fn remove_node(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
+    let vms = kill_vms(dd).await;
+    remove_data_plane(dd, cfg).await;
+    ops::step(
+        t0,
+        &format!("removed {vms} VM(s), bridges, tunnels, TAPs and nft tables"),
     );
     Ok(())
 }

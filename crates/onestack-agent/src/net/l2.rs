@@ -40,7 +40,10 @@ pub async fn converge_network(c: &Ctx<'_>, old: Option<&Network>, new: &Network)
     let addrs: Vec<Ipv4Net> = new.host_address.iter().copied().collect();
     c.host.sync_addrs(index, &new.bridge, &addrs).await?;
     if let Some(t) = &new.tunnel {
-        let vx = c.host.ensure_vxlan(&t.device, t.vni, t.local, new.mtu).await?;
+        let vx = c
+            .host
+            .ensure_vxlan(&t.device, t.vni, t.local, new.mtu)
+            .await?;
         c.host
             .set(
                 vx,

@@ -100,7 +100,13 @@ impl Links {
 
     /// A VXLAN device `name` (VNI `vni`, source `local`, UDP 4789, learning on so the bridge and
     /// the device learn where remote MACs are); created if absent.
-    pub async fn ensure_vxlan(&self, name: &IfName, vni: u32, local: Ipv4Addr, mtu: u32) -> Result<u32> {
+    pub async fn ensure_vxlan(
+        &self,
+        name: &IfName,
+        vni: u32,
+        local: Ipv4Addr,
+        mtu: u32,
+    ) -> Result<u32> {
         if self.index(name).await?.is_none() {
             let msg = LinkVxlan::new(name.as_str(), vni)
                 .local(local)
@@ -119,7 +125,13 @@ impl Links {
 
     /// Adds (`add`) or removes a flooding entry of a VXLAN device: broadcast and unknown unicast
     /// are copied to `peer` (`bridge fdb append 00:00:00:00:00:00 dev … dst …`).
-    pub async fn flood_entry(&self, index: u32, name: &IfName, peer: Ipv4Addr, add: bool) -> Result<()> {
+    pub async fn flood_entry(
+        &self,
+        index: u32,
+        name: &IfName,
+        peer: Ipv4Addr,
+        add: bool,
+    ) -> Result<()> {
         use rtnetlink::packet_core::{
             NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST,
         };
@@ -135,7 +147,9 @@ impl Links {
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(vec![0; 6]));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(peer)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                peer,
+            )));
         let mut req = NetlinkMessage::from(if add {
             RouteNetlinkMessage::NewNeighbour(msg)
         } else {

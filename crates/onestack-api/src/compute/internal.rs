@@ -27,6 +27,7 @@ const MAX_CONSOLE_BYTES: i64 = 100 * 1024;
 pub fn routes(state: ComputeState) -> Router<ComputeState> {
     Router::new()
         .route("/hosts", post(register))
+        .route("/hosts/{host}", get(host_status).delete(host_leave))
         .route("/hosts/{host}/heartbeat", post(heartbeat))
         .route("/hosts/{host}/desired", get(desired))
         .route("/hosts/{host}/network", get(network_state))
@@ -34,6 +35,8 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
         .route("/hosts/{host}/instances/{id}/report", post(report))
         .route("/images/{id}/file", get(image_file).put(snapshot_upload))
         .layer(axum::middleware::from_fn_with_state(state, require_agent))
+        // The one route a host without credentials may call: it proves itself with a join token.
+        .route("/join", post(join))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -58,6 +61,98 @@ async fn register(
 ) -> ApiResult<Json<proto::Registered>> {
     let h = s.compute.register_host(body).await?;
     Ok(Json(proto::Registered { id: h.id }))
+}
+
+/// What `onestack join` sends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    token: String,
+    host: String,
+}
+
+/// Trades a one-time join token for the agent credentials and the settings a compute node must
+/// share with the controller.
+async fn join(
+    State(s): State<ComputeState>,
+    JsonBody(body): JsonBody<JoinRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let host = body.host.trim();
+    if host.is_empty()
+        || host.len() > 63
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(ApiError::bad_request(
+            "invalid host name: letters, digits, '-', '.' and '_' only (at most 63)",
+        ));
+    }
+    if s.agent_token.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller takes no compute nodes (no agent credentials)",
+        ));
+    }
+    // A live host of that name would be taken over by the newcomer.
+    if let Ok(existing) = s.compute.store().get_host_by_name(host).await {
+        if s.compute.host_alive(&existing) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a compute host named {host} is already up; choose another --host"),
+            ));
+        }
+    }
+    onestack_core::compute::join::redeem(s.compute.store(), &body.token, host).await?;
+    tracing::info!(host, "a compute node joined");
+    let cfg = s.compute.config();
+    let namespace_prefix = s
+        .compute
+        .network()
+        .map(|n| n.config().namespace_prefix.clone())
+        .unwrap_or_default();
+    Ok(Json(serde_json::json!({
+        "agent_token": &*s.agent_token,
+        "service_down_time": cfg.service_down_time.as_secs(),
+        "namespace_prefix": namespace_prefix,
+    })))
+}
+
+/// A host as the controller sees it (`onestack join` waits for it to be up).
+async fn host_status(
+    State(s): State<ComputeState>,
+    Path(p): Path<HostPath>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let h = s
+        .compute
+        .store()
+        .get_host_by_name(&p.host)
+        .await
+        .map_err(|e| {
+            ApiError::from(onestack_core::CoreError::from_store(
+                e,
+                "compute host",
+                &p.host,
+            ))
+        })?;
+    let usage = s.compute.host_usage().await?;
+    Ok(Json(serde_json::json!({
+        "host": h.host,
+        "host_ip": h.host_ip,
+        "state": if s.compute.host_alive(&h) { "up" } else { "down" },
+        "status": if h.enabled { "enabled" } else { "disabled" },
+        "instances": usage.get(&h.host).map_or(0, |u| u.instances),
+    })))
+}
+
+/// `onestack leave`: removes the host, refused (409) while it still holds servers.
+async fn host_leave(
+    State(s): State<ComputeState>,
+    Path(p): Path<HostPath>,
+) -> ApiResult<StatusCode> {
+    s.compute.remove_host(&p.host).await?;
+    tracing::info!(host = %p.host, "a compute node left");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

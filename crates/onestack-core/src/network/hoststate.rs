@@ -341,10 +341,7 @@ impl NetworkService {
             ip.parse::<std::net::Ipv4Addr>()
                 .is_ok_and(|a| !a.is_loopback() && !a.is_unspecified())
         };
-        let Some(me) = hosts
-            .iter()
-            .find(|h| h.host == host && usable(&h.host_ip))
-        else {
+        let Some(me) = hosts.iter().find(|h| h.host == host && usable(&h.host_ip)) else {
             return Ok(None);
         };
         let peers: BTreeSet<String> = hosts

@@ -1,0 +1,359 @@
+//! Compute nodes (addComputeNode.sh): `onestack join` turns this host into a compute node of a
+//! controller elsewhere, `onestack leave` takes it out again, and `onestack join-token` mints the
+//! one-time token a join needs. A node runs only its compute agent; the agent reaches the
+//! controller's internal API with the credentials the join token bought.
+
+use crate::config::Config;
+use crate::paths::{self, DataDir};
+use crate::{ops, supervisor};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Header of the internal API's shared secret (the agent's own client sends the same).
+const AGENT_TOKEN_HEADER: &str = "x-onestack-agent-token";
+
+/// Lifetime of a join token `up` prints.
+pub const JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap_or_default()
+}
+
+/// The message of an API error body (`{"computeFault": {"message": …}}` and the like), or the
+/// body itself.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.as_object()?
+                .values()
+                .find_map(|inner| inner.get("message")?.as_str().map(str::to_string))
+        })
+        .unwrap_or_else(|| body.trim().chars().take(300).collect())
+}
+
+/// The local address this host uses toward `url`'s host: a connected UDP socket sends nothing.
+fn local_address_toward(url: &str) -> Result<String> {
+    let u = reqwest::Url::parse(url).with_context(|| format!("invalid controller URL {url:?}"))?;
+    let host = u
+        .host_str()
+        .with_context(|| format!("no host in the controller URL {url:?}"))?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect((host, port))
+        .with_context(|| format!("no route to the controller {host}"))?;
+    Ok(sock.local_addr()?.ip().to_string())
+}
+
+pub struct JoinArgs<'a> {
+    pub controller: &'a str,
+    pub token: &'a str,
+    pub host: Option<&'a str>,
+    pub my_ip: Option<&'a str>,
+    pub config: Option<&'a Path>,
+}
+
+/// `onestack join`: trades the token for the agent credentials, writes this node's
+/// configuration, starts its agent and waits until the controller reports the host up.
+pub async fn join(dd: DataDir, a: JoinArgs<'_>) -> Result<()> {
+    let t0 = Instant::now();
+    if dd.config().exists() {
+        let existing = Config::load(&dd.config())?;
+        if existing.is_compute_node() {
+            bail!(
+                "{} is already a compute node of {}; run `onestack up --data-dir {}` to start it, \
+                 or `onestack leave` first",
+                dd.root.display(),
+                existing.compute.controller_url,
+                dd.root.display()
+            );
+        }
+        if dd.database().exists() {
+            bail!(
+                "{} holds a controller's data; join from an empty data directory",
+                dd.root.display()
+            );
+        }
+    }
+    let controller = a.controller.trim_end_matches('/').to_string();
+    let mut cfg = match a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let host = match a.host {
+        Some(h) => h.to_string(),
+        None if !cfg.compute.host.is_empty() => cfg.compute.host.clone(),
+        None => onestack_agent::host::hostname(),
+    };
+    let my_ip = match a.my_ip {
+        Some(ip) => ip.to_string(),
+        None if !cfg.compute.my_ip.is_empty() => cfg.compute.my_ip.clone(),
+        None => local_address_toward(&controller)?,
+    };
+    ops::step(
+        t0,
+        &format!("joining {controller} as compute host {host} ({my_ip})"),
+    );
+    for (name, port) in [("compute.agent_port", cfg.compute.agent_port)] {
+        if !crate::doctor::port_free(&cfg, port) {
+            bail!(
+                "{name} {port} is in use by another program; nothing was changed (choose \
+                 another in the [compute] section of --config)"
+            );
+        }
+    }
+    let resp = http()
+        .post(format!("{controller}/internal/v1/join"))
+        .json(&serde_json::json!({"token": a.token, "host": host}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the controller at {controller}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the controller refused the join ({status}): {}",
+            error_message(&body)
+        );
+    }
+    let granted: Value = serde_json::from_str(&body).context("unexpected join answer")?;
+    let agent_token = granted["agent_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .context("the controller sent no agent credentials")?;
+    cfg.compute.controller_url = controller.clone();
+    cfg.compute.host = host.clone();
+    cfg.compute.my_ip = my_ip;
+    if let Some(s) = granted["service_down_time"].as_u64() {
+        cfg.compute.service_down_time = s;
+    }
+    if let Some(p) = granted["namespace_prefix"].as_str() {
+        cfg.network.namespace_prefix = p.to_string();
+    }
+    // DHCP, metadata and routers stay with the controller.
+    cfg.network.network_node = false;
+    cfg.validate()?;
+    dd.create()?;
+    paths::write_private(&dd.secrets().join("agent-token"), agent_token)?;
+    paths::write_private(
+        &dd.config(),
+        &format!(
+            "# Written by onestack join: this host is a compute node of {controller}.\n{}",
+            toml::to_string(&cfg).context("cannot write the configuration")?
+        ),
+    )?;
+    ops::step(
+        t0,
+        &format!("configuration written to {}", dd.config().display()),
+    );
+    start(&dd, &cfg, t0).await?;
+    println!();
+    println!("This host is a compute node of {controller}.");
+    println!(
+        "  Check on the controller: openstack compute service list; openstack hypervisor list"
+    );
+    println!(
+        "  Leave the cloud:         onestack leave --data-dir {}",
+        dd.root.display()
+    );
+    Ok(())
+}
+
+/// Starts a node's agent (or finds it running) and waits until the controller reports it up.
+pub async fn start(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
+    if let Some(pid) = supervisor::running_pid(dd, "supervisor") {
+        ops::step(
+            t0,
+            &format!("compute agent already running (supervisor pid {pid})"),
+        );
+    } else {
+        dd.create()?;
+        ops::start_supervisor(dd)?;
+        ops::step(t0, "compute agent started");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match host_state(dd, cfg).await {
+            Ok(h) if h["state"] == "up" => break,
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(h) => bail!(
+                "the controller reports this host {} after 60 s; see {}",
+                h["state"].as_str().unwrap_or("unknown"),
+                dd.log_file("compute").display()
+            ),
+            Err(e) => bail!(
+                "the compute agent did not register within 60 s ({e:#}); see {}",
+                dd.log_file("compute").display()
+            ),
+        }
+    }
+    ops::step(
+        t0,
+        &format!(
+            "compute host {} is up at the controller {}",
+            cfg.compute.host, cfg.compute.controller_url
+        ),
+    );
+    Ok(())
+}
+
+/// What the controller knows of this node (`GET /internal/v1/hosts/{host}`).
+pub async fn host_state(dd: &DataDir, cfg: &Config) -> Result<Value> {
+    let token = std::fs::read_to_string(dd.secrets().join("agent-token"))
+        .context("no agent credentials in the data directory")?;
+    let resp = http()
+        .get(format!(
+            "{}/internal/v1/hosts/{}",
+            cfg.controller_url(),
+            cfg.compute.host
+        ))
+        .header(AGENT_TOKEN_HEADER, token.trim())
+        .send()
+        .await
+        .context("cannot reach the controller")?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("controller answered {status}: {}", error_message(&body));
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// `onestack leave`: stops the agent, takes the host out of the controller (refused while it
+/// still holds servers, and then the agent is started again), removes its VMs' leftovers and
+/// host networking, and deletes the data directory.
+pub async fn leave(dd: DataDir, yes: bool) -> Result<()> {
+    let cfg = ops::load_config(&dd, None)?;
+    if !cfg.is_compute_node() {
+        bail!(
+            "{} is not a compute node (it has no controller); use `onestack uninstall` for a \
+             controller",
+            dd.root.display()
+        );
+    }
+    crate::teardown::confirm(
+        &format!(
+            "This takes compute host {} out of the cloud at {} and removes OneStack's data in {}.",
+            cfg.compute.host,
+            cfg.compute.controller_url,
+            dd.root.display()
+        ),
+        yes,
+    )?;
+    let t0 = Instant::now();
+    let token = dd.secret("agent-token")?;
+    // The agent would register the host again if it ran on after the delete.
+    let was_running = supervisor::running_pid(&dd, "supervisor").is_some();
+    ops::down(dd.clone()).await?;
+    let resp = http()
+        .delete(format!(
+            "{}/internal/v1/hosts/{}",
+            cfg.controller_url(),
+            cfg.compute.host
+        ))
+        .header(AGENT_TOKEN_HEADER, &token)
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
+            ops::step(
+                t0,
+                &format!(
+                    "compute host {} removed from the controller",
+                    cfg.compute.host
+                ),
+            );
+        }
+        Ok(r) => {
+            let status = r.status();
+            let msg = error_message(&r.text().await.unwrap_or_default());
+            if was_running {
+                ops::start_supervisor(&dd)?;
+            }
+            bail!("the controller refused ({status}): {msg}; this host stays in the cloud");
+        }
+        Err(e) => {
+            if was_running {
+                ops::start_supervisor(&dd)?;
+            }
+            bail!("cannot reach the controller ({e}); this host stays in the cloud");
+        }
+    }
+    crate::teardown::remove_node(&dd, &cfg, t0).await?;
+    std::fs::remove_dir_all(&dd.root).with_context(|| format!("removing {}", dd.root.display()))?;
+    ops::step(t0, &format!("removed {}", dd.root.display()));
+    println!("This host has left the cloud.");
+    Ok(())
+}
+
+/// `onestack join-token`: a fresh one-time token and the command that uses it.
+pub async fn join_token(dd: DataDir, ttl: Duration) -> Result<()> {
+    let cfg = ops::load_config(&dd, None)?;
+    if cfg.is_compute_node() {
+        bail!(
+            "run this on the controller ({})",
+            cfg.compute.controller_url
+        );
+    }
+    let store = onestack_store::Store::open(&crate::serve::database_url(&cfg, &dd))
+        .await
+        .context("cannot open the state store (run `onestack up` first)")?;
+    let cmd = join_command(&store, &cfg, ttl).await?;
+    store.pool().close().await;
+    println!("{cmd}");
+    Ok(())
+}
+
+/// `onestack join --controller … --token …` with a fresh token.
+pub async fn join_command(
+    store: &onestack_store::Store,
+    cfg: &Config,
+    ttl: Duration,
+) -> Result<String> {
+    let token = onestack_core::compute::join::issue(store, ttl)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot mint a join token: {e}"))?;
+    Ok(format!(
+        "onestack join --controller {} --token {token}",
+        cfg.compute_url()
+    ))
+}
+
+/// Whether other hosts can reach the controller at its public address.
+pub fn reachable_by_others(cfg: &Config) -> bool {
+    let h = cfg.public_host();
+    !(h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback() || a.is_unspecified()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_messages_are_unwrapped() {
+        assert_eq!(
+            error_message(r#"{"conflictingRequest": {"code": 409, "message": "busy"}}"#),
+            "busy"
+        );
+        assert_eq!(error_message("plain text\n"), "plain text");
+    }
+
+    #[test]
+    fn loopback_controllers_are_not_reachable() {
+        let mut cfg = Config::default();
+        cfg.api.listen = "127.0.0.1".parse().expect("ip");
+        assert!(!reachable_by_others(&cfg));
+        cfg.api.public_host = "198.18.20.1".into();
+        assert!(reachable_by_others(&cfg));
+    }
+}
