@@ -18,6 +18,7 @@ const DEMO_PW: &str = "demo-secret";
 const AGENT_TOKEN: &str = "agent-secret-for-tests";
 
 struct Cloud {
+    store: onestack_store::Store,
     identity_url: String,
     image_url: String,
     url: String,
@@ -63,7 +64,7 @@ async fn start() -> Cloud {
     let images = ImageService::new(store.clone(), dir.path().join("images"), 1 << 40)
         .await
         .expect("images");
-    let compute = ComputeService::new(store, images.clone(), ComputeConfig::default())
+    let compute = ComputeService::new(store.clone(), images.clone(), ComputeConfig::default())
         .await
         .expect("compute");
     let cs = ComputeState {
@@ -96,6 +97,7 @@ async fn start() -> Cloud {
         std::future::pending(),
     ));
     Cloud {
+        store,
         identity_url,
         image_url,
         url,
@@ -809,4 +811,130 @@ async fn keypairs_and_flavors() {
         )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED);
+}
+
+/// `onestack join`'s exchange: a join token buys the agent credentials once, before it expires;
+/// anything else is refused without touching the hosts; `leave` is refused while servers remain.
+#[tokio::test]
+async fn join_tokens_work_once_and_leave_needs_an_empty_host() {
+    let c = start().await;
+    let join = |body: Value| {
+        let http = c.http.clone();
+        let url = format!("{}/internal/v1/join", c.url);
+        async move {
+            let r = http.post(url).json(&body).send().await.expect("send");
+            let st = r.status();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let token = onestack_core::compute::join::issue(&c.store, Duration::from_secs(60))
+        .await
+        .expect("token");
+    for (body, want) in [
+        (json!({"token": "x".repeat(32), "host": "n1"}), 401),
+        (json!({"token": token, "host": "bad host; rm -rf /"}), 400),
+        (json!({"token": token, "host": ""}), 400),
+        (json!({"token": token, "host": "n1", "extra": 1}), 400),
+        (json!({"token": 5, "host": "n1"}), 400),
+    ] {
+        let (st, v) = join(body.clone()).await;
+        assert_eq!(st.as_u16(), want, "{body}: {v}");
+    }
+    let (st, v) = join(json!({"token": token, "host": "n1"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["agent_token"], AGENT_TOKEN);
+    assert_eq!(v["service_down_time"], 60);
+    let (st, v) = join(json!({"token": token, "host": "n2"})).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "a token worked twice: {v}");
+    assert!(v.to_string().contains("already used"), "{v}");
+    // Expired tokens are refused too.
+    let old = onestack_core::compute::join::issue(&c.store, Duration::ZERO)
+        .await
+        .expect("token");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (st, _) = join(json!({"token": old, "host": "n3"})).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    // A live host's name cannot be taken over by a newcomer.
+    c.register_host("n1", 4, 8192, 50).await;
+    let fresh = onestack_core::compute::join::issue(&c.store, Duration::from_secs(60))
+        .await
+        .expect("token");
+    let (st, _) = join(json!({"token": fresh, "host": "n1"})).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    // The node's view of itself, and leave.
+    let host = |m: Method| {
+        c.http
+            .request(m, format!("{}/internal/v1/hosts/n1", c.url))
+            .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+    };
+    let v: Value = host(Method::GET)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["state"], "up");
+    assert_eq!(v["instances"], 0);
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let image = c.image(&admin, 1 << 20).await;
+    let (st, srv, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &admin,
+            Some(json!({"server": {"name": "s", "imageRef": image, "flavorRef": "1"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{srv}");
+    let r = host(Method::DELETE).send().await.expect("send");
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // No agent plays along here: with the host forced down, the delete completes locally.
+    let (st, v, _) = c
+        .call(
+            Method::PUT,
+            "/v2.1/os-services/force-down",
+            &admin,
+            Some(json!({"host": "n1", "binary": "nova-compute", "forced_down": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, _, _) = c
+        .call(
+            Method::DELETE,
+            &format!(
+                "/v2.1/servers/{}",
+                srv["server"]["id"].as_str().expect("id")
+            ),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = host(Method::DELETE).send().await.expect("send");
+        if r.status() == StatusCode::NO_CONTENT {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "leave still refused: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        host(Method::GET).send().await.expect("send").status(),
+        StatusCode::NOT_FOUND
+    );
+    // Without the agent secret, none of it.
+    let r = c
+        .http
+        .get(format!("{}/internal/v1/hosts/n1", c.url))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }

@@ -1099,3 +1099,79 @@ async fn security_groups_rules_and_quotas() {
     assert_eq!(st, StatusCode::NO_CONTENT);
     c.network(&demo, json!({"name": "two"})).await;
 }
+
+/// Tenant networks are VXLAN segments (50 bytes of the physical MTU go to the encapsulation),
+/// external ones flat; the MTU a network can carry is enforced, the VNI is OneStack's to choose.
+#[tokio::test]
+async fn mtu_and_provider_attributes_follow_the_segment_type() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    let (st, v) = c
+        .call(
+            Method::POST,
+            "/v2.0/networks",
+            &admin,
+            Some(json!({"network": {"name": "t"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let n = &v["network"];
+    assert_eq!(n["mtu"], 1450);
+    assert_eq!(n["provider:network_type"], "vxlan");
+    let vni = n["provider:segmentation_id"].as_u64().expect("vni");
+    assert!((1..=0xFF_FFFF).contains(&vni), "{n}");
+    let (st, v) = c
+        .call(
+            Method::POST,
+            "/v2.0/networks",
+            &admin,
+            Some(json!({"network": {"name": "e", "router:external": true}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["network"]["mtu"], 1500);
+    assert_eq!(v["network"]["provider:network_type"], "flat");
+    // Members see no provider attributes.
+    let (_, v) = c
+        .call(
+            Method::POST,
+            "/v2.0/networks",
+            &demo,
+            Some(json!({"network": {"name": "d", "mtu": 1400}})),
+        )
+        .await;
+    assert_eq!(v["network"]["mtu"], 1400);
+    assert!(v["network"].get("provider:network_type").is_none(), "{v}");
+    let id = v["network"]["id"].as_str().expect("id").to_string();
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v2.0/networks".to_string(),
+            json!({"network": {"mtu": 1451}}),
+        ),
+        (
+            Method::PUT,
+            format!("/v2.0/networks/{id}"),
+            json!({"network": {"mtu": 1500}}),
+        ),
+    ] {
+        let (st, v) = c.call(method, &path, &demo, Some(body)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v.to_string().contains("maximum is 1450"), "{v}");
+    }
+    let (st, v) = c
+        .call(Method::POST, "/v2.0/networks", &admin,
+            Some(json!({"network": {"provider:network_type": "vxlan", "provider:segmentation_id": 5}})))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = c
+        .call(
+            Method::POST,
+            "/v2.0/networks",
+            &admin,
+            Some(json!({"network": {"provider:network_type": "vlan"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}
