@@ -1,6 +1,7 @@
 //! `onestack`: one command to a private OpenStack-compatible cloud.
 
 mod agent;
+mod client;
 mod config;
 mod demo;
 mod doctor;
@@ -143,12 +144,38 @@ enum Command {
         #[command(flatten)]
         dir: DataDirArg,
     },
-    /// Print the credentials file for a user (admin or demo), for `source <(onestack openrc)`.
+    /// Print an openrc for a user and project, for `source <(onestack openrc …)` (admin's and
+    /// demo's passwords are filled in; other users are asked when it is sourced).
     Openrc {
         #[command(flatten)]
         dir: DataDirArg,
         #[arg(long, default_value = "admin")]
         user: String,
+        /// Default: admin's and demo's own project.
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Print a clouds.yaml for a user and project.
+    CloudsYaml {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[arg(long)]
+        project: Option<String>,
+        /// The cloud's name in the file (default onestack-<user>-<project>).
+        #[arg(long)]
+        cloud: Option<String>,
+    },
+    /// Install the openstack CLI (python-openstackclient) into a virtualenv.
+    ClientSetup {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long, default_value = "/opt/onestack-client")]
+        venv: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Rotate the token encryption keys (tokens stay valid through one rotation).
     RotateKeys {
@@ -322,7 +349,35 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
-            Command::Openrc { dir, user } => ops::openrc(paths::DataDir::new(dir.data_dir)?, &user),
+            Command::Openrc { dir, user, project } => {
+                client::openrc(
+                    paths::DataDir::new(dir.data_dir)?,
+                    client::Target {
+                        user: &user,
+                        project: project.as_deref(),
+                    },
+                )
+                .await
+            }
+            Command::CloudsYaml {
+                dir,
+                user,
+                project,
+                cloud,
+            } => {
+                client::clouds_yaml(
+                    paths::DataDir::new(dir.data_dir)?,
+                    client::Target {
+                        user: &user,
+                        project: project.as_deref(),
+                    },
+                    cloud.as_deref(),
+                )
+                .await
+            }
+            Command::ClientSetup { dir, venv, yes } => {
+                client::client_setup(paths::DataDir::new(dir.data_dir)?, &venv, yes)
+            }
             Command::RotateKeys { dir } => ops::rotate_keys(paths::DataDir::new(dir.data_dir)?),
             Command::Serve { dir } => {
                 init_logging();

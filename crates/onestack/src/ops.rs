@@ -543,19 +543,6 @@ async fn print_hosts(cfg: &Config, dd: &DataDir) -> bool {
     ok
 }
 
-pub fn openrc(dd: DataDir, user: &str) -> Result<()> {
-    let file = match user {
-        "admin" => "openrc",
-        "demo" => "openrc-demo",
-        other => bail!("unknown user {other:?}: choose admin or demo"),
-    };
-    let path = dd.root.join(file);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{} not found: run `onestack up` first", path.display()))?;
-    print!("{text}");
-    Ok(())
-}
-
 pub fn rotate_keys(dd: DataDir) -> Result<()> {
     KeyRepository::new(dd.fernet_keys())
         .rotate(3)

@@ -102,15 +102,43 @@ pub struct Login<'a> {
 
 /// `clouds.yaml` for the openstack CLI and SDK. Values are quoted as YAML strings.
 pub fn clouds_yaml(auth_url: &str, region: &str, logins: &[&Login]) -> String {
-    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    let mut out = format!("{CLOUDS_MARKER}\nclouds:\n");
-    for l in logins {
-        out.push_str(&format!(
-            "  {}:\n    auth:\n      auth_url: {}\n      username: {}\n      password: {}\n      project_name: {}\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {}\n    interface: public\n    identity_api_version: 3\n",
-            l.cloud, q(auth_url), q(l.user), q(l.password), q(l.project), q(region)
-        ));
+    let mut out = String::new();
+    for (i, l) in logins.iter().enumerate() {
+        let entry = clouds_yaml_entry(
+            auth_url,
+            region,
+            l.cloud,
+            l.user,
+            l.project,
+            Some(l.password),
+        );
+        // Header lines once.
+        out.push_str(if i == 0 {
+            &entry
+        } else {
+            entry.split_once("clouds:\n").map_or("", |x| x.1)
+        });
     }
     out
+}
+
+/// A clouds.yaml holding one cloud; without a password the CLI asks for it.
+pub fn clouds_yaml_entry(
+    auth_url: &str,
+    region: &str,
+    cloud: &str,
+    user: &str,
+    project: &str,
+    password: Option<&str>,
+) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let password = password
+        .map(|p| format!("      password: {}\n", q(p)))
+        .unwrap_or_default();
+    format!(
+        "{CLOUDS_MARKER}\nclouds:\n  {}:\n    auth:\n      auth_url: {}\n      username: {}\n{password}      project_name: {}\n      user_domain_name: Default\n      project_domain_name: Default\n    region_name: {}\n    interface: public\n    identity_api_version: 3\n",
+        q(cloud), q(auth_url), q(user), q(project), q(region)
+    )
 }
 
 /// An openrc file for `source`. Values are single-quoted for the shell.
@@ -122,6 +150,20 @@ pub fn openrc(auth_url: &str, region: &str, l: &Login) -> String {
          export OS_PASSWORD={}\nexport OS_PROJECT_NAME={}\nexport OS_USER_DOMAIN_NAME=Default\n\
          export OS_PROJECT_DOMAIN_NAME=Default\nexport OS_REGION_NAME={}\nexport OS_INTERFACE=public\n",
         q(auth_url), q(l.user), q(l.password), q(l.project), q(region)
+    )
+}
+
+/// An openrc that asks for the password when sourced (as Horizon's does) instead of holding it.
+pub fn openrc_prompting(auth_url: &str, region: &str, user: &str, project: &str) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    format!(
+        "# Written by onestack openrc. Usage: source this file, then run openstack commands.\n\
+         export OS_AUTH_URL={}\nexport OS_IDENTITY_API_VERSION=3\nexport OS_USERNAME={}\n\
+         export OS_PROJECT_NAME={}\nexport OS_USER_DOMAIN_NAME=Default\n\
+         export OS_PROJECT_DOMAIN_NAME=Default\nexport OS_REGION_NAME={}\nexport OS_INTERFACE=public\n\
+         printf 'Password for %s in project %s: ' \"$OS_USERNAME\" \"$OS_PROJECT_NAME\"\n\
+         read -sr OS_PASSWORD\necho\nexport OS_PASSWORD\n",
+        q(auth_url), q(user), q(project), q(region)
     )
 }
 
@@ -147,6 +189,17 @@ mod tests {
         };
         let rc = openrc("http://h:5000/v3", "RegionOne", &l);
         assert!(rc.contains("export OS_PASSWORD='a'\\''b'"), "{rc}");
+        let rc = openrc_prompting("http://h:5000/v3", "RegionOne", "o'x", "p");
+        assert!(rc.contains("export OS_USERNAME='o'\\''x'"), "{rc}");
+        assert!(
+            rc.contains("read -sr OS_PASSWORD") && !rc.contains("OS_PASSWORD='"),
+            "{rc}"
+        );
+        let y = clouds_yaml_entry("http://h:5000/v3", "R", "c", "u: x", "p", None);
+        assert!(
+            y.contains("username: \"u: x\"") && !y.contains("password"),
+            "{y}"
+        );
     }
 
     #[test]
