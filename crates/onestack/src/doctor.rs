@@ -220,6 +220,13 @@ pub async fn plan(dd: DataDir, config: Option<&Path>, no_demo: bool) -> Result<(
     .map(|t| format!("{t} {}", if which(t).is_some() { "ok" } else { "MISSING" }))
     .collect();
     println!("  host tools       {}", tools.join(", "));
+    let missing = crate::packages::missing(|p| which(p).is_some());
+    if !missing.is_empty() {
+        println!(
+            "  host packages    would install: {} (apt-get; recorded for uninstall --purge-packages)",
+            missing.join(" ")
+        );
+    }
     let ports: Vec<String> = ports(&cfg)
         .iter()
         .map(|(n, p)| {

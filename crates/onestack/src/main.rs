@@ -7,6 +7,7 @@ mod demo;
 mod doctor;
 mod node;
 mod ops;
+mod packages;
 mod paths;
 mod serve;
 mod supervisor;

@@ -108,6 +108,7 @@ pub async fn join(dd: DataDir, a: JoinArgs<'_>) -> Result<()> {
             );
         }
     }
+    ops::ensure_packages(&dd, t0)?;
     let resp = http()
         .post(format!("{controller}/internal/v1/join"))
         .json(&serde_json::json!({"token": a.token, "host": host}))

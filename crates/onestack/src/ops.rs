@@ -221,6 +221,7 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
         }
     }
     step(t0, &format!("data directory {}", dd.root.display()));
+    ensure_packages(&dd, t0)?;
     let admin_password = if cfg.identity.admin_password.is_empty() {
         dd.secret("admin-password")?
     } else {
@@ -336,6 +337,42 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
         println!("  Demo server:   {cmd}");
     }
     print_join(&cfg, &dd, join_cmd.ok());
+    Ok(())
+}
+
+/// Installs the host packages OneStack needs that are missing (apt, as root), recording them for
+/// `uninstall --purge-packages`; elsewhere says what is missing and goes on.
+pub fn ensure_packages(dd: &DataDir, t0: Instant) -> Result<()> {
+    use crate::packages;
+    let missing = packages::missing(|p| packages::which(p).is_some());
+    if missing.is_empty() {
+        step(t0, "host packages: all present");
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !nix::unistd::geteuid().is_root() || !packages::Apt::available() {
+        println!(
+            "  warning: missing host packages: {list} (not root or no apt-get: install them \
+             yourself; servers need them)"
+        );
+        return Ok(());
+    }
+    step(t0, &format!("installing host packages: {list}"));
+    dd.create()?;
+    let installed = packages::install_and_record(&packages::Apt, &dd.root, &missing)
+        .map_err(|e| anyhow::anyhow!("step `host packages` failed: {e:#}"))?;
+    step(
+        t0,
+        &format!(
+            "installed {} (recorded in {})",
+            if installed.is_empty() {
+                "nothing new".to_string()
+            } else {
+                installed.join(" ")
+            },
+            crate::packages::record_file(&dd.root).display()
+        ),
+    );
     Ok(())
 }
 

@@ -261,11 +261,32 @@ pub async fn uninstall(dd: DataDir, purge: bool, purge_packages: bool, yes: bool
     let cfg = ops::load_config(&dd, None)?;
     stop_everything(&dd, &cfg, t0).await?;
     if purge_packages {
-        // `up` installs no host packages yet, so there is nothing of ours to remove.
-        ops::step(
-            t0,
-            "no host packages were installed by OneStack; none removed",
-        );
+        use crate::packages;
+        if !packages::record_file(&dd.root).exists() {
+            ops::step(
+                t0,
+                "no host packages were installed by OneStack; none removed",
+            );
+        } else if !packages::Apt::available() {
+            bail!(
+                "apt-get is not available to remove the packages listed in {}",
+                packages::record_file(&dd.root).display()
+            );
+        } else {
+            let removed = packages::purge_recorded(&packages::Apt, &dd.root)?;
+            ops::step(
+                t0,
+                &format!(
+                    "removed the host packages OneStack installed: {} (their dependencies \
+                     stay; `apt-get autoremove` removes those)",
+                    if removed.is_empty() {
+                        "none left".into()
+                    } else {
+                        removed.join(" ")
+                    }
+                ),
+            );
+        }
     }
     if purge {
         std::fs::remove_dir_all(&dd.root)
