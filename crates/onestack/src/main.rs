@@ -12,6 +12,7 @@ mod paths;
 mod serve;
 mod supervisor;
 mod sys;
+mod systemd;
 mod teardown;
 
 use anyhow::Result;

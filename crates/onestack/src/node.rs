@@ -289,6 +289,7 @@ pub async fn leave(dd: DataDir, yes: bool) -> Result<()> {
         }
     }
     crate::teardown::remove_node(&dd, &cfg, t0).await?;
+    crate::systemd::remove(&dd)?;
     std::fs::remove_dir_all(&dd.root).with_context(|| format!("removing {}", dd.root.display()))?;
     ops::step(t0, &format!("removed {}", dd.root.display()));
     println!("This host has left the cloud.");

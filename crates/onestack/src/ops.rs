@@ -379,6 +379,12 @@ pub fn ensure_packages(dd: &DataDir, t0: Instant) -> Result<()> {
 /// Starts the supervisor of `dd` in the background (its own process group: a Ctrl-C in this
 /// terminal must not stop the cloud).
 pub fn start_supervisor(dd: &DataDir) -> Result<()> {
+    // Where systemd is init, through a unit, so the cloud also starts at boot.
+    if crate::systemd::is_init() {
+        let unit = crate::systemd::install_and_start(dd)?;
+        println!("  systemd unit {unit} enabled and started");
+        return Ok(());
+    }
     let exe = std::env::current_exe()?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -471,7 +477,9 @@ pub async fn down(dd: DataDir) -> Result<()> {
         println!("OneStack is not running from {}.", dd.root.display());
         return Ok(());
     };
-    sys::signal(pid, sys::SIGTERM);
+    if !crate::systemd::stop(&dd)? {
+        sys::signal(pid, sys::SIGTERM);
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     while supervisor::running_pid(&dd, "supervisor").is_some() {
         if Instant::now() > deadline {

@@ -260,6 +260,9 @@ pub async fn uninstall(dd: DataDir, purge: bool, purge_packages: bool, yes: bool
     let t0 = Instant::now();
     let cfg = ops::load_config(&dd, None)?;
     stop_everything(&dd, &cfg, t0).await?;
+    if crate::systemd::remove(&dd)? {
+        ops::step(t0, "removed the systemd unit");
+    }
     if purge_packages {
         use crate::packages;
         if !packages::record_file(&dd.root).exists() {
