@@ -117,17 +117,35 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         onestack_api::network::router(network_state),
         stopped(),
     );
+    let drain_deadline = {
+        let mut rx = stop_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            tokio::time::sleep(DRAIN).await;
+        }
+    };
     let signal = async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     };
-    let (a, b, c, d, ()) = tokio::join!(
-        identity_server,
-        image_server,
-        compute_server,
-        network_server,
-        signal
-    );
+    let servers = async {
+        tokio::join!(
+            identity_server,
+            image_server,
+            compute_server,
+            network_server,
+            signal
+        )
+    };
+    // In-flight requests get DRAIN to finish; what is still open then is mostly agents' long
+    // polls (idempotent reads they repeat), which would otherwise hold the stop for 30 s.
+    let (a, b, c, d, ()) = tokio::select! {
+        r = servers => r,
+        () = drain_deadline => {
+            tracing::info!(drain_secs = DRAIN.as_secs(), "stopped; requests still open were cut");
+            return Ok(());
+        }
+    };
     d.context("network API server failed")?;
     a.context("identity API server failed")?;
     b.context("image API server failed")?;
@@ -135,6 +153,9 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stopping API server lets in-flight requests finish.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub fn network_config(cfg: &Config) -> onestack_core::network::NetworkConfig {
     onestack_core::network::NetworkConfig {
