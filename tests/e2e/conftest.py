@@ -34,7 +34,7 @@ def pids_of(data_dir):
 
 class Cloud:
     def __init__(self, root, default_image=False, image_size_cap=None, compute="", demo=False,
-                 listen="127.0.0.1", public_host=None):
+                 listen="127.0.0.1", public_host=None, network=""):
         self.root = Path(root)
         # The whole cloud runs inside a network namespace of its own (bridges, taps, rules and
         # the namespaces its agent makes stay out of the host's); commands reach it through
@@ -62,7 +62,7 @@ class Cloud:
             '[identity]\ntoken_lifetime = 3600\n' + image
             # Test clouds use 198.18.0.0/15 only, and namespaces named for this cloud.
             + f'[network]\nfixed_range = "198.18.10.0/24"\nfloating_range = "198.18.11.0/24"\n'
-            f'namespace_prefix = "{self.ns_prefix}"\n'
+            f'namespace_prefix = "{self.ns_prefix}"\n' + network
             + f'[compute]\nagent_port = {self.agent_port}\nvirt_type = "{virt}"\nshutdown_timeout = 5\n'
             + compute
         )

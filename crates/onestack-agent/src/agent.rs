@@ -51,6 +51,8 @@ pub struct AgentNetwork {
     /// Owner of the TAPs (the user QEMU runs as).
     pub tap_owner: Option<u32>,
     pub dnsmasq: PathBuf,
+    /// The interface joined to the external network (two-NIC network node).
+    pub public_interface: Option<String>,
 }
 
 impl AgentConfig {
@@ -137,6 +139,7 @@ async fn network_forever<D: Driver>(
         state_dir: s.cfg.state_dir.join("network"),
         tap_owner: n.tap_owner,
         dnsmasq: n.dnsmasq.clone(),
+        uplink: n.public_interface.clone(),
     });
     let ctl = Arc::new(s.ctl.clone());
     let mut proxies = crate::metadata::MetadataProxies::new(ctl);

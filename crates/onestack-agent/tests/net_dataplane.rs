@@ -87,6 +87,7 @@ impl Env {
             state_dir: state_dir.path().to_path_buf(),
             tap_owner: None,
             dnsmasq: find("dnsmasq").expect("dnsmasq"),
+            uplink: None,
         });
         Env {
             prefix,
@@ -617,6 +618,7 @@ fn dataplane() {
         state_dir: env.state_dir.path().to_path_buf(),
         tap_owner: None,
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
+        uplink: None,
     });
     let stats = rt
         .block_on(restarted.apply(&state))
@@ -744,6 +746,7 @@ fn apply_time_per_port() {
         state_dir: env.state_dir.path().to_path_buf(),
         tap_owner: Some(65534),
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
+        uplink: None,
     }));
     let mut state = NetworkState {
         generation: 1,
@@ -970,6 +973,7 @@ fn vxlan_joins_hosts() {
         state_dir: a.state_dir.path().to_path_buf(),
         tap_owner: None,
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
+        uplink: None,
     });
     applied(&rt.block_on(restarted.apply(&s)).expect("restart apply"));
     let fdb = ok(&["bridge", "-n", &a.host, "fdb", "show", "dev", "vxlan-7007"]);

@@ -71,11 +71,14 @@ fn host_networking(cfg: &Config, qemu_user: Option<&str>) -> Option<AgentNetwork
     let tap_owner = qemu_user
         .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
         .map(|u| u.uid.as_raw());
+    // DHCP, metadata and routers live with the controller.
+    let network_node = cfg.network.network_node && !cfg.is_compute_node();
     Some(AgentNetwork {
-        // DHCP, metadata and routers live with the controller.
-        network_node: cfg.network.network_node && !cfg.is_compute_node(),
+        network_node,
         tap_owner,
         dnsmasq,
+        public_interface: (network_node && !cfg.network.public_interface.is_empty())
+            .then(|| cfg.network.public_interface.clone()),
     })
 }
 

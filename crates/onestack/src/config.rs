@@ -150,9 +150,12 @@ pub struct NetworkConfig {
     pub fixed_range: String,
     /// Floating IP range on the external network.
     pub floating_range: String,
-    /// Host interface facing the outside; empty = the default-route interface.
+    /// Two NICs: the dedicated interface (no addresses) joined to the external network's bridge
+    /// on the network node, so floating IPs answer on it; empty = single NIC (floating IPs are
+    /// reached through the host, which holds the external gateway address).
     pub public_interface: String,
-    /// Host interface carrying tenant traffic between hosts; empty = single-NIC host.
+    /// Two NICs: the interface carrying tenant traffic (VXLAN) between hosts; its address is this
+    /// host's `my_ip` unless that is set. Empty = single NIC.
     pub flat_interface: String,
     /// MTU of new networks.
     pub mtu: u32,
@@ -364,13 +367,18 @@ impl Config {
         }
     }
 
-    /// This host's address for other hosts.
+    /// This host's address for other hosts: `compute.my_ip`, else the tenant-traffic interface's
+    /// (two NICs), else the public host.
     pub fn my_ip(&self) -> String {
-        if self.compute.my_ip.is_empty() {
-            self.public_host()
-        } else {
-            self.compute.my_ip.clone()
+        if !self.compute.my_ip.is_empty() {
+            return self.compute.my_ip.clone();
         }
+        if !self.network.flat_interface.is_empty() {
+            if let Some(a) = crate::hostnet::interface_ipv4(&self.network.flat_interface) {
+                return a.to_string();
+            }
+        }
+        self.public_host()
     }
 
     pub fn compute_url(&self) -> String {

@@ -220,6 +220,21 @@ pub async fn plan(dd: DataDir, config: Option<&Path>, no_demo: bool) -> Result<(
     .map(|t| format!("{t} {}", if which(t).is_some() { "ok" } else { "MISSING" }))
     .collect();
     println!("  host tools       {}", tools.join(", "));
+    let nics = if cfg.network.public_interface.is_empty() && cfg.network.flat_interface.is_empty() {
+        "single NIC".to_string()
+    } else {
+        format!(
+            "public_interface {:?}, flat_interface {:?}",
+            cfg.network.public_interface, cfg.network.flat_interface
+        )
+    };
+    match crate::hostnet::check(&cfg) {
+        Ok(()) => println!(
+            "  host networking  {nics}; this host's address for others {}",
+            cfg.my_ip()
+        ),
+        Err(e) => println!("  host networking  {nics}: PROBLEM: {e:#}"),
+    }
     let missing = crate::packages::missing(|p| which(p).is_some());
     if !missing.is_empty() {
         println!(

@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod demo;
 mod doctor;
+mod hostnet;
 mod node;
 mod ops;
 mod packages;

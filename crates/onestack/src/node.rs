@@ -91,9 +91,12 @@ pub async fn join(dd: DataDir, a: JoinArgs<'_>) -> Result<()> {
         None if !cfg.compute.host.is_empty() => cfg.compute.host.clone(),
         None => onestack_agent::host::hostname(),
     };
+    crate::hostnet::check(&cfg).context("host networking; nothing was changed")?;
     let my_ip = match a.my_ip {
         Some(ip) => ip.to_string(),
-        None if !cfg.compute.my_ip.is_empty() => cfg.compute.my_ip.clone(),
+        None if !cfg.compute.my_ip.is_empty() || !cfg.network.flat_interface.is_empty() => {
+            cfg.my_ip()
+        }
         None => local_address_toward(&controller)?,
     };
     ops::step(

@@ -220,6 +220,7 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
             );
         }
     }
+    crate::hostnet::check(&cfg).context("host networking; nothing was changed")?;
     step(t0, &format!("data directory {}", dd.root.display()));
     ensure_packages(&dd, t0)?;
     let admin_password = if cfg.identity.admin_password.is_empty() {

@@ -141,6 +141,7 @@ async fn teardown_recorded(state_dir: PathBuf) {
         state_dir,
         tap_owner: None,
         dnsmasq,
+        uplink: None,
     });
     net.teardown_all().await;
 }

@@ -39,6 +39,29 @@ pub async fn converge_network(c: &Ctx<'_>, old: Option<&Network>, new: &Network)
     let index = c.host.ensure_bridge(&new.bridge, new.mtu).await?;
     let addrs: Vec<Ipv4Net> = new.host_address.iter().copied().collect();
     c.host.sync_addrs(index, &new.bridge, &addrs).await?;
+    if let Some(gone) = old
+        .and_then(|o| o.uplink.as_ref())
+        .filter(|u| new.uplink.as_ref() != Some(*u))
+    {
+        release_uplink(c, gone).await?;
+    }
+    if let Some(up) = &new.uplink {
+        let i =
+            c.host.index(up).await?.with_context(|| {
+                format!("the public interface {up} does not exist on this host")
+            })?;
+        c.host
+            .set(
+                i,
+                up,
+                &Settings {
+                    master: Some(index),
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
     if let Some(t) = &new.tunnel {
         let vx = c
             .host
@@ -68,7 +91,18 @@ pub async fn converge_network(c: &Ctx<'_>, old: Option<&Network>, new: &Network)
     Ok(())
 }
 
+/// Takes a host interface out of its bridge; the interface itself is the host's and stays.
+async fn release_uplink(c: &Ctx<'_>, dev: &IfName) -> Result<()> {
+    if let Some(i) = c.host.index(dev).await? {
+        c.host.release(i, dev).await?;
+    }
+    Ok(())
+}
+
 pub async fn remove_network(c: &Ctx<'_>, old: &Network) -> Result<()> {
+    if let Some(u) = &old.uplink {
+        release_uplink(c, u).await?;
+    }
     if let Some(t) = &old.tunnel {
         c.host.delete(&t.device).await?;
     }

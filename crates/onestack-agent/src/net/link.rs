@@ -213,6 +213,17 @@ impl Links {
             .with_context(|| format!("setting {s:?} on link {name}"))
     }
 
+    /// Takes link `name` out of its bridge.
+    pub async fn release(&self, index: u32, name: &IfName) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(index).nocontroller().build();
+        self.h
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .with_context(|| format!("releasing link {name} from its bridge"))
+    }
+
     /// Moves link `name` into the named namespace.
     pub async fn move_to(&self, name: &IfName, ns: PathBuf) -> Result<()> {
         let index = self.require(name).await?;

@@ -50,6 +50,9 @@ pub struct NetConfig {
     /// Owner of created TAPs: the uid QEMU runs as.
     pub tap_owner: Option<u32>,
     pub dnsmasq: PathBuf,
+    /// The host interface joined to the external network's bridge (`network.public_interface`
+    /// on a two-NIC network node): floating IPs answer on it.
+    pub uplink: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -220,7 +223,12 @@ impl HostNetworking {
     /// running dnsmasq) and removing what a previous run created that is no longer wanted.
     pub async fn apply(&mut self, desired: &NetworkState) -> Result<ApplyStats> {
         let started = Instant::now();
-        let (plan, rejected) = Plan::from_state(desired);
+        let (mut plan, mut rejected) = Plan::from_state(desired);
+        if let Some(uplink) = &self.cfg.uplink {
+            if let Err(e) = plan.attach_uplink(uplink) {
+                rejected.push(format!("uplink {uplink:?}: {e:#}"));
+            }
+        }
         let mut stats = ApplyStats {
             rejected,
             ..Default::default()

@@ -24,6 +24,9 @@ pub struct Network {
     /// The VXLAN segment to the other hosts (tenant networks on a multi-host cloud).
     #[serde(default)]
     pub tunnel: Option<Tunnel>,
+    /// A host interface enslaved to this (external) network's bridge.
+    #[serde(default)]
+    pub uplink: Option<IfName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,6 +360,21 @@ impl Plan {
         sets
     }
 
+    /// Joins `interface` to the first-made external network (lowest zone): all external networks
+    /// share the one physical network, so one bridge owns the interface.
+    pub fn attach_uplink(&mut self, interface: &str) -> Result<()> {
+        let name = IfName::parse(interface)?;
+        if let Some(n) = self
+            .networks
+            .values_mut()
+            .filter(|n| n.external)
+            .min_by_key(|n| n.zone)
+        {
+            n.uplink = Some(name);
+        }
+        Ok(())
+    }
+
     pub fn filters(&self) -> BTreeMap<String, PortFilter> {
         self.ports
             .iter()
@@ -374,6 +392,7 @@ fn network(n: &proto::HostNetwork) -> Result<Network> {
         zone: n.zone,
         host_address: n.host_address.as_deref().map(ipv4_iface).transpose()?,
         tunnel: n.tunnel.as_ref().map(tunnel).transpose()?,
+        uplink: None,
     })
 }
 
