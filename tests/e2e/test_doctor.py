@@ -2,7 +2,7 @@
 holds; and passes a healthy cloud."""
 import socket
 
-from conftest import make_cloud
+from conftest import BIN, make_cloud
 
 
 def test_doctor_finds_a_taken_port_and_passes_a_healthy_cloud():
@@ -32,3 +32,20 @@ def _listen(port):
     s.bind(("127.0.0.1", port))
     s.listen()
     return s
+
+
+def test_up_refuses_a_full_disk_before_changing_anything(tmp_path):
+    """A data directory on a (nearly) full file system: `up` says so and writes nothing."""
+    import subprocess
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=True)
+    try:
+        with make_cloud() as cloud:
+            r = subprocess.run(cloud.in_ns(BIN, "up", "--no-demo", "--config", str(cloud.config),
+                                           "--data-dir", str(mnt / "data")),
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode != 0 and "the disk is (nearly) full" in r.stderr, r.stderr
+            assert list(mnt.iterdir()) == [], list(mnt.iterdir())
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -58,6 +58,48 @@ pub fn ports(cfg: &Config) -> [(&'static str, u16); 5] {
     ]
 }
 
+/// What `up` tells about the host in one line (CPU, memory, disk, acceleration, kernel
+/// features), and the findings that stop it.
+pub fn host_summary(dd: &DataDir) -> (String, Vec<String>) {
+    let mut blockers = Vec::new();
+    let (_, accel) = onestack_agent::qemu::choose_accel(onestack_agent::driver::VirtType::Auto);
+    let disk = free_gib(&dd.root).or_else(|| dd.root.parent().and_then(free_gib));
+    if let Some(g) = disk.filter(|g| *g < 1.0) {
+        blockers.push(format!(
+            "only {g:.2} GiB free under {}: the disk is (nearly) full",
+            dd.root.display()
+        ));
+    }
+    let features: Vec<String> = [
+        ("/dev/net/tun", "TAP"),
+        (
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+            "br_netfilter",
+        ),
+    ]
+    .iter()
+    .map(|(path, name)| {
+        format!(
+            "{name} {}",
+            if Path::new(path).exists() {
+                "ok"
+            } else {
+                "MISSING"
+            }
+        )
+    })
+    .collect();
+    let line = format!(
+        "host: {} CPUs, {:.1} GiB RAM, {} free; {}; {}",
+        onestack_agent::host::vcpus(),
+        onestack_agent::host::memory_mb() as f64 / 1024.0,
+        disk.map_or("unknown disk space".into(), |g| format!("{g:.1} GiB")),
+        features.join(", "),
+        accel
+    );
+    (line, blockers)
+}
+
 pub fn port_free(cfg: &Config, port: u16) -> bool {
     std::net::TcpListener::bind(SocketAddr::new(cfg.api.listen, port)).is_ok()
 }

@@ -181,6 +181,10 @@ pub fn step(t0: Instant, msg: &str) {
 
 pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: bool) -> Result<()> {
     let t0 = Instant::now();
+    let (host, blockers) = crate::doctor::host_summary(&dd);
+    if let Some(b) = blockers.first() {
+        bail!("{b}; nothing was changed");
+    }
     dd.create()?;
     let (cfg, config_changed) = load_config_tracked(&dd, config)?;
     if cfg.is_compute_node() {
@@ -221,6 +225,7 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
         }
     }
     crate::hostnet::check(&cfg).context("host networking; nothing was changed")?;
+    step(t0, &host);
     step(t0, &format!("data directory {}", dd.root.display()));
     ensure_packages(&dd, t0)?;
     let admin_password = if cfg.identity.admin_password.is_empty() {
