@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, make_cloud, helper_pids
-from test_compute_cli import demo, have_qemu, wait_console
+from test_compute_cli import demo, have_qemu, serial_roundtrip, wait_console
 from test_network_cli import add_floating_ip, fixed_ip, ssh, wait_ssh
 
 pytestmark = pytest.mark.skipif(not have_qemu(), reason="needs root, qemu-system-x86_64 and genisoimage")
@@ -161,6 +161,13 @@ def run_scenario(cloud, node, tmp_path):
     for src, dst in [(fip_ctrl, node_ip), (fip_node, ctrl_ip)]:
         r = ssh(cloud, key, src, f"timeout 5 nc {dst} 22 </dev/null | head -c 7")
         assert r.stdout.startswith("SSH-2.0"), f"{src} cannot reach {dst} across hosts: {r.stdout} {r.stderr}"
+
+    # The node's guest's console log and interactive serial console come from the node's agent
+    # (the controller calls it with the node's own credential and signs its console tokens).
+    wait_console(cloud, on_node, "onestack-tiny: ready")
+    url = json.loads(demo(cloud, "console", "url", "show", "--serial", on_node, "-f", "json").stdout)["url"]
+    assert url.startswith(f"ws://{NODE_IP}:"), url
+    assert b"42XY" in serial_roundtrip(cloud, url)
 
     # And ICMP, guest to guest, as root from user-data: a third server pings both (one of them is
     # on the other host, wherever it lands); its console comes through its host's agent.

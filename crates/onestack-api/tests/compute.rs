@@ -842,8 +842,59 @@ async fn join_tokens_work_once_and_leave_needs_an_empty_host() {
     }
     let (st, v) = join(json!({"token": token, "host": "n1"})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!(v["agent_token"], AGENT_TOKEN);
     assert_eq!(v["service_down_time"], 60);
+    // The node gets a credential of its own, not the controller's agent secret.
+    let node = v["agent_token"].as_str().expect("credential").to_string();
+    assert!(
+        node.starts_with("n1:") && !node.contains(AGENT_TOKEN),
+        "{node}"
+    );
+    let as_node = |m: Method, path: &str| {
+        c.http
+            .request(m, format!("{}/internal/v1{path}", c.url))
+            .header(AGENT_TOKEN_HEADER, node.clone())
+    };
+    let registration = |host: &str| {
+        json!({"host": host, "host_ip": "198.18.0.9", "agent_url": "http://198.18.0.9:1",
+            "vcpus": 4, "memory_mb": 8192, "local_gb": 50, "cpu_info": {},
+            "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
+            "availability_zone": null})
+    };
+    let r = as_node(Method::POST, "/hosts")
+        .json(&registration("n1"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::OK);
+    // Only itself: not another host's routes or name, not the network node's metadata lookups.
+    let r = as_node(Method::POST, "/hosts")
+        .json(&registration("h-other"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    for path in [
+        "/hosts/h-other",
+        "/hosts/h-other/desired",
+        "/metadata/net/198.18.0.5",
+    ] {
+        let r = as_node(Method::GET, path).send().await.expect("send");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    let r = as_node(Method::POST, "/hosts/n1/heartbeat")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let forged = format!("n1:{}", "x".repeat(40));
+    let r = c
+        .http
+        .get(format!("{}/internal/v1/hosts/n1", c.url))
+        .header(AGENT_TOKEN_HEADER, forged)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let (st, v) = join(json!({"token": token, "host": "n2"})).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "a token worked twice: {v}");
     assert!(v.to_string().contains("already used"), "{v}");
@@ -855,7 +906,6 @@ async fn join_tokens_work_once_and_leave_needs_an_empty_host() {
     let (st, _) = join(json!({"token": old, "host": "n3"})).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     // A live host's name cannot be taken over by a newcomer.
-    c.register_host("n1", 4, 8192, 50).await;
     let fresh = onestack_core::compute::join::issue(&c.store, Duration::from_secs(60))
         .await
         .expect("token");

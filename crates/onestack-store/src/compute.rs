@@ -538,6 +538,47 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    // ---- node credentials ----
+
+    /// Records the nonce of a joined compute node's credential, replacing an earlier one.
+    pub async fn put_node_credential(
+        &self,
+        host: &str,
+        nonce: &str,
+        created_at: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM node_credentials WHERE host = $1")
+            .bind(host)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO node_credentials (host, nonce, created_at) VALUES ($1, $2, $3)")
+            .bind(host)
+            .bind(nonce)
+            .bind(created_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn node_credential_nonce(&self, host: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT nonce FROM node_credentials WHERE host = $1")
+                .bind(host)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    pub async fn delete_node_credential(&self, host: &str) -> Result<()> {
+        sqlx::query("DELETE FROM node_credentials WHERE host = $1")
+            .bind(host)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     // ---- compute hosts ----
 
     /// Registers a host, or refreshes the figures of one that registered before (same name);

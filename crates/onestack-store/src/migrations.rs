@@ -290,6 +290,16 @@ CREATE TABLE join_tokens (
 )
 "#,
     ),
+    (
+        6,
+        r#"
+CREATE TABLE node_credentials (
+    host TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL,
+    created_at TEXT NOT NULL
+)
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

@@ -1,6 +1,8 @@
 //! The internal API compute agents use: register, heartbeat, long-poll desired state, report,
-//! fetch images and upload snapshots. Authenticated by a shared secret in a header, compared in
-//! constant time; never in the catalog.
+//! fetch images and upload snapshots. Authenticated by a secret in a header, compared in constant
+//! time: the controller's own agent holds the shared secret; each joined compute node holds its
+//! own credential (`<host>:<secret>`, from `POST /join`), which reaches only that host's routes and
+//! is revoked when the host is removed. Never in the catalog.
 
 use super::ComputeState;
 use crate::error::{ApiError, ApiResult};
@@ -43,22 +45,76 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_agent(State(s): State<ComputeState>, req: Request<Body>, next: Next) -> Response {
-    let ok = req
+/// The compute node a request comes from when it used a node credential (not the controller's
+/// own agent's shared secret).
+#[derive(Clone, Debug)]
+pub struct NodeIdentity(pub String);
+
+async fn require_agent(
+    State(s): State<ComputeState>,
+    mut req: Request<Body>,
+    next: Next,
+) -> Response {
+    let given = req
         .headers()
         .get(AGENT_TOKEN_HEADER)
-        .is_some_and(|v| constant_time_eq(v.as_bytes(), s.agent_token.as_bytes()));
-    if !ok || s.agent_token.is_empty() {
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    if !s.agent_token.is_empty() && constant_time_eq(given.as_bytes(), s.agent_token.as_bytes()) {
+        return next.run(req).await;
+    }
+    let node = match onestack_core::compute::join::node_of(
+        s.compute.store(),
+        &s.agent_token,
+        &given,
+    )
+    .await
+    {
+        Ok(n) => n,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let Some(host) = node else {
         return ApiError::new(StatusCode::UNAUTHORIZED, "agent authentication failed")
             .into_response();
+    };
+    if !node_may(&host, req.method(), req.uri().path()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("compute node {host} may not do that"),
+        )
+        .into_response();
     }
+    req.extensions_mut().insert(NodeIdentity(host));
     next.run(req).await
+}
+
+/// What a joined compute node may reach: its own host's routes, registration (of itself, checked
+/// by the handler) and image data; not other hosts, nor the metadata lookups of the network node.
+fn node_may(host: &str, method: &axum::http::Method, path: &str) -> bool {
+    let path = path.strip_prefix("/internal/v1").unwrap_or(path);
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["hosts"] => method == axum::http::Method::POST,
+        ["hosts", h, ..] => *h == host,
+        ["images", _, "file"] => true,
+        _ => false,
+    }
 }
 
 async fn register(
     State(s): State<ComputeState>,
+    node: Option<axum::Extension<NodeIdentity>>,
     JsonBody(body): JsonBody<proto::RegisterHost>,
 ) -> ApiResult<Json<proto::Registered>> {
+    if let Some(axum::Extension(NodeIdentity(me))) = node {
+        if me != body.host {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("compute node {me} cannot register as {}", body.host),
+            ));
+        }
+    }
     let h = s.compute.register_host(body).await?;
     Ok(Json(proto::Registered { id: h.id }))
 }
@@ -88,12 +144,6 @@ async fn join(
             "invalid host name: letters, digits, '-', '.' and '_' only (at most 63)",
         ));
     }
-    if s.agent_token.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this controller takes no compute nodes (no agent credentials)",
-        ));
-    }
     // A live host of that name would be taken over by the newcomer.
     if let Ok(existing) = s.compute.store().get_host_by_name(host).await {
         if s.compute.host_alive(&existing) {
@@ -104,6 +154,9 @@ async fn join(
         }
     }
     onestack_core::compute::join::redeem(s.compute.store(), &body.token, host).await?;
+    let credential =
+        onestack_core::compute::join::node_credential(s.compute.store(), &s.agent_token, host)
+            .await?;
     tracing::info!(host, "a compute node joined");
     let cfg = s.compute.config();
     let namespace_prefix = s
@@ -112,7 +165,7 @@ async fn join(
         .map(|n| n.config().namespace_prefix.clone())
         .unwrap_or_default();
     Ok(Json(serde_json::json!({
-        "agent_token": &*s.agent_token,
+        "agent_token": credential,
         "service_down_time": cfg.service_down_time.as_secs(),
         "namespace_prefix": namespace_prefix,
     })))
@@ -304,6 +357,15 @@ async fn snapshot_upload(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The secret the agent of `host` holds: a joined node's own credential, else the shared one.
+async fn agent_secret(s: &ComputeState, host: &str) -> ApiResult<String> {
+    Ok(
+        onestack_core::compute::join::credential_for(s.compute.store(), &s.agent_token, host)
+            .await?
+            .unwrap_or_else(|| s.agent_token.to_string()),
+    )
+}
+
 /// The agent-side address of a server's console output, fetched for `os-getConsoleOutput`.
 pub async fn console_output(
     s: &ComputeState,
@@ -316,8 +378,9 @@ pub async fn console_output(
         "{}/v1/instances/{id}/console",
         host.agent_url.trim_end_matches('/')
     );
+    let secret = agent_secret(s, &host.host).await?;
     let mut headers = HeaderMap::new();
-    if let Ok(v) = header::HeaderValue::from_str(&s.agent_token) {
+    if let Ok(v) = header::HeaderValue::from_str(&secret) {
         headers.insert(AGENT_TOKEN_HEADER, v);
     }
     let unavailable = || {
@@ -377,8 +440,9 @@ pub async fn serial_console_url(
         ));
     }
     let now = chrono::Utc::now().timestamp();
+    let secret = agent_secret(s, &host.host).await?;
     let token = onestack_core::compute::console::issue(
-        &s.agent_token,
+        &secret,
         id,
         now,
         onestack_core::compute::console::TOKEN_TTL_SECS,

@@ -28,6 +28,54 @@ pub async fn issue(store: &Store, ttl: Duration) -> CoreResult<String> {
     Ok(token)
 }
 
+/// A compute node's credential: `<host>:<key>` with key = HMAC-SHA256(the controller's agent
+/// secret, host and a per-join nonce). The controller recomputes it whenever it needs it (to check
+/// the node, to call the node's agent, to sign its console tokens), so nothing secret is stored;
+/// the nonce makes each join's credential new, and deleting it revokes the node.
+fn derive(shared: &str, host: &str, nonce: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(shared.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(format!("onestack-node\0{host}\0{nonce}").as_bytes());
+    format!("{host}:{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A new credential for compute node `host`, replacing any earlier one.
+pub async fn node_credential(store: &Store, shared: &str, host: &str) -> CoreResult<String> {
+    use rand::distributions::{Alphanumeric, DistString};
+    let nonce = Alphanumeric.sample_string(&mut rand::thread_rng(), 24);
+    store
+        .put_node_credential(host, &nonce, &crate::image::now())
+        .await?;
+    Ok(derive(shared, host, &nonce))
+}
+
+/// The current credential of node `host`; None for a host that did not join (the controller's
+/// own agent, which holds the shared secret).
+pub async fn credential_for(store: &Store, shared: &str, host: &str) -> CoreResult<Option<String>> {
+    Ok(store
+        .node_credential_nonce(host)
+        .await?
+        .map(|nonce| derive(shared, host, &nonce)))
+}
+
+/// The host a node credential belongs to, if it is currently valid.
+pub async fn node_of(store: &Store, shared: &str, given: &str) -> CoreResult<Option<String>> {
+    let Some((host, _)) = given.split_once(':') else {
+        return Ok(None);
+    };
+    let Some(expected) = credential_for(store, shared, host).await? else {
+        return Ok(None);
+    };
+    let same = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    Ok(same.then(|| host.to_string()))
+}
+
 /// Uses up `token` for `host`; unknown, used and expired tokens are refused alike.
 pub async fn redeem(store: &Store, token: &str, host: &str) -> CoreResult<()> {
     if token.is_empty() || token.len() > 128 {

@@ -633,6 +633,8 @@ impl ComputeService {
             .delete_host(host)
             .await
             .map_err(|e| CoreError::from_store(e, "compute host", host))?;
+        // A removed node's credential stops working (it joins again with a new token).
+        self.store.delete_node_credential(host).await?;
         self.notify();
         if let Some(net) = self.network() {
             net.hosts_changed().await?;
