@@ -4,8 +4,8 @@ world (here: a namespace standing for the upstream network, 198.18.11.254 on the
 the flat interface's address is the host's address for the other hosts. Bad interface settings
 are refused before anything changes."""
 import json
-import socket
 import subprocess
+import time
 
 import pytest
 
@@ -24,7 +24,6 @@ def sh(*args):
 
 def banner_from(netns, ip, port=22, timeout=60):
     """The first bytes a TCP server at ip:port sends, seen from namespace `netns`."""
-    import time
     code = ("import socket,sys\ns=socket.create_connection((sys.argv[1], 22), timeout=5)\n"
             "print(s.recv(7).decode())")
     deadline = time.time() + timeout
@@ -69,8 +68,13 @@ def test_public_and_flat_interfaces(tmp_path):
         assert [h["Host IP"] for h in hv] == ["198.18.20.1"], hv
         public = json.loads(cloud.os("network", "show", "public", "-f", "json").stdout)
         bridge = "brq" + public["id"].replace("-", "")[:11]
-        link = subprocess.run(["ip", "-n", cloud.netns, "-o", "link", "show", "uplink0"],
-                              capture_output=True, text=True).stdout
+        # The agent builds the host networking right after `up` returns.
+        deadline = time.time() + 30
+        link = ""
+        while time.time() < deadline and f"master {bridge}" not in link:
+            time.sleep(0.5)
+            link = subprocess.run(["ip", "-n", cloud.netns, "-o", "link", "show", "uplink0"],
+                                  capture_output=True, text=True).stdout
         assert f"master {bridge}" in link, link
 
         key = tmp_path / "id_ed25519"
