@@ -335,7 +335,11 @@ impl Config {
             return self.api.public_host.clone();
         }
         match self.api.listen {
-            IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".into(),
+            // Other hosts (compute nodes, clients) must reach the catalog's URLs: the address of
+            // the interface the default route leaves by, else loopback.
+            IpAddr::V4(a) if a.is_unspecified() => {
+                crate::hostnet::primary_ipv4().map_or_else(|| "127.0.0.1".into(), |a| a.to_string())
+            }
             IpAddr::V6(a) if a.is_unspecified() => "127.0.0.1".into(),
             IpAddr::V6(a) => format!("[{a}]"),
             a => a.to_string(),
@@ -398,7 +402,12 @@ mod tests {
     fn defaults_are_valid() {
         let c = Config::parse("").expect("empty config");
         assert_eq!(c.api.identity_port, 5000);
-        assert_eq!(c.identity_url(), "http://127.0.0.1:5000");
+        // Listening everywhere, the catalog names the default-route address (loopback without).
+        let expected = crate::hostnet::primary_ipv4()
+            .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string());
+        assert_eq!(c.identity_url(), format!("http://{expected}:5000"));
+        let local = Config::parse("[api]\nlisten = \"127.0.0.1\"\n").expect("config");
+        assert_eq!(local.identity_url(), "http://127.0.0.1:5000");
     }
 
     #[test]

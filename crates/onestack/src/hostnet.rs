@@ -21,6 +21,18 @@ pub fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
     interface_ipv4s(name).into_iter().next()
 }
 
+/// The source address the kernel picks toward the rest of the world (the default route's), found
+/// by connecting a UDP socket, which sends nothing; None without a default route.
+pub fn primary_ipv4() -> Option<Ipv4Addr> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // Any address outside the host's own networks selects the default route; no packet is sent.
+    sock.connect(("198.18.0.1", 9)).ok()?;
+    match sock.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(a) if !a.is_unspecified() && !a.is_loopback() => Some(a),
+        _ => None,
+    }
+}
+
 fn exists(name: &str) -> bool {
     !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
 }
