@@ -99,6 +99,8 @@ pub struct ApiConfig {
     pub image_port: u16,
     pub network_port: u16,
     pub volume_port: u16,
+    /// The web dashboard.
+    pub dashboard_port: u16,
     pub region: String,
 }
 
@@ -112,6 +114,7 @@ impl Default for ApiConfig {
             image_port: 9292,
             network_port: 9696,
             volume_port: 8776,
+            dashboard_port: 8080,
             region: "RegionOne".into(),
         }
     }
@@ -253,6 +256,7 @@ impl Config {
             ("api.image_port", self.api.image_port),
             ("api.network_port", self.api.network_port),
             ("api.volume_port", self.api.volume_port),
+            ("api.dashboard_port", self.api.dashboard_port),
         ];
         for (i, (k, p)) in ports.iter().enumerate() {
             if *p == 0 {
@@ -344,6 +348,10 @@ impl Config {
             IpAddr::V6(a) => format!("[{a}]"),
             a => a.to_string(),
         }
+    }
+
+    pub fn dashboard_url(&self) -> String {
+        format!("http://{}:{}", self.public_host(), self.api.dashboard_port)
     }
 
     pub fn image_url(&self) -> String {

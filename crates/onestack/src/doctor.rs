@@ -48,9 +48,10 @@ fn free_gib(dir: &Path) -> Option<f64> {
 }
 
 /// The TCP ports a controller listens on, by what they serve.
-pub fn ports(cfg: &Config) -> [(&'static str, u16); 5] {
+pub fn ports(cfg: &Config) -> [(&'static str, u16); 6] {
     [
         ("identity port", cfg.api.identity_port),
+        ("dashboard port", cfg.api.dashboard_port),
         ("image port", cfg.api.image_port),
         ("compute port", cfg.api.compute_port),
         ("network port", cfg.api.network_port),

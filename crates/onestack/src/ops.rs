@@ -337,6 +337,7 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
     };
     println!();
     println!("OneStack is up.");
+    println!("  Dashboard:     {}", cfg.dashboard_url());
     println!("  Identity API:  {auth_url}");
     print_login(&dd);
     if let Some(cmd) = ssh {

@@ -86,6 +86,8 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     tracing::info!(url = %cfg.network_url(), "network API listening");
     let image_listener = bind(&cfg, cfg.api.image_port, "image").await?;
     let compute_listener = bind(&cfg, cfg.api.compute_port, "compute").await?;
+    let dashboard_listener = bind(&cfg, cfg.api.dashboard_port, "dashboard").await?;
+    tracing::info!(url = %cfg.dashboard_url(), "dashboard listening");
     tracing::info!(url = %cfg.compute_url(), "compute API listening");
     tracing::info!(url = %cfg.identity_url(), "identity API listening");
     tracing::info!(url = %cfg.image_url(), "image API listening");
@@ -124,6 +126,14 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             tokio::time::sleep(DRAIN).await;
         }
     };
+    let dashboard_server = onestack_api::serve(
+        dashboard_listener,
+        onestack_dashboard::router(onestack_dashboard::DashboardConfig {
+            identity_url: cfg.identity_url() + "/v3",
+            compute_url: cfg.compute_url() + "/v2.1",
+        }),
+        stopped(),
+    );
     let signal = async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -134,12 +144,13 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             image_server,
             compute_server,
             network_server,
+            dashboard_server,
             signal
         )
     };
     // In-flight requests get DRAIN to finish; what is still open then is mostly agents' long
     // polls (idempotent reads they repeat), which would otherwise hold the stop for 30 s.
-    let (a, b, c, d, ()) = tokio::select! {
+    let (a, b, c, d, e, ()) = tokio::select! {
         r = servers => r,
         () = drain_deadline => {
             tracing::info!(drain_secs = DRAIN.as_secs(), "stopped; requests still open were cut");
@@ -147,6 +158,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         }
     };
     d.context("network API server failed")?;
+    e.context("dashboard server failed")?;
     a.context("identity API server failed")?;
     b.context("image API server failed")?;
     c.context("compute API server failed")?;
