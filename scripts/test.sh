@@ -21,6 +21,14 @@ if [ ! -x "$VENV/bin/openstack" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" 
   echo "$WANT" > "$STAMP"
 fi
 
+step "Headless Chromium (Debian's) and Playwright for the dashboard's browser tests"
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+export ONESTACK_REQUIRE_BROWSER=1
+
 step "PostgreSQL server for the PostgreSQL back end (private cluster on loopback)"
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 if [ -z "$PGBIN" ]; then

@@ -18,7 +18,8 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d2733}\
+/// Served as `/static/onestack.css` (the CSP allows no inline style).
+pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d2733}\
 header{display:flex;flex-wrap:wrap;gap:1em;align-items:center;padding:.6em 1em;background:#1d3557;color:#fff}\
 header a{color:#fff}header form{margin-left:auto}main{padding:1em;max-width:72em}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4em;border-bottom:1px solid #ddd}\
@@ -48,7 +49,7 @@ pub fn page(title: &str, session: Option<&Session>, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · OneStack</title><style>{STYLE}</style></head><body>{nav}<main>{body}</main></body></html>",
+         <title>{} · OneStack</title><link rel=\"stylesheet\" href=\"/static/onestack.css\"></head><body>{nav}<main>{body}</main></body></html>",
         escape(title)
     )
 }

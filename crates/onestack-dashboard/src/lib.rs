@@ -50,6 +50,7 @@ pub fn router(cfg: DashboardConfig) -> Router {
         .route("/logout", axum::routing::post(logout))
         .route("/project/instances", get(instances))
         .route("/admin/hypervisors", get(hypervisors))
+        .route("/static/onestack.css", get(stylesheet))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -72,6 +73,14 @@ async fn security_headers(mut resp: Response) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     resp
+}
+
+async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        html::STYLE,
+    )
+        .into_response()
 }
 
 fn form(body: &Bytes) -> std::collections::HashMap<String, String> {
