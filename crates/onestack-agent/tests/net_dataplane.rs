@@ -198,6 +198,20 @@ fn egress_all(id: &str) -> HostRule {
     }
 }
 
+/// Ingress from the members of group `group` (Neutron's default-group rule).
+fn from_group(group: &str, ethertype: &str) -> HostRule {
+    HostRule {
+        id: format!("{group}-in-{ethertype}"),
+        direction: Direction::Ingress,
+        ethertype: ethertype.into(),
+        protocol: None,
+        port_range_min: None,
+        port_range_max: None,
+        remote_ip_prefix: None,
+        remote_group_id: Some(group.into()),
+    }
+}
+
 fn vm_port(id: &str, dev: &str, mac: &str, ip: &str, groups: &[&str]) -> HostPort {
     HostPort {
         id: id.into(),
@@ -311,26 +325,8 @@ fn scenario_state(prefix: &str) -> NetworkState {
                 member_ips: vec!["198.18.1.11".into(), "198.18.1.12".into()],
                 rules: vec![
                     egress_all("default"),
-                    HostRule {
-                        id: "default-in".into(),
-                        direction: Direction::Ingress,
-                        ethertype: "IPv4".into(),
-                        protocol: None,
-                        port_range_min: None,
-                        port_range_max: None,
-                        remote_ip_prefix: None,
-                        remote_group_id: Some("default".into()),
-                    },
-                    HostRule {
-                        id: "default-v6".into(),
-                        direction: Direction::Ingress,
-                        ethertype: "IPv6".into(),
-                        protocol: None,
-                        port_range_min: None,
-                        port_range_max: None,
-                        remote_ip_prefix: None,
-                        remote_group_id: Some("default".into()),
-                    },
+                    from_group("default", "IPv4"),
+                    from_group("default", "IPv6"),
                 ],
             },
             HostSecurityGroup {
@@ -870,19 +866,7 @@ fn tunnel_state(generation: i64, local: &str, peer: Option<&str>, vm: HostPort) 
         security_groups: vec![HostSecurityGroup {
             id: "default".into(),
             member_ips: vec!["198.18.1.11".into(), "198.18.1.12".into()],
-            rules: vec![
-                egress_all("default"),
-                HostRule {
-                    id: "default-in".into(),
-                    direction: Direction::Ingress,
-                    ethertype: "IPv4".into(),
-                    protocol: None,
-                    port_range_min: None,
-                    port_range_max: None,
-                    remote_ip_prefix: None,
-                    remote_group_id: Some("default".into()),
-                },
-            ],
+            rules: vec![egress_all("default"), from_group("default", "IPv4")],
         }],
         dhcp: vec![],
         routers: vec![],
