@@ -18,39 +18,187 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// Served as `/static/onestack.css` (the CSP allows no inline style).
-pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1d2733}\
-header{display:flex;flex-wrap:wrap;gap:1em;align-items:center;padding:.6em 1em;background:#1d3557;color:#fff}\
-header a{color:#fff}header form{margin-left:auto}main{padding:1em;max-width:72em}\
-table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4em;border-bottom:1px solid #ddd}\
-.card{display:grid;gap:.6em;max-width:22em}.error{color:#b00020;font-weight:600}\
-@media (max-width:40em){th:nth-child(4),td:nth-child(4){display:none}}";
+const PROJECT_NAV: &[(&str, &str)] = &[
+    ("/project/overview", "Overview"),
+    ("/project/instances", "Instances"),
+    ("/project/images", "Images"),
+    ("/project/key_pairs", "Key pairs"),
+    ("/project/networks", "Networks"),
+    ("/project/routers", "Routers"),
+    ("/project/floating_ips", "Floating IPs"),
+    ("/project/security_groups", "Security groups"),
+];
+
+const ADMIN_NAV: &[(&str, &str)] = &[
+    ("/admin/hypervisors", "Hypervisors"),
+    ("/admin/instances", "All instances"),
+    ("/admin/projects", "Projects"),
+    ("/admin/users", "Users"),
+    ("/admin/flavors", "Flavors"),
+    ("/admin/usage", "Usage"),
+];
+
+fn links(items: &[(&str, &str)]) -> String {
+    items
+        .iter()
+        .map(|(href, label)| format!("<a href=\"{href}\">{label}</a>"))
+        .collect()
+}
 
 /// A whole page: the navigation (for a signed-in session) and `body`.
 pub fn page(title: &str, session: Option<&Session>, body: &str) -> String {
     let nav = session
         .map(|s| {
-            let admin = if s.roles.iter().any(|r| r == "admin") {
-                "<a href=\"/admin/hypervisors\">Hypervisors</a>"
+            let admin = if s.is_admin() {
+                format!("<span class=\"navhead\">Admin</span>{}", links(ADMIN_NAV))
             } else {
-                ""
+                String::new()
             };
+            let projects: String = s
+                .projects
+                .iter()
+                .map(|(id, name)| {
+                    let sel = if *id == s.project_id { " selected" } else { "" };
+                    format!(
+                        "<option value=\"{}\"{sel}>{}</option>",
+                        escape(id),
+                        escape(name)
+                    )
+                })
+                .collect();
             format!(
-                "<header><strong>OneStack</strong><a href=\"/project/instances\">Instances</a>{admin}\
-                 <span>{} · project {}</span>\
-                 <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-                 <button type=\"submit\">Sign out</button></form></header>",
+                "<header><a class=\"brand\" href=\"/project/overview\">OneStack</a>\
+                 <form method=\"post\" action=\"/switch\" class=\"switch\">{}\
+                 <label>Project <select name=\"project\">{projects}</select></label>\
+                 <button type=\"submit\">Switch</button></form>\
+                 <span class=\"who\">{}</span>\
+                 <form method=\"post\" action=\"/logout\" class=\"logout\">{}\
+                 <button type=\"submit\">Sign out</button></form></header>\
+                 <nav><span class=\"navhead\">Project</span>{}{admin}</nav>",
+                csrf_field(s),
                 escape(&s.user),
-                escape(&s.project),
-                escape(&s.csrf)
+                csrf_field(s),
+                links(PROJECT_NAV),
             )
         })
         .unwrap_or_default();
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · OneStack</title><link rel=\"stylesheet\" href=\"/static/onestack.css\"></head><body>{nav}<main>{body}</main></body></html>",
+         <title>{} · OneStack</title><link rel=\"stylesheet\" href=\"/static/onestack.css\">\
+         <script src=\"/static/onestack.js\" defer></script></head>\
+         <body>{nav}<main>{body}</main></body></html>",
         escape(title)
+    )
+}
+
+/// The hidden CSRF field every form of a session carries.
+pub fn csrf_field(s: &Session) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        escape(&s.csrf)
+    )
+}
+
+/// A one-time notice: an error (role=alert) or a confirmation.
+pub fn notice(text: &str, ok: bool) -> String {
+    if ok {
+        format!("<p class=\"ok\" role=\"status\">{}</p>", escape(text))
+    } else {
+        format!("<p class=\"error\" role=\"alert\">{}</p>", escape(text))
+    }
+}
+
+/// A POST form to `action` with the CSRF field; `inner` holds its inputs and buttons.
+pub fn post_form(s: &Session, id: &str, action: &str, class: &str, inner: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{}\" id=\"{}\" class=\"{class}\">{}{inner}</form>",
+        escape(action),
+        escape(id),
+        csrf_field(s)
+    )
+}
+
+/// A one-button POST form (delete, start, …).
+pub fn button_form(s: &Session, action: &str, label: &str, class: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{}\" class=\"inline\">{}<button type=\"submit\" class=\"{class}\">{}</button></form>",
+        escape(action),
+        csrf_field(s),
+        escape(label)
+    )
+}
+
+/// `<option>`s from (value, label) pairs; `selected` marks one.
+pub fn options(items: &[(String, String)], selected: &str) -> String {
+    items
+        .iter()
+        .map(|(v, l)| {
+            let sel = if v == selected { " selected" } else { "" };
+            format!(
+                "<option value=\"{}\"{sel}>{}</option>",
+                escape(v),
+                escape(l)
+            )
+        })
+        .collect()
+}
+
+/// A table with a header row; cells are HTML already (escape what goes in). `empty` shows when
+/// there are no rows. Wrapped so that wide tables scroll on a phone instead of the page.
+pub fn table(headers: &[&str], rows: &[Vec<String>], empty: &str) -> String {
+    let head: String = headers.iter().map(|h| format!("<th>{h}</th>")).collect();
+    let body: String = if rows.is_empty() {
+        format!(
+            "<tr><td colspan=\"{}\" class=\"empty\">{}</td></tr>",
+            headers.len().max(1),
+            escape(empty)
+        )
+    } else {
+        rows.iter()
+            .map(|r| {
+                let cells: String = r.iter().map(|c| format!("<td>{c}</td>")).collect();
+                format!("<tr>{cells}</tr>")
+            })
+            .collect()
+    };
+    format!("<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+}
+
+/// A usage-against-quota chart: an SVG ring (presentation attributes only; the CSP allows no
+/// inline style) with the figures under it. `limit` < 0 means unlimited.
+pub fn quota_chart(label: &str, used: i64, limit: i64, unit: &str) -> String {
+    let circumference = 251.327_f64; // 2π·40
+    let frac = if limit > 0 {
+        (used as f64 / limit as f64).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let filled = frac * circumference;
+    let class = if frac >= 0.9 {
+        "full"
+    } else if frac >= 0.7 {
+        "high"
+    } else {
+        "low"
+    };
+    let of = if limit < 0 {
+        "unlimited".to_string()
+    } else {
+        format!("{limit}{unit}")
+    };
+    format!(
+        "<figure class=\"chart\" data-quota=\"{}\"><svg viewBox=\"0 0 100 100\" width=\"110\" height=\"110\" role=\"img\" aria-label=\"{}: {used} of {}\">\
+         <circle cx=\"50\" cy=\"50\" r=\"40\" fill=\"none\" stroke=\"#e3e8ef\" stroke-width=\"12\"/>\
+         <circle class=\"{class}\" cx=\"50\" cy=\"50\" r=\"40\" fill=\"none\" stroke-width=\"12\" \
+         stroke-dasharray=\"{filled:.1} {circumference:.1}\" transform=\"rotate(-90 50 50)\"/>\
+         <text x=\"50\" y=\"56\" text-anchor=\"middle\" font-size=\"18\">{used}</text></svg>\
+         <figcaption><strong>{}</strong><br><span class=\"used\">{used}{unit}</span> of <span class=\"limit\">{}</span></figcaption></figure>",
+        escape(label),
+        escape(label),
+        escape(&of),
+        escape(label),
+        escape(&of),
     )
 }
 

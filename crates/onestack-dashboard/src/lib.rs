@@ -4,7 +4,12 @@
 //! user-provided string escaped; sessions live in memory (a restart signs users out) and expire
 //! with their token; every form carries a per-session CSRF token; nothing secret is ever in a URL.
 
+mod admin;
+mod api;
+mod console;
 mod html;
+mod network;
+mod project;
 mod session;
 
 use axum::body::Bytes;
@@ -26,6 +31,10 @@ pub struct DashboardConfig {
     pub identity_url: String,
     /// e.g. `http://198.18.0.1:8774/v2.1`
     pub compute_url: String,
+    /// e.g. `http://198.18.0.1:9696/v2.0`
+    pub network_url: String,
+    /// e.g. `http://198.18.0.1:9292/v2`
+    pub image_url: String,
 }
 
 #[derive(Clone)]
@@ -48,10 +57,15 @@ pub fn router(cfg: DashboardConfig) -> Router {
         .route("/", get(home))
         .route("/login", get(login_form).post(login))
         .route("/logout", axum::routing::post(logout))
-        .route("/project/instances", get(instances))
-        .route("/admin/hypervisors", get(hypervisors))
+        .route("/switch", axum::routing::post(switch_project))
         .route("/static/onestack.css", get(stylesheet))
+        .route("/static/onestack.js", get(script))
+        .merge(project::routes())
+        .merge(network::routes())
+        .merge(admin::routes())
+        .merge(console::routes())
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(server_timing))
         .with_state(state)
 }
 
@@ -75,21 +89,50 @@ async fn security_headers(mut resp: Response) -> Response {
     resp
 }
 
+/// `Server-Timing: app;dur=<ms>` on every answer: how long the dashboard (and the API calls it
+/// made) took, visible in the browser's tools and checked by the browser test.
+async fn server_timing(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let t0 = std::time::Instant::now();
+    let mut resp = next.run(req).await;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={ms:.1}")) {
+        resp.headers_mut().insert("server-timing", v);
+    }
+    resp
+}
+
 async fn stylesheet() -> Response {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-        html::STYLE,
+        include_str!("../static/onestack.css"),
     )
         .into_response()
 }
 
-fn form(body: &Bytes) -> std::collections::HashMap<String, String> {
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../static/onestack.js"),
+    )
+        .into_response()
+}
+
+/// A submitted form's fields (the last value of a repeated name wins; `form_all` has them all).
+pub(crate) fn form(body: &Bytes) -> std::collections::HashMap<String, String> {
     form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// Every value of a repeated form field (checkbox groups), in order.
+pub(crate) fn form_all(body: &Bytes, name: &str) -> Vec<String> {
+    form_urlencoded::parse(body)
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 async fn home(State(d): State<Dash>, headers: HeaderMap) -> Response {
     match d.sessions.get(&headers) {
-        Some(_) => Redirect::to("/project/instances").into_response(),
+        Some(_) => Redirect::to("/project/overview").into_response(),
         None => Redirect::to("/login").into_response(),
     }
 }
@@ -143,7 +186,7 @@ async fn login(State(d): State<Dash>, headers: HeaderMap, body: Bytes) -> Respon
     match d.authenticate(user, password, project).await {
         Ok(s) => {
             let id = d.sessions.insert(s);
-            let mut resp = Redirect::to("/project/instances").into_response();
+            let mut resp = Redirect::to("/project/overview").into_response();
             set_cookie(&mut resp, session::SESSION_COOKIE, &id, 0);
             set_cookie(&mut resp, session::LOGIN_COOKIE, "", -1);
             resp
@@ -160,7 +203,10 @@ async fn logout(State(d): State<Dash>, headers: HeaderMap, body: Bytes) -> Respo
         return Redirect::to("/login").into_response();
     };
     if !session::same(&s.csrf, form(&body).get("csrf").map_or("", String::as_str)) {
-        return html_response(StatusCode::FORBIDDEN, error_page(&s, "Invalid form token."));
+        return html_response(
+            StatusCode::FORBIDDEN,
+            error_page(&s, "The form expired; please try again."),
+        );
     }
     d.sessions.remove(&id);
     // Revoke the token too: signing out ends the session everywhere.
@@ -188,7 +234,7 @@ fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: i64) {
     }
 }
 
-fn html_response(status: StatusCode, body: String) -> Response {
+pub(crate) fn html_response(status: StatusCode, body: String) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -197,19 +243,12 @@ fn html_response(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-fn error_page(s: &Session, msg: &str) -> String {
+pub(crate) fn error_page(s: &Session, msg: &str) -> String {
     page(
         "Error",
         Some(s),
         &format!("<p class=\"error\" role=\"alert\">{}</p>", escape(msg)),
     )
-}
-
-/// An API's error message (`{"<kind>": {"message": …}}`, keystone's `{"error": {…}}`).
-fn api_message(v: &Value) -> Option<String> {
-    v.as_object()?
-        .values()
-        .find_map(|inner| inner.get("message")?.as_str().map(str::to_string))
 }
 
 impl Dash {
@@ -233,7 +272,7 @@ impl Dash {
             _ if status == reqwest::StatusCode::UNAUTHORIZED => {
                 Err("Wrong user name, password or project.".into())
             }
-            _ => Err(api_message(&v).unwrap_or_else(|| format!("Sign-in failed ({status})."))),
+            _ => Err(api::message_of(&v).unwrap_or_else(|| format!("Sign-in failed ({status})."))),
         }
     }
 
@@ -272,19 +311,47 @@ impl Dash {
             .auth_request(json!({"auth": {"identity": identity, "scope": {"project": {
                 "name": project, "domain": {"id": "default"}}}}}))
             .await?;
+        self.session_of(token, &v).await
+    }
+
+    /// The user's projects (id, name) as `GET /auth/projects` lists them for `token`.
+    async fn projects_of(&self, token: &str) -> Vec<(String, String)> {
+        let v: Value = match self
+            .http
+            .get(format!("{}/auth/projects", self.cfg.identity_url))
+            .header("x-auth-token", token)
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let mut out: Vec<(String, String)> = v["projects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["id"].as_str()?.into(), p["name"].as_str()?.into())))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
+    /// A session for a scoped token and its token body.
+    async fn session_of(&self, token: String, v: &Value) -> Result<Session, String> {
         let t = &v["token"];
         let expires = t["expires_at"]
             .as_str()
             .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
             .map(|e| e.with_timezone(&chrono::Utc))
             .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::hours(1));
+        let projects = self.projects_of(&token).await;
+        let str_of = |v: &Value| v.as_str().unwrap_or_default().to_string();
         Ok(Session {
-            token,
-            user: t["user"]["name"].as_str().unwrap_or(user).to_string(),
-            project: t["project"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            user: str_of(&t["user"]["name"]),
+            user_id: str_of(&t["user"]["id"]),
+            project: str_of(&t["project"]["name"]),
+            project_id: str_of(&t["project"]["id"]),
+            projects,
             roles: t["roles"]
                 .as_array()
                 .map(|r| {
@@ -295,131 +362,148 @@ impl Dash {
                 .unwrap_or_default(),
             expires,
             csrf: session::random_token(),
+            flash: None,
+            token,
         })
     }
+}
 
-    /// GET on the compute API as the signed-in user.
-    async fn compute_get(&self, s: &Session, path: &str) -> Result<Value, (StatusCode, String)> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.cfg.compute_url))
-            .header("x-auth-token", &s.token)
-            .send()
-            .await
-            .map_err(|_| {
-                (
-                    StatusCode::BAD_GATEWAY,
-                    "The compute service does not answer.".to_string(),
-                )
-            })?;
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            Ok(v)
-        } else {
-            Err((
-                status,
-                api_message(&v)
-                    .unwrap_or_else(|| format!("The compute service answered {status}.")),
-            ))
+/// Switches the session to another of the user's projects: a token for that project from the
+/// current one (Keystone's `token` method), then the old token is revoked.
+async fn switch_project(State(d): State<Dash>, headers: HeaderMap, body: Bytes) -> Response {
+    let ctx = match d.posted(&headers, &body) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let f = form(&body);
+    let project_id = f.get("project").map(String::as_str).unwrap_or_default();
+    let back = "/project/overview";
+    let scoped = d
+        .auth_request(json!({"auth": {
+            "identity": {"methods": ["token"], "token": {"id": ctx.s.token}},
+            "scope": {"project": {"id": project_id}}}}))
+        .await;
+    let new = match scoped {
+        Ok((token, v)) => d.session_of(token, &v).await,
+        Err(e) => Err(e),
+    };
+    match new {
+        Ok(new) => {
+            let old = ctx.s.token.clone();
+            let text = format!("Now working in project {}.", new.project);
+            d.sessions.rescope(&ctx.id, new);
+            let _ = d
+                .http
+                .delete(format!("{}/auth/tokens", d.cfg.identity_url))
+                .header("x-auth-token", &old)
+                .header("x-subject-token", &old)
+                .send()
+                .await;
+            d.flash(&ctx, "switch", Ok(text), back)
+        }
+        Err(e) => d.flash(&ctx, "switch", Err(e), back),
+    }
+}
+
+/// A signed-in request: the session id, the session, and the flash it had pending.
+pub(crate) struct Ctx {
+    pub id: String,
+    pub s: Session,
+    pub flash: Option<session::Flash>,
+}
+
+impl Ctx {
+    /// The flash for form `form` as a notice next to it ("" when there is none).
+    pub fn notice(&self, form: &str) -> String {
+        match &self.flash {
+            Some(f) if f.form == form => html::notice(&f.text, f.ok),
+            _ => String::new(),
         }
     }
 }
 
-/// The signed-in session, or a redirect to the login page.
-macro_rules! signed_in {
-    ($d:expr, $headers:expr) => {
-        match $d.sessions.get(&$headers) {
-            Some((_, s)) => s,
-            None => return Redirect::to("/login").into_response(),
+impl Dash {
+    /// The signed-in session for a page, or a redirect to the sign-in page.
+    pub(crate) fn signed_in(&self, headers: &HeaderMap) -> Result<Ctx, Response> {
+        match self.sessions.get(headers) {
+            Some((id, s)) => {
+                let flash = self.sessions.take_flash(&id);
+                Ok(Ctx { id, s, flash })
+            }
+            None => Err(Redirect::to("/login").into_response()),
         }
-    };
-}
-
-async fn instances(State(d): State<Dash>, headers: HeaderMap) -> Response {
-    let s = signed_in!(d, headers);
-    let v = match d.compute_get(&s, "/servers/detail").await {
-        Ok(v) => v,
-        Err((st, msg)) => return html_response(st, error_page(&s, &msg)),
-    };
-    let mut rows = String::new();
-    for srv in v["servers"].as_array().into_iter().flatten() {
-        let addresses: Vec<String> = srv["addresses"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .flat_map(|(net, list)| {
-                list.as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(move |a| Some(format!("{net}: {}", a["addr"].as_str()?)))
-            })
-            .collect();
-        let str_of = |k: &str| srv[k].as_str().unwrap_or_default().to_string();
-        rows.push_str(&format!(
-            "<tr><td class=\"name\">{}</td><td class=\"status\">{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            escape(&str_of("name")),
-            escape(&str_of("status")),
-            escape(&addresses.join(", ")),
-            escape(&str_of("id")),
-        ));
     }
-    if rows.is_empty() {
-        rows = "<tr><td colspan=\"4\">No instances.</td></tr>".into();
-    }
-    html_response(
-        StatusCode::OK,
-        page(
-            "Instances",
-            Some(&s),
-            &format!(
-                "<h1>Instances</h1><table><thead><tr><th>Name</th><th>Status</th>\
-                 <th>Addresses</th><th>ID</th></tr></thead><tbody>{rows}</tbody></table>"
-            ),
-        ),
-    )
-}
 
-/// Admin only: the dashboard checks the role for a clear page, and the API's own policy refuses
-/// anyway (the list below comes from the admin-only hypervisor API with the user's token).
-async fn hypervisors(State(d): State<Dash>, headers: HeaderMap) -> Response {
-    let s = signed_in!(d, headers);
-    if !s.roles.iter().any(|r| r == "admin") {
-        return html_response(
-            StatusCode::FORBIDDEN,
-            error_page(&s, "This page is for administrators only."),
+    /// A signed-in form submission whose CSRF field matches the session's.
+    pub(crate) fn posted(&self, headers: &HeaderMap, body: &Bytes) -> Result<Ctx, Response> {
+        let Some((id, s)) = self.sessions.get(headers) else {
+            return Err(Redirect::to("/login").into_response());
+        };
+        let f = form(body);
+        if !session::same(&s.csrf, f.get("csrf").map_or("", String::as_str)) {
+            return Err(html_response(
+                StatusCode::FORBIDDEN,
+                error_page(&s, "The form expired; please try again."),
+            ));
+        }
+        Ok(Ctx { id, s, flash: None })
+    }
+
+    /// A signed-in script request (fetch/XHR/websocket): session cookie, same origin, and for
+    /// anything but GET the session's CSRF token in `X-CSRF-Token`.
+    pub(crate) fn scripted(&self, headers: &HeaderMap, mutating: bool) -> Result<Ctx, Response> {
+        let Some((id, s)) = self.sessions.get(headers) else {
+            return Err((StatusCode::UNAUTHORIZED, "Not signed in.").into_response());
+        };
+        if !same_origin(headers) {
+            return Err((StatusCode::FORBIDDEN, "Cross-origin request refused.").into_response());
+        }
+        if mutating {
+            let sent = headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !session::same(&s.csrf, sent) {
+                return Err((StatusCode::FORBIDDEN, "Invalid form token.").into_response());
+            }
+        }
+        Ok(Ctx { id, s, flash: None })
+    }
+
+    /// Post/redirect/get: the outcome becomes a one-time notice next to form `form` on `back`.
+    pub(crate) fn flash(
+        &self,
+        ctx: &Ctx,
+        form: &str,
+        outcome: Result<String, String>,
+        back: &str,
+    ) -> Response {
+        let (text, ok) = match outcome {
+            Ok(t) => (t, true),
+            Err(t) => (t, false),
+        };
+        self.sessions.set_flash(
+            &ctx.id,
+            session::Flash {
+                form: form.to_string(),
+                text,
+                ok,
+            },
         );
+        Redirect::to(back).into_response()
     }
-    let v = match d.compute_get(&s, "/os-hypervisors/detail").await {
-        Ok(v) => v,
-        Err((st, msg)) => return html_response(st, error_page(&s, &msg)),
+}
+
+/// A request whose `Origin` (when the browser sends one) is this dashboard's own host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
     };
-    let mut rows = String::new();
-    for h in v["hypervisors"].as_array().into_iter().flatten() {
-        let num = |k: &str| h[k].as_i64().unwrap_or(0);
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{} / {} MB</td><td>{}</td></tr>",
-            escape(h["hypervisor_hostname"].as_str().unwrap_or_default()),
-            escape(h["host_ip"].as_str().unwrap_or_default()),
-            escape(h["state"].as_str().unwrap_or_default()),
-            num("vcpus_used"),
-            num("vcpus"),
-            num("memory_mb_used"),
-            num("memory_mb"),
-            num("running_vms"),
-        ));
-    }
-    html_response(
-        StatusCode::OK,
-        page(
-            "Hypervisors",
-            Some(&s),
-            &format!(
-                "<h1>Hypervisors</h1><table><thead><tr><th>Host</th><th>IP</th><th>State</th>\
-                 <th>vCPUs used</th><th>RAM used</th><th>Instances</th></tr></thead>\
-                 <tbody>{rows}</tbody></table>"
-            ),
-        ),
-    )
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| !host.is_empty() && rest == host)
 }

@@ -13,11 +13,31 @@ pub const LOGIN_COOKIE: &str = "onestack_login";
 pub struct Session {
     pub token: String,
     pub user: String,
+    pub user_id: String,
     pub project: String,
+    pub project_id: String,
+    /// The user's projects (id, name), for the project switcher.
+    pub projects: Vec<(String, String)>,
     pub roles: Vec<String>,
     pub expires: chrono::DateTime<chrono::Utc>,
     /// Every form of this session carries it.
     pub csrf: String,
+    /// The outcome of the last form, shown once next to that form (post/redirect/get).
+    pub flash: Option<Flash>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Flash {
+    /// The id of the form it belongs to.
+    pub form: String,
+    pub text: String,
+    pub ok: bool,
+}
+
+impl Session {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
 }
 
 #[derive(Clone, Default)]
@@ -72,6 +92,29 @@ impl Sessions {
             return None;
         }
         Some((id, s))
+    }
+
+    /// Takes the session's pending flash (it shows once).
+    pub fn take_flash(&self, id: &str) -> Option<Flash> {
+        self.0.lock().ok()?.get_mut(id)?.flash.take()
+    }
+
+    pub fn set_flash(&self, id: &str, flash: Flash) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(s) = m.get_mut(id) {
+                s.flash = Some(flash);
+            }
+        }
+    }
+
+    /// Replaces the session's token and scope (project switch), keeping its id and CSRF token.
+    pub fn rescope(&self, id: &str, new: Session) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(s) = m.get_mut(id) {
+                let csrf = std::mem::take(&mut s.csrf);
+                *s = Session { csrf, ..new };
+            }
+        }
     }
 
     pub fn remove(&self, id: &str) {

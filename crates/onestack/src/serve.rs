@@ -131,6 +131,8 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         onestack_dashboard::router(onestack_dashboard::DashboardConfig {
             identity_url: cfg.identity_url() + "/v3",
             compute_url: cfg.compute_url() + "/v2.1",
+            network_url: cfg.network_url() + "/v2.0",
+            image_url: cfg.image_url() + "/v2",
         }),
         stopped(),
     );
