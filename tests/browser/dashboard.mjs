@@ -31,14 +31,15 @@ try {
   results.afterSignIn = new URL(demo.url()).pathname;
   // The stylesheet loaded (the CSP allows no inline style): the header has its colour.
   results.headerColour = await demo.$eval('header', (h) => getComputedStyle(h).backgroundColor);
-  results.names = await demo.$$eval('td.name', (tds) => tds.map((t) => t.textContent));
+  await demo.goto(`${base}/project/instances`);
+  results.names = await demo.$$eval('a.name', (tds) => tds.map((t) => t.textContent));
   results.injected = await demo.$$eval('main script, main img', (els) => els.length);
   await demo.screenshot({ path: `${artifacts}/instances.png`, fullPage: true });
   const resp = await demo.goto(`${base}/admin/hypervisors`);
   results.memberAdminStatus = resp.status();
   results.memberAdminText = await demo.textContent('main');
   await demo.goto(`${base}/project/instances`);
-  await Promise.all([demo.waitForNavigation(), demo.click('header button[type=submit]')]);
+  await Promise.all([demo.waitForNavigation(), demo.click('header form.logout button')]);
   results.afterSignOut = new URL(demo.url()).pathname;
   await demo.goto(`${base}/project/instances`);
   results.afterSignOutRevisit = new URL(demo.url()).pathname;

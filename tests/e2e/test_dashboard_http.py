@@ -81,10 +81,10 @@ def test_sign_in_pages_policy_escaping_and_sign_out():
         assert out["no_cookie"] == 403
         assert out["wrong_pw"] == (401, True, False), out["wrong_pw"]
         status, location, cookie = out["login"]
-        assert (status, location) == (303, "/project/instances"), out["login"]
+        assert (status, location) == (303, "/project/overview"), out["login"]
         assert "onestack_session=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         status, text = out["instances"]
-        assert status == 200 and "demo · project demo" in text
+        assert status == 200 and '<span class="who">demo</span>' in text and " selected>demo</option>" in text
         # The name is shown as text, never as markup.
         assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in text
         assert "<script>" not in text and "<img" not in text

@@ -140,3 +140,33 @@ pub fn seg(s: &str) -> String {
         .collect::<String>()
         .replace('+', "%20")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_every_services_error_shape() {
+        let nova =
+            json!({"itemNotFound": {"code": 404, "message": "Instance x could not be found."}});
+        let neutron =
+            json!({"NeutronError": {"type": "NetworkInUse", "message": "in use", "detail": ""}});
+        let keystone = json!({"error": {"code": 401, "title": "Unauthorized", "message": "no"}});
+        let glance =
+            json!({"message": "409 Conflict", "code": "409 Conflict", "title": "Conflict"});
+        assert_eq!(
+            message_of(&nova).as_deref(),
+            Some("Instance x could not be found.")
+        );
+        assert_eq!(message_of(&neutron).as_deref(), Some("in use"));
+        assert_eq!(message_of(&keystone).as_deref(), Some("no"));
+        assert_eq!(message_of(&glance).as_deref(), Some("409 Conflict"));
+        assert_eq!(message_of(&json!({"x": 1})), None);
+    }
+
+    #[test]
+    fn path_segments_cannot_escape_their_place() {
+        assert_eq!(seg("a b/../c?d#e"), "a%20b%2F..%2Fc%3Fd%23e");
+    }
+}

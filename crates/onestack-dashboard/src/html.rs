@@ -213,4 +213,19 @@ mod tests {
             "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;y&#x27;"
         );
     }
+
+    #[test]
+    fn quota_rings_colour_by_how_full_they_are() {
+        assert!(quota_chart("vCPUs", 1, 20, "").contains("class=\"low\""));
+        assert!(quota_chart("vCPUs", 15, 20, "").contains("class=\"high\""));
+        assert!(quota_chart("vCPUs", 20, 20, "").contains("class=\"full\""));
+        assert!(quota_chart("<b>", 0, -1, "").contains("unlimited"));
+        assert!(!quota_chart("<b>", 0, -1, "").contains("<b>"));
+    }
+
+    #[test]
+    fn empty_tables_say_so() {
+        let t = table(&["A", "B"], &[], "No <things>.");
+        assert!(t.contains("colspan=\"2\"") && t.contains("No &lt;things&gt;."));
+    }
 }

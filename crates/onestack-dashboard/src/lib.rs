@@ -348,7 +348,6 @@ impl Dash {
         let str_of = |v: &Value| v.as_str().unwrap_or_default().to_string();
         Ok(Session {
             user: str_of(&t["user"]["name"]),
-            user_id: str_of(&t["user"]["id"]),
             project: str_of(&t["project"]["name"]),
             project_id: str_of(&t["project"]["id"]),
             projects,
@@ -424,6 +423,9 @@ impl Ctx {
 
 impl Dash {
     /// The signed-in session for a page, or a redirect to the sign-in page.
+    // The error is the response to give instead (sign-in redirect, 403 page): built once per
+    // request, so its size does not matter.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn signed_in(&self, headers: &HeaderMap) -> Result<Ctx, Response> {
         match self.sessions.get(headers) {
             Some((id, s)) => {
@@ -435,6 +437,9 @@ impl Dash {
     }
 
     /// A signed-in form submission whose CSRF field matches the session's.
+    // The error is the response to give instead (sign-in redirect, 403 page): built once per
+    // request, so its size does not matter.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn posted(&self, headers: &HeaderMap, body: &Bytes) -> Result<Ctx, Response> {
         let Some((id, s)) = self.sessions.get(headers) else {
             return Err(Redirect::to("/login").into_response());
@@ -451,6 +456,9 @@ impl Dash {
 
     /// A signed-in script request (fetch/XHR/websocket): session cookie, same origin, and for
     /// anything but GET the session's CSRF token in `X-CSRF-Token`.
+    // The error is the response to give instead (sign-in redirect, 403 page): built once per
+    // request, so its size does not matter.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn scripted(&self, headers: &HeaderMap, mutating: bool) -> Result<Ctx, Response> {
         let Some((id, s)) = self.sessions.get(headers) else {
             return Err((StatusCode::UNAUTHORIZED, "Not signed in.").into_response());
@@ -506,4 +514,36 @@ fn same_origin(headers: &HeaderMap) -> bool {
     origin
         .split_once("://")
         .is_some_and(|(_, rest)| !host.is_empty() && rest == host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).expect("host"));
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).expect("origin"));
+        }
+        h
+    }
+
+    #[test]
+    fn script_requests_must_come_from_the_dashboard_itself() {
+        assert!(same_origin(&headers(None, "198.18.0.1:8080")));
+        assert!(same_origin(&headers(
+            Some("http://198.18.0.1:8080"),
+            "198.18.0.1:8080"
+        )));
+        assert!(!same_origin(&headers(
+            Some("http://evil.example"),
+            "198.18.0.1:8080"
+        )));
+        assert!(!same_origin(&headers(
+            Some("http://198.18.0.1:8081"),
+            "198.18.0.1:8080"
+        )));
+        assert!(!same_origin(&headers(Some("null"), "198.18.0.1:8080")));
+    }
 }

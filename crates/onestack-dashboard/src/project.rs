@@ -204,7 +204,7 @@ async fn instances(State(d): State<Dash>, headers: HeaderMap) -> Response {
         "Instances",
         &format!(
             "<h1>Instances</h1>{}<p class=\"actions\"><a href=\"/project/instances/launch\">Launch instance</a></p>\
-             <div data-poll=\"/project/instances/status\">{}</div>",
+             <div data-poll=\"/project/instances/status\" data-poll-all>{}</div>",
             ctx.notice("instances"),
             table(
                 &["Name", "Status", "Addresses", "Flavor", "Actions"],
@@ -537,7 +537,7 @@ async fn instance_detail(
         .map(|m| crate::html::notice(m, false))
         .unwrap_or_default();
     let facts = format!(
-        "<dl class=\"facts\"><dt>Status</dt><dd>{}</dd><dt>Addresses</dt><dd class=\"addresses\">{}</dd>\
+        "<dl class=\"facts\" data-poll=\"/project/instances/status\"><dt>Status</dt><dd>{}</dd><dt>Addresses</dt><dd class=\"addresses\">{}</dd>\
          <dt>Flavor</dt><dd>{}</dd><dt>Image</dt><dd>{}</dd><dt>Key pair</dt><dd>{}</dd>\
          <dt>Security groups</dt><dd>{}</dd><dt>Created</dt><dd>{}</dd><dt>ID</dt><dd><code>{}</code></dd></dl>",
         status_cell(&srv),

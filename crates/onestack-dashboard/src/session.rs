@@ -13,7 +13,6 @@ pub const LOGIN_COOKIE: &str = "onestack_login";
 pub struct Session {
     pub token: String,
     pub user: String,
-    pub user_id: String,
     pub project: String,
     pub project_id: String,
     /// The user's projects (id, name), for the project switcher.
