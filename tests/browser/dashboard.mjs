@@ -38,6 +38,11 @@ try {
   const resp = await demo.goto(`${base}/admin/hypervisors`);
   results.memberAdminStatus = resp.status();
   results.memberAdminText = await demo.textContent('main');
+  results.memberAdminOthers = [];
+  for (const p of ['instances', 'projects', 'users', 'flavors', 'usage']) {
+    results.memberAdminOthers.push((await demo.goto(`${base}/admin/${p}`)).status());
+  }
+  results.memberSeesAdminNav = await demo.$$eval('nav a[href^="/admin/"]', (a) => a.length);
   await demo.goto(`${base}/project/instances`);
   await Promise.all([demo.waitForNavigation(), demo.click('header form.logout button')]);
   results.afterSignOut = new URL(demo.url()).pathname;
@@ -48,8 +53,16 @@ try {
   const phone = await (await browser.newContext({ viewport: { width: 390, height: 800 } })).newPage();
   await signIn(phone, 'admin', adminPw, 'admin');
   await phone.goto(`${base}/admin/hypervisors`);
-  results.adminRows = await phone.$$eval('tbody tr', (rows) => rows.length);
+  results.adminRows = await phone.$eval('table', (t) => t.tBodies[0].rows.length);
   await phone.screenshot({ path: `${artifacts}/hypervisors-phone.png`, fullPage: true });
+  // Every admin page answers the admin, on a phone-sized screen without sideways page scroll.
+  results.adminPages = {};
+  for (const p of ['instances', 'projects', 'users', 'flavors', 'usage']) {
+    const r = await phone.goto(`${base}/admin/${p}`);
+    const wide = await phone.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+    results.adminPages[p] = [r.status(), wide];
+    await phone.screenshot({ path: `${artifacts}/admin-${p}-phone.png`, fullPage: true });
+  }
   await phone.goto(`${base}/login`);
   await phone.screenshot({ path: `${artifacts}/login-phone.png` });
 } finally {

@@ -104,7 +104,7 @@ try {
   await page.selectOption('#launch select[name=key_name]', 'browser-key');
   await submit('#launch button[type=submit]');
   results.afterLaunch = new URL(page.url()).pathname;
-  results.launchNotice = await page.textContent('p.ok');
+  results.launchNotice = await page.textContent('p.ok, p.error');
   const status = page.locator('tr:has(a.name:text-is("web-1")) [data-status-of]');
   results.firstStatus = await status.textContent();
   // No reload by the test: the page's own polling turns the status to ACTIVE.
@@ -119,7 +119,7 @@ try {
   const fipChoice = await page.$eval('#associate select[name=floating_ip] option[value^="new:"]', (o) => o.value);
   await page.selectOption('#associate select[name=floating_ip]', fipChoice);
   await submit('#associate button[type=submit]');
-  results.associateNotice = await page.textContent('p.ok');
+  results.associateNotice = await page.textContent('p.ok, p.error');
   results.addresses = await page.textContent('dd.addresses');
 
   step('console log');
@@ -149,9 +149,33 @@ try {
   results.consoleTail = (await page.textContent('#console')).slice(-200);
   await shot('instance-detail');
 
+  step('snapshot, stop and start');
+  await submit('#snapshot button[type=submit]');
+  results.snapshotNotice = await page.textContent('p.ok, p.error');
+  const facts = page.locator('dl.facts [data-status-of]');
+  // While the snapshot is taken the API refuses power actions (409); the live status says when
+  // it is done.
+  await page.waitForFunction(
+    () => document.querySelector('dl.facts [data-status-of]').textContent === 'ACTIVE',
+    null, { timeout: 120000 });
+  await submit('#actions button[value=stop]');
+  results.stopNotice = await page.textContent('p.ok, p.error');
+  await page.waitForFunction(
+    () => document.querySelector('dl.facts [data-status-of]').textContent === 'SHUTOFF',
+    null, { timeout: 120000 });
+  results.stoppedStatus = await facts.textContent();
+  await page.reload();
+  results.buttonsWhenStopped = await page.$$eval('#actions button', (b) => b.map((x) => x.value));
+  await submit('#actions button[value=start]');
+  await page.waitForFunction(
+    () => document.querySelector('dl.facts [data-status-of]').textContent === 'ACTIVE',
+    null, { timeout: 120000 });
+  await page.reload();
+  results.buttonsWhenActive = await page.$$eval('#actions button', (b) => b.map((x) => x.value));
+
   step('delete');
   await submit('#actions button[value=delete]');
-  results.deleteNotice = await page.textContent('p.ok');
+  results.deleteNotice = await page.textContent('p.ok, p.error');
   await page.waitForFunction(
     () => !Array.from(document.querySelectorAll('a.name')).some((a) => a.textContent === 'web-1'),
     null, { timeout: 120000 });

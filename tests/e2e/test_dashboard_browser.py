@@ -48,6 +48,8 @@ def test_sign_in_instances_admin_refusal_and_screenshots():
         assert out["memberAdminStatus"] == 403 and "administrators only" in out["memberAdminText"]
         assert out["afterSignOut"] == "/login" and out["afterSignOutRevisit"] == "/login"
         assert out["adminRows"] == 1
+        assert out["memberAdminOthers"] == [403] * 5 and out["memberSeesAdminNav"] == 0, out
+        assert out["adminPages"] == {p: [200, False] for p in ["instances", "projects", "users", "flavors", "usage"]}, out["adminPages"]
         for shot in ["instances.png", "hypervisors-phone.png", "login-phone.png"]:
             assert (artifacts / shot).stat().st_size > 1000, shot
 
@@ -69,7 +71,9 @@ def test_a_users_workflow_in_the_browser():
             capture_output=True, text=True, timeout=600, cwd=BROWSER_DIR)
         assert r.returncode == 0, r.stderr[-3000:]
         out = json.loads(r.stdout.strip().splitlines()[-1])
-        assert "error" not in out, (out.get("lastStep"), out.get("error"), out)
+        (artifacts / "workflow.json").write_text(json.dumps(out, indent=1))
+        assert "error" not in out, (out.get("lastStep"), out.get("error"),
+                                    {k: v for k, v in out.items() if k not in ("consoleLog", "timings")})
         assert out["afterSignIn"] == "/project/overview"
         assert {"Instances", "vCPUs", "RAM", "Floating IPs"} <= set(out["charts"]), out["charts"]
         # Key pair: the private key downloads once, as a file; the page never shows it again.
@@ -92,6 +96,14 @@ def test_a_users_workflow_in_the_browser():
         assert out["activeStatus"] == "ACTIVE", out
         assert "associated" in out["associateNotice"] and "(floating)" in out["addresses"], out
         assert out["consoleAnswered"], out["consoleTail"]
+        # Terminal control sequences never show as text, in the log or the live console.
+        assert "[6n" not in out["consoleTail"] and "\x1b" not in out["consoleLogTail"], out
+        assert "web-1-snapshot" in out["snapshotNotice"] and out["stopNotice"] == "Requested: stop."
+        assert out["stoppedStatus"] == "SHUTOFF"
+        assert out["buttonsWhenStopped"] == ["start", "delete"], out["buttonsWhenStopped"]
+        assert out["buttonsWhenActive"] == ["stop", "reboot", "hard_reboot", "pause", "suspend", "delete"]
+        snap = json.loads(demo(cloud, "image", "show", "web-1-snapshot", "-f", "json").stdout)
+        assert snap["status"] == "active", snap
         assert "Deleting" in out["deleteNotice"] and out["gone"]
         assert json.loads(demo(cloud, "server", "list", "-f", "json").stdout) == []
         assert out["dialogs"] == 0

@@ -550,21 +550,28 @@ async fn instance_detail(
         escape(&id),
     );
     let action_url = format!("/project/instances/{}/action", seg(&id));
+    // Only the actions the server's state allows (the API would refuse the others with 409).
+    let allowed: &[(&str, &str)] = match status.as_str() {
+        "ACTIVE" => &[
+            ("stop", "Stop"),
+            ("reboot", "Reboot"),
+            ("hard_reboot", "Hard reboot"),
+            ("pause", "Pause"),
+            ("suspend", "Suspend"),
+        ],
+        "SHUTOFF" => &[("start", "Start")],
+        "PAUSED" => &[("unpause", "Unpause")],
+        "SUSPENDED" => &[("resume", "Resume")],
+        "ERROR" => &[("hard_reboot", "Hard reboot")],
+        _ => &[],
+    };
     let mut buttons = String::new();
-    for (action, label) in [
-        ("start", "Start"),
-        ("stop", "Stop"),
-        ("reboot", "Reboot"),
-        ("hard_reboot", "Hard reboot"),
-        ("pause", "Pause"),
-        ("unpause", "Unpause"),
-        ("suspend", "Suspend"),
-        ("resume", "Resume"),
-    ] {
+    for (action, label) in allowed {
         buttons.push_str(&format!(
             "<button type=\"submit\" name=\"action\" value=\"{action}\" class=\"plain\">{label}</button>"
         ));
     }
+    // Delete is allowed in every state (Nova deletes even a building or errored server).
     buttons.push_str(
         "<button type=\"submit\" name=\"action\" value=\"delete\" class=\"danger\">Delete</button>",
     );
@@ -653,7 +660,7 @@ async fn instance_detail(
     let log_html = match log {
         Ok(text) => format!(
             "<pre class=\"log\" id=\"console-log\">{}</pre>",
-            escape(&text)
+            escape(&printable(&text))
         ),
         Err(msg) => crate::html::notice(&msg, false),
     };
@@ -807,6 +814,47 @@ async fn associate(
         "Floating IP {} associated.",
         text(&v["floatingip"], "floating_ip_address")
     ))
+}
+
+/// Console text as a page can show it: terminal control sequences (colours, cursor queries) and
+/// other control characters removed, lines and tabs kept.
+fn printable(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                // CSI: parameters and intermediates up to a final byte in @..~
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ESC \
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\x07' {
+                            break;
+                        }
+                        if c == '\x1b' {
+                            chars.next();
+                            break;
+                        }
+                    }
+                }
+                Some('(') | Some(')') => {
+                    chars.next();
+                }
+                _ => {}
+            },
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 // ---- images ---------------------------------------------------------------------------------
@@ -1127,4 +1175,18 @@ async fn key_pair_delete(
         .map(|_| format!("Key pair {name} deleted."))
         .map_err(|e| e.message);
     d.flash(&ctx, "key_pairs", msg, "/project/key_pairs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_text_loses_terminal_controls_only() {
+        assert_eq!(
+            printable("/ # \x1b[6n\x1b[1;32mok\x1b[0m\r\n\x1b]0;title\x07\tdone\x1b(B"),
+            "/ # ok\n\tdone"
+        );
+        assert_eq!(printable("<b>&</b>"), "<b>&</b>");
+    }
 }

@@ -132,17 +132,31 @@ function terminal(el) {
   const show = (t) => {
     if (state) state.textContent = t;
   };
+  // A byte-stream parser (sequences may be split across websocket frames): printable text is
+  // kept, escape sequences (colours, cursor moves and queries) are dropped.
+  let mode = 'text';
   const write = (chunk) => {
-    chunk = chunk
-      .replace(/\x1b\[[0-9;?]*[ -/]*[@-~]/g, '')
-      .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '')
-      .replace(/\x1b[()][0-9A-Za-z]/g, '')
-      .replace(/\x1b[=>78cDEHM]/g, '')
-      .replace(/\r\n/g, '\n');
     for (const c of chunk) {
-      if (c === '\b' || c === '\x7f') text = text.slice(0, -1);
-      else if (c === '\r' || c === '\x07' || c === '\x00') continue;
-      else text += c;
+      if (mode === 'esc') {
+        mode = c === '[' ? 'csi' : c === ']' ? 'osc' : (c === '(' || c === ')') ? 'charset' : 'text';
+        continue;
+      }
+      if (mode === 'csi') {
+        if (c >= '@' && c <= '~') mode = 'text';
+        continue;
+      }
+      if (mode === 'osc') {
+        if (c === '\x07' || c === '\x1b') mode = 'text';
+        continue;
+      }
+      if (mode === 'charset') {
+        mode = 'text';
+        continue;
+      }
+      if (c === '\x1b') {
+        mode = 'esc';
+      } else if (c === '\b' || c === '\x7f') text = text.slice(0, -1);
+      else if (c === '\n' || c === '\t' || c >= ' ') text += c;
     }
     if (text.length > MAX) text = text.slice(-MAX);
     el.textContent = text;
