@@ -4,7 +4,7 @@
 //! and are reaped.
 
 use crate::client::Controller;
-use crate::driver::{Driver, PowerState, VmSpec};
+use crate::driver::{Driver, PowerState, VmSpec, VolumeSpec};
 use crate::{configdrive, host};
 use anyhow::{bail, Context, Result};
 use onestack_core::compute::proto::{self, DesiredInstance, Report};
@@ -31,6 +31,9 @@ pub struct AgentConfig {
     pub public_url: String,
     /// `instances/<id>/…` and `images/<image id>` live here.
     pub state_dir: PathBuf,
+    /// Volume files (`volume-<id>`), where this host can reach them: the storage host's
+    /// volumes directory. A volume whose file is not there cannot be plugged here.
+    pub volumes_dir: PathBuf,
     /// `kvm` or `qemu`, as chosen.
     pub virt_type: String,
     /// How long a guest gets to shut down on stop / soft reboot before it is forced.
@@ -364,6 +367,7 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
         }
         if d.task_state.is_none() {
             observe(&s, &d).await;
+            reconcile_volumes(&s, &d).await;
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return; },
@@ -437,15 +441,93 @@ async fn observe<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
     }
 }
 
+fn volume_file(s: &Shared<impl Driver>, volume_id: &str) -> PathBuf {
+    s.cfg.volumes_dir.join(format!("volume-{volume_id}"))
+}
+
+fn volume_spec(s: &Shared<impl Driver>, v: &proto::VolumeAttachment) -> VolumeSpec {
+    VolumeSpec {
+        node: VolumeSpec::node_name(&v.volume_id),
+        path: volume_file(s, &v.volume_id),
+        serial: v.serial.clone(),
+    }
+}
+
+/// Plugs the volumes being attached and unplugs those being detached, then reports each. A
+/// stopped VM needs nothing done now: its volumes are on the command line at the next start.
+async fn reconcile_volumes<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
+    for v in d.volumes.iter().filter(|v| !v.boot) {
+        let op = match v.state.as_str() {
+            "attaching" => "attach",
+            "detaching" => "detach",
+            _ => continue,
+        };
+        let running = matches!(
+            s.driver.power_state(&d.id).await,
+            PowerState::Running | PowerState::Paused
+        );
+        let spec = volume_spec(s, v);
+        let outcome: Result<()> = match (op, running) {
+            ("attach", _) if !spec.path.exists() => Err(anyhow::anyhow!(
+                "the volume's data is not reachable from host {} (volumes are served by the controller's host)",
+                s.cfg.host
+            )),
+            ("attach", true) => s.driver.attach_volume(&d.id, &spec).await.map_err(Into::into),
+            ("detach", true) => s
+                .driver
+                .detach_volume(&d.id, &spec.node, DETACH_TIMEOUT)
+                .await
+                .map_err(Into::into),
+            _ => Ok(()),
+        };
+        if let Err(e) = &outcome {
+            tracing::warn!(instance = %d.id, volume = %v.volume_id, op, error = %format!("{e:#}"), "volume operation failed");
+        } else {
+            tracing::info!(instance = %d.id, volume = %v.volume_id, op, device = %v.device, "volume done");
+        }
+        let report = proto::VolumeReport {
+            op: op.into(),
+            error: outcome.err().map(|e| format!("{e:#}")),
+        };
+        for attempt in 0..10 {
+            match s
+                .ctl
+                .report_volume(&s.cfg.host, &d.id, &v.volume_id, &report)
+                .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(instance = %d.id, attempt, error = %e, "volume report failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long a guest gets to release a volume being detached.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(20);
+
 fn spec(s: &Shared<impl Driver>, d: &DesiredInstance) -> VmSpec {
     let dir = s.cfg.instances_dir().join(&d.id);
     let cd = dir.join("disk.config");
+    let root = d
+        .volumes
+        .iter()
+        .find(|v| v.boot)
+        .map(|v| volume_file(s, &v.volume_id));
     VmSpec {
         id: d.id.clone(),
         name: d.name.clone(),
         vcpus: d.vcpus.max(1) as u32,
         memory_mb: d.memory_mb.max(16) as u64,
-        disk: dir.join("disk"),
+        disk: root.unwrap_or_else(|| dir.join("disk")),
+        volumes: d
+            .volumes
+            .iter()
+            .filter(|v| !v.boot && v.state != "detaching")
+            .map(|v| volume_spec(s, v))
+            .collect(),
         config_drive: cd.exists().then_some(cd),
         nics: d
             .nics
@@ -532,7 +614,7 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
             let dir = s.cfg.instances_dir().join(&d.id);
             let tmp = dir.join("snapshot.qcow2");
             let r = async {
-                s.driver.snapshot(&d.id, &dir.join("disk"), &tmp).await?;
+                s.driver.snapshot(&d.id, &spec(s, d).disk, &tmp).await?;
                 s.ctl.upload_snapshot(image, &tmp).await
             }
             .await;
@@ -553,13 +635,45 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
 
 /// The instance's disk (a qcow2 overlay on the cached image) and config drive.
 async fn prepare_disk<D: Driver>(s: &Shared<D>, d: &DesiredInstance, fresh: bool) -> Result<()> {
-    let image = d
-        .image
-        .as_ref()
-        .context("the server's image no longer exists")?;
-    let base = cached_image(s, image).await?;
     let dir = s.cfg.instances_dir().join(&d.id);
     std::fs::create_dir_all(&dir)?;
+    if let Some(root) = d.volumes.iter().find(|v| v.boot) {
+        // Booted from a volume: its file is the disk.
+        if !volume_file(s, &root.volume_id).exists() {
+            bail!(
+                "the boot volume's data is not reachable from host {} (volumes are served by the controller's host)",
+                s.cfg.host
+            );
+        }
+    } else {
+        let image = d
+            .image
+            .as_ref()
+            .context("the server's image no longer exists")?;
+        image_overlay(s, d, image, &dir, fresh).await?;
+    }
+    let cd_path = dir.join("disk.config");
+    match &d.config_drive {
+        Some(cd) => {
+            let cd = cd.clone();
+            tokio::task::spawn_blocking(move || configdrive::build(&cd, &cd_path)).await??;
+        }
+        None => {
+            let _ = std::fs::remove_file(&cd_path);
+        }
+    }
+    Ok(())
+}
+
+/// The instance's own disk: a qcow2 overlay on the cached image.
+async fn image_overlay<D: Driver>(
+    s: &Shared<D>,
+    d: &DesiredInstance,
+    image: &proto::ImageRef,
+    dir: &Path,
+    fresh: bool,
+) -> Result<()> {
+    let base = cached_image(s, image).await?;
     let disk = dir.join("disk");
     if fresh || !disk.exists() {
         let _ = std::fs::remove_file(&disk);
@@ -586,16 +700,6 @@ async fn prepare_disk<D: Driver>(s: &Shared<D>, d: &DesiredInstance, fresh: bool
             );
         }
         std::fs::rename(&tmp, &disk)?;
-    }
-    let cd_path = dir.join("disk.config");
-    match &d.config_drive {
-        Some(cd) => {
-            let cd = cd.clone();
-            tokio::task::spawn_blocking(move || configdrive::build(&cd, &cd_path)).await??;
-        }
-        None => {
-            let _ = std::fs::remove_file(&cd_path);
-        }
     }
     Ok(())
 }

@@ -145,6 +145,28 @@ impl Controller {
         Ok(())
     }
 
+    /// Reports a volume plugged (`attach`) or unplugged (`detach`), or why not.
+    pub async fn report_volume(
+        &self,
+        host: &str,
+        id: &str,
+        volume: &str,
+        r: &proto::VolumeReport,
+    ) -> Result<()> {
+        let resp = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/hosts/{host}/instances/{id}/volumes/{volume}"),
+            )
+            .json(r)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .context("volume report")?;
+        Self::check(resp, "volume report").await?;
+        Ok(())
+    }
+
     /// Streams an image's data into `dest`.
     pub async fn download_image(&self, id: &str, dest: &Path) -> Result<()> {
         let resp = self

@@ -18,6 +18,29 @@ pub struct VmSpec {
     /// ISO9660 config drive (label `config-2`), attached read-only as a CD-ROM.
     pub config_drive: Option<PathBuf>,
     pub nics: Vec<NicSpec>,
+    /// Data volumes, plugged after the root disk in this order.
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A volume as a virtio disk: its file on the storage host, the node/device name QEMU knows it
+/// by, and the serial the guest sees (`/dev/disk/by-id/virtio-<serial>`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct VolumeSpec {
+    pub node: String,
+    pub path: PathBuf,
+    pub serial: String,
+}
+
+impl VolumeSpec {
+    /// QEMU's node and device id for a volume: short (QEMU allows 31 characters), starting
+    /// with a letter, unique per volume.
+    pub fn node_name(volume_id: &str) -> String {
+        let hex: String = volume_id
+            .chars()
+            .filter(|c| c.is_ascii_hexdigit())
+            .collect();
+        format!("vol{}", &hex[..hex.len().min(27)])
+    }
 }
 
 /// One virtio NIC on a host tap device that host networking created.
@@ -110,6 +133,20 @@ pub trait Driver: Send + Sync + 'static {
         id: &str,
         disk: &std::path::Path,
         dest: &std::path::Path,
+    ) -> impl std::future::Future<Output = DriverResult<()>> + Send;
+    /// Hot-plugs a volume into a running (or paused) VM; plugged already is success.
+    fn attach_volume(
+        &self,
+        id: &str,
+        volume: &VolumeSpec,
+    ) -> impl std::future::Future<Output = DriverResult<()>> + Send;
+    /// Asks the guest to release a volume and removes it once it has; fails after `timeout`
+    /// when the guest does not let go. Not plugged is success.
+    fn detach_volume(
+        &self,
+        id: &str,
+        node: &str,
+        timeout: Duration,
     ) -> impl std::future::Future<Output = DriverResult<()>> + Send;
     /// Serial console output captured so far.
     fn console_log(&self, id: &str) -> PathBuf;

@@ -151,6 +151,7 @@ fn new_vm(dir: &Path, image: &Path, name: &str) -> Result<VmSpec> {
         disk,
         config_drive: None,
         nics: Vec::new(),
+        volumes: Vec::new(),
     })
 }
 

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod image;
 pub mod middleware;
 pub mod network;
+pub mod volume;
 
 use onestack_core::identity::IdentityService;
 use std::sync::Arc;

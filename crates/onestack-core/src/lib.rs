@@ -10,6 +10,7 @@ pub mod network;
 pub mod password;
 pub mod policy;
 pub mod token;
+pub mod volume;
 
 pub use error::{CoreError, CoreResult};
 

@@ -24,11 +24,13 @@ mod identity;
 mod image;
 mod migrations;
 mod network;
+mod volume;
 
 pub use compute::*;
 pub use identity::*;
 pub use image::*;
 pub use network::*;
+pub use volume::*;
 
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
 use sqlx::AnyPool;

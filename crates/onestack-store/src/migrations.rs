@@ -300,6 +300,67 @@ CREATE TABLE node_credentials (
 )
 "#,
     ),
+    (
+        7,
+        r#"
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    name TEXT,
+    description TEXT,
+    size_gb BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    volume_type TEXT NOT NULL,
+    bootable BIGINT NOT NULL,
+    availability_zone TEXT NOT NULL,
+    source_image_id TEXT,
+    snapshot_id TEXT,
+    source_volid TEXT,
+    image_metadata TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    attach_status TEXT NOT NULL,
+    attachment_id TEXT,
+    instance_id TEXT,
+    attached_host TEXT,
+    device TEXT,
+    attached_at TEXT,
+    boot_index BIGINT,
+    delete_on_termination BIGINT NOT NULL,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX volumes_project ON volumes (project_id);
+CREATE INDEX volumes_instance ON volumes (instance_id);
+CREATE TABLE volume_snapshots (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    volume_id TEXT NOT NULL,
+    name TEXT,
+    description TEXT,
+    size_gb BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX volume_snapshots_project ON volume_snapshots (project_id);
+CREATE INDEX volume_snapshots_volume ON volume_snapshots (volume_id);
+CREATE TABLE volume_generation (
+    id BIGINT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO volume_generation (id, value) VALUES (1, 1);
+CREATE TABLE quota_limits (
+    project_id TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    hard_limit BIGINT NOT NULL,
+    PRIMARY KEY (project_id, resource)
+)
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

@@ -35,6 +35,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         listen: SocketAddr::new(cfg.api.listen, cfg.compute.agent_port),
         public_url: format!("http://{host_ip}:{}", cfg.compute.agent_port),
         state_dir: state_dir.clone(),
+        volumes_dir: dd.volumes(),
         virt_type: match accel {
             Accel::Kvm => "kvm".into(),
             Accel::Tcg => "qemu".into(),

@@ -358,6 +358,10 @@ impl Config {
         format!("http://{}:{}", self.public_host(), self.api.image_port)
     }
 
+    pub fn volume_url(&self) -> String {
+        format!("http://{}:{}", self.public_host(), self.api.volume_port)
+    }
+
     pub fn network_url(&self) -> String {
         format!("http://{}:{}", self.public_host(), self.api.network_port)
     }

@@ -64,6 +64,19 @@ fn services(cfg: &Config) -> Vec<ServiceEndpoints> {
             "OneStack Network Service",
             cfg.network_url(),
         ),
+        // Cinder registers both types; clients look for either.
+        endpoint(
+            "block-storage",
+            "cinder",
+            "OneStack Block Storage Service",
+            cfg.volume_url() + "/v3/$(project_id)s",
+        ),
+        endpoint(
+            "volumev3",
+            "cinderv3",
+            "OneStack Block Storage Service",
+            cfg.volume_url() + "/v3/$(project_id)s",
+        ),
     ]
 }
 

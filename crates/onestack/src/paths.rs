@@ -41,6 +41,10 @@ impl DataDir {
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
     }
+    /// Volume data (the controller's host is the storage host): `volume-<id>`, `snapshot-<id>`.
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }

@@ -62,6 +62,20 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     .await
     .context("cannot start the compute service")?;
     compute.attach_network(network.clone());
+    let volumes = onestack_core::volume::VolumeService::new(
+        compute.store().clone(),
+        images.clone(),
+        dd.volumes(),
+        onestack_core::volume::VolumeConfig::default(),
+    )
+    .await
+    .context("cannot start the block storage service")?;
+    compute.attach_volumes(volumes.clone());
+    let volume_state = onestack_api::volume::VolumeApiState {
+        app: state.clone(),
+        volumes,
+        base_url: cfg.volume_url().into(),
+    };
     let compute_state = ComputeState {
         app: state.clone(),
         compute,
@@ -86,6 +100,8 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     tracing::info!(url = %cfg.network_url(), "network API listening");
     let image_listener = bind(&cfg, cfg.api.image_port, "image").await?;
     let compute_listener = bind(&cfg, cfg.api.compute_port, "compute").await?;
+    let volume_listener = bind(&cfg, cfg.api.volume_port, "block storage").await?;
+    tracing::info!(url = %cfg.volume_url(), "block storage API listening");
     let dashboard_listener = bind(&cfg, cfg.api.dashboard_port, "dashboard").await?;
     tracing::info!(url = %cfg.dashboard_url(), "dashboard listening");
     tracing::info!(url = %cfg.compute_url(), "compute API listening");
@@ -119,6 +135,11 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         onestack_api::network::router(network_state),
         stopped(),
     );
+    let volume_server = onestack_api::serve(
+        volume_listener,
+        onestack_api::volume::router(volume_state),
+        stopped(),
+    );
     let drain_deadline = {
         let mut rx = stop_tx.subscribe();
         async move {
@@ -147,12 +168,13 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             compute_server,
             network_server,
             dashboard_server,
+            volume_server,
             signal
         )
     };
     // In-flight requests get DRAIN to finish; what is still open then is mostly agents' long
     // polls (idempotent reads they repeat), which would otherwise hold the stop for 30 s.
-    let (a, b, c, d, e, ()) = tokio::select! {
+    let (a, b, c, d, e, f, ()) = tokio::select! {
         r = servers => r,
         () = drain_deadline => {
             tracing::info!(drain_secs = DRAIN.as_secs(), "stopped; requests still open were cut");
@@ -161,6 +183,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     };
     d.context("network API server failed")?;
     e.context("dashboard server failed")?;
+    f.context("block storage API server failed")?;
     a.context("identity API server failed")?;
     b.context("image API server failed")?;
     c.context("compute API server failed")?;

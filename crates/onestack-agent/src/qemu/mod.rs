@@ -14,7 +14,7 @@ mod qmp;
 
 pub use accel::{choose_accel, Accel};
 
-use crate::driver::{Driver, DriverError, DriverResult, PowerState, VmSpec};
+use crate::driver::{Driver, DriverError, DriverResult, PowerState, VmSpec, VolumeSpec};
 use process::{pid_matches, signal, wait_gone};
 use qmp::Qmp;
 use serde_json::{json, Value};
@@ -183,6 +183,7 @@ impl QemuDriver {
             let user = process::resolve_user(user)?;
             let mut images = vec![spec.disk.as_path()];
             images.extend(spec.config_drive.as_deref());
+            images.extend(spec.volumes.iter().map(|v| v.path.as_path()));
             process::grant_access(&user, &f.dir, &images)?;
         }
         let _ = std::fs::remove_file(&f.pidfile);
@@ -600,6 +601,89 @@ impl QemuDriver {
     }
 }
 
+impl QemuDriver {
+    /// Device ids QEMU has plugged (`/machine/peripheral`).
+    async fn peripherals(f: &Files, pid: i32) -> DriverResult<Vec<String>> {
+        let list = Self::exec(
+            f,
+            pid,
+            "qom-list",
+            Some(json!({"path": "/machine/peripheral"})),
+        )
+        .await?;
+        Ok(list
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn do_attach_volume(&self, id: &str, v: &VolumeSpec) -> DriverResult<()> {
+        let f = self.files(id)?;
+        let pid = self.require_pid(&f, id)?;
+        let (node, serial) = process::volume_names(v)?;
+        if Self::peripherals(&f, pid).await?.iter().any(|n| n == node) {
+            return Ok(());
+        }
+        if let Some(user) = &self.run_as {
+            let user = process::resolve_user(user)?;
+            process::grant_access(&user, &f.dir, &[v.path.as_path()])?;
+        }
+        let path = v
+            .path
+            .to_str()
+            .ok_or_else(|| failed("volume path is not UTF-8"))?;
+        // A node left by an earlier attempt whose device_add failed.
+        let _ = Self::exec(&f, pid, "blockdev-del", Some(json!({"node-name": node}))).await;
+        Self::exec(
+            &f,
+            pid,
+            "blockdev-add",
+            Some(json!({"driver": "qcow2", "node-name": node,
+                        "file": {"driver": "file", "filename": path}})),
+        )
+        .await?;
+        if let Err(e) = Self::exec(
+            &f,
+            pid,
+            "device_add",
+            Some(json!({"driver": "virtio-blk-pci", "drive": node, "id": node, "serial": serial})),
+        )
+        .await
+        {
+            let _ = Self::exec(&f, pid, "blockdev-del", Some(json!({"node-name": node}))).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn do_detach_volume(&self, id: &str, node: &str, timeout: Duration) -> DriverResult<()> {
+        let f = self.files(id)?;
+        let Some(pid) = self.live_pid(&f, id) else {
+            return Ok(());
+        };
+        if Self::peripherals(&f, pid).await?.iter().any(|n| n == node) {
+            // The guest must acknowledge the unplug (ACPI eject); a guest that holds on keeps it.
+            Self::exec(&f, pid, "device_del", Some(json!({"id": node}))).await?;
+            let deadline = Instant::now() + timeout;
+            while Self::peripherals(&f, pid).await?.iter().any(|n| n == node) {
+                if Instant::now() >= deadline {
+                    return Err(failed(format!(
+                        "the guest did not release the disk within {} s",
+                        timeout.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let _ = Self::exec(&f, pid, "blockdev-del", Some(json!({"node-name": node}))).await;
+        Ok(())
+    }
+}
+
 /// `qemu-img convert` into a standalone qcow2 (no backing file). `-U`: QEMU holds the image lock.
 async fn convert(disk: &Path, dest: &Path) -> DriverResult<()> {
     let out = tokio::process::Command::new(QEMU_IMG)
@@ -669,6 +753,14 @@ impl Driver for QemuDriver {
 
     async fn snapshot(&self, id: &str, disk: &Path, dest: &Path) -> DriverResult<()> {
         self.do_snapshot(id, disk, dest).await
+    }
+
+    async fn attach_volume(&self, id: &str, volume: &VolumeSpec) -> DriverResult<()> {
+        self.do_attach_volume(id, volume).await
+    }
+
+    async fn detach_volume(&self, id: &str, node: &str, timeout: Duration) -> DriverResult<()> {
+        self.do_detach_volume(id, node, timeout).await
     }
 
     fn console_log(&self, id: &str) -> PathBuf {

@@ -163,6 +163,17 @@ pub(crate) fn qemu_args(
         spec.disk.as_os_str(),
         &format!(",if=virtio,format=qcow2,cache={cache}"),
     ));
+    for v in &spec.volumes {
+        let (node, serial) = volume_names(v)?;
+        a.push("-blockdev".into());
+        a.push(opt(
+            &format!("driver=qcow2,node-name={node},file.driver=file,file.filename="),
+            v.path.as_os_str(),
+            "",
+        ));
+        a.push("-device".into());
+        a.push(format!("virtio-blk-pci,drive={node},id={node},serial={serial}").into());
+    }
     if let Some(cd) = &spec.config_drive {
         a.push("-drive".into());
         a.push(opt(
@@ -207,6 +218,23 @@ pub(crate) fn qemu_args(
         a.push("defer".into());
     }
     Ok(a)
+}
+
+/// A volume's node name and serial, checked to be plain (they go into QEMU option strings).
+pub(crate) fn volume_names(v: &crate::driver::VolumeSpec) -> DriverResult<(&str, &str)> {
+    let plain = |s: &str| {
+        !s.is_empty() && s.len() <= 31 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if !plain(&v.node)
+        || !plain(&v.serial)
+        || !v.node.starts_with(|c: char| c.is_ascii_alphabetic())
+    {
+        return Err(failed(format!(
+            "invalid volume name {:?}/{:?}",
+            v.node, v.serial
+        )));
+    }
+    Ok((&v.node, &v.serial))
 }
 
 /// The uid, gid and all group ids of `-runas`'s user (a name, or QEMU's numeric `uid:gid`).
@@ -350,6 +378,11 @@ mod tests {
                 mac: "fa:16:3e:00:00:01".into(),
                 tap: "tap0".into(),
             }],
+            volumes: vec![crate::driver::VolumeSpec {
+                node: "vol0123abcd".into(),
+                path: PathBuf::from("/v/volume-1,2"),
+                serial: "0123abcd-0000-0000-0".into(),
+            }],
         }
     }
 
@@ -377,6 +410,8 @@ mod tests {
             "path=/i/console.sock,server=on,wait=off,logfile=/i/console.log,logappend=on",
             "-netdev tap,id=n0,ifname=tap0,script=no,downscript=no",
             "-device virtio-net-pci,netdev=n0,mac=fa:16:3e:00:00:01",
+            "-blockdev driver=qcow2,node-name=vol0123abcd,file.driver=file,file.filename=/v/volume-1,,2",
+            "-device virtio-blk-pci,drive=vol0123abcd,id=vol0123abcd,serial=0123abcd-0000-0000-0",
             "spawn=deny",
             "-runas nobody -incoming defer",
         ] {
@@ -384,6 +419,9 @@ mod tests {
         }
         let mut bad = spec();
         bad.nics[0].mac = "fa:16:3e:00:00:01,x=y".into();
+        assert!(qemu_args(&bad, &paths, Accel::Kvm, None, "none", false).is_err());
+        let mut bad = spec();
+        bad.volumes[0].serial = "x,file=/etc/shadow".into();
         assert!(qemu_args(&bad, &paths, Accel::Kvm, None, "none", false).is_err());
         Ok(())
     }

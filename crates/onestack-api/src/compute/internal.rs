@@ -35,6 +35,10 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
         .route("/hosts/{host}/network", get(network_state))
         .route("/metadata/{network}/{ip}", get(metadata))
         .route("/hosts/{host}/instances/{id}/report", post(report))
+        .route(
+            "/hosts/{host}/instances/{id}/volumes/{volume}",
+            post(volume_report),
+        )
         .route("/images/{id}/file", get(image_file).put(snapshot_upload))
         .layer(axum::middleware::from_fn_with_state(state, require_agent))
         // The one route a host without credentials may call: it proves itself with a join token.
@@ -298,6 +302,24 @@ async fn report(
     JsonBody(body): JsonBody<proto::Report>,
 ) -> ApiResult<StatusCode> {
     s.compute.report(&p.host, &p.id, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct VolumePath {
+    host: String,
+    id: String,
+    volume: String,
+}
+
+async fn volume_report(
+    State(s): State<ComputeState>,
+    Path(p): Path<VolumePath>,
+    JsonBody(body): JsonBody<proto::VolumeReport>,
+) -> ApiResult<StatusCode> {
+    s.compute
+        .volume_report(&p.host, &p.id, &p.volume, &body.op, body.error)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

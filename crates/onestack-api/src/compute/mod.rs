@@ -1,6 +1,7 @@
 //! Nova v2.1: routes (with and without the project id in the path), version discovery,
 //! microversion negotiation, and the internal API compute agents use. Errors use Nova's bodies.
 
+mod attachments;
 mod flavors;
 mod internal;
 mod keypairs;
@@ -91,6 +92,14 @@ fn api_routes() -> Router<ComputeState> {
         )
         .route("/servers/{id}/action", post(servers::action))
         .route("/servers/{id}/ips", get(servers::ips))
+        .route(
+            "/servers/{id}/os-volume_attachments",
+            get(attachments::list).post(attachments::create),
+        )
+        .route(
+            "/servers/{id}/os-volume_attachments/{volume}",
+            get(attachments::show).delete(attachments::delete),
+        )
         .route(
             "/servers/{id}/metadata",
             get(servers::metadata)

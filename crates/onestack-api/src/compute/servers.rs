@@ -104,7 +104,7 @@ pub async fn list_detail(
     let list = s.compute.list_servers(&ctx, &sq).await?;
     let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
     let mut addrs = s.compute.addresses(&ids).await?;
-    let v: Vec<Value> = list
+    let mut v: Vec<Value> = list
         .iter()
         .map(|i| {
             render::server(
@@ -115,6 +115,9 @@ pub async fn list_detail(
             )
         })
         .collect();
+    for (doc, i) in v.iter_mut().zip(&list) {
+        with_volumes(&s, doc, &i.id).await?;
+    }
     let mut out = json!({"servers": v});
     if let (Some(links), Some(o)) = (next_link(&s, true, &v, sq.limit), out.as_object_mut()) {
         o.insert("servers_links".into(), links);
@@ -128,9 +131,21 @@ pub async fn show(
     Path(p): Path<ServerPath>,
 ) -> ApiResult<Json<Value>> {
     let i = s.compute.get_server(&ctx, &p.id).await?;
-    Ok(Json(
-        json!({"server": render::server(&s, &ctx, &i, addresses_of(&s, &i.id).await?)}),
-    ))
+    let mut doc = render::server(&s, &ctx, &i, addresses_of(&s, &i.id).await?);
+    with_volumes(&s, &mut doc, &i.id).await?;
+    Ok(Json(json!({"server": doc})))
+}
+
+/// `os-extended-volumes:volumes_attached`: the server's volumes, root volume first.
+async fn with_volumes(s: &ComputeState, doc: &mut Value, id: &str) -> ApiResult<()> {
+    let vols = s.compute.volumes_of(id).await?;
+    if let Some(o) = doc.as_object_mut() {
+        o.insert(
+            "os-extended-volumes:volumes_attached".into(),
+            vols.iter().map(|v| json!({"id": v.id})).collect(),
+        );
+    }
+    Ok(())
 }
 
 async fn addresses_of(s: &ComputeState, id: &str) -> ApiResult<Value> {
@@ -235,25 +250,24 @@ fn parse_create(body: &Value) -> ApiResult<(ServerCreate, bool)> {
         }
     };
     let mut image_ref = opt_string(o, "imageRef")?.unwrap_or_default();
-    // OSC sends the image both as imageRef and as a local-disk image mapping.
-    if let Some(bdms) = o.get("block_device_mapping_v2") {
+    // OSC sends the image both as imageRef and as a local-disk image mapping; a boot device
+    // of destination `volume` boots from a volume (an existing one, or one made from an image).
+    let mut block_devices = Vec::new();
+    if let Some(bdms) = o.get("block_device_mapping_v2").filter(|v| !v.is_null()) {
         let list = bdms
             .as_array()
             .ok_or_else(|| bad_field("block_device_mapping_v2"))?;
         for b in list {
-            let src = b.get("source_type").and_then(Value::as_str).unwrap_or("");
-            let dst = b
-                .get("destination_type")
-                .and_then(Value::as_str)
-                .unwrap_or("local");
-            let uuid = b.get("uuid").and_then(Value::as_str).unwrap_or("");
-            if src == "image" && dst == "local" {
+            let bd = block_device(b)?;
+            if bd.source_type == "image" && bd.destination_type == "local" {
                 if image_ref.is_empty() {
-                    image_ref = uuid.to_string();
+                    image_ref = bd.uuid.clone().unwrap_or_default();
                 }
+            } else if bd.destination_type == "volume" && bd.boot_index == Some(0) {
+                block_devices.push(bd);
             } else {
                 return Err(ApiError::bad_request(
-                    "Block device mappings other than the image on the local disk are not supported yet.",
+                    "Block Device Mapping is Invalid: only the boot device (an image on the local disk, or a volume with boot_index 0) is supported; attach other volumes after the server is created.",
                 ));
             }
         }
@@ -338,6 +352,7 @@ fn parse_create(body: &Value) -> ApiResult<(ServerCreate, bool)> {
             description: None,
             access_ipv4: opt_string(o, "accessIPv4")?,
             access_ipv6: opt_string(o, "accessIPv6")?,
+            block_devices,
         },
         return_reservation,
     ))
@@ -350,6 +365,43 @@ fn admin_pass() -> String {
     (0..12)
         .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
         .collect()
+}
+
+/// One `block_device_mapping_v2` entry, types checked.
+fn block_device(b: &Value) -> ApiResult<onestack_core::compute::volumes::BlockDevice> {
+    let o = b
+        .as_object()
+        .ok_or_else(|| bad_field("block_device_mapping_v2"))?;
+    let text = |k: &str| -> ApiResult<Option<String>> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad_field(k)),
+        }
+    };
+    let int = |k: &str| -> ApiResult<Option<i64>> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| bad_field(k)),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad_field(k)),
+            Some(_) => Err(bad_field(k)),
+        }
+    };
+    let delete_on_termination = match o.get("delete_on_termination") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => bool_param(s),
+        Some(_) => return Err(bad_field("delete_on_termination")),
+    };
+    Ok(onestack_core::compute::volumes::BlockDevice {
+        source_type: text("source_type")?.unwrap_or_default(),
+        destination_type: text("destination_type")?.unwrap_or_else(|| "local".into()),
+        uuid: text("uuid")?,
+        volume_size: int("volume_size")?,
+        boot_index: int("boot_index")?,
+        delete_on_termination,
+    })
 }
 
 pub async fn create(

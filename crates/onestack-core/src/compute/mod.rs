@@ -9,6 +9,7 @@ pub mod metadata;
 pub mod proto;
 pub mod scheduler;
 pub mod state;
+pub mod volumes;
 
 use crate::image::{now, ImageService};
 use crate::policy::{forbidden, AuthContext};
@@ -79,6 +80,8 @@ pub struct ComputeService {
     changed: tokio::sync::Notify,
     /// Ports, addresses and security groups of servers (absent in control-plane-only tests).
     network: std::sync::OnceLock<Arc<crate::network::NetworkService>>,
+    /// Volumes for servers (absent in compute-only tests).
+    volumes: std::sync::OnceLock<Arc<crate::volume::VolumeService>>,
 }
 
 /// A server create request, validated for types by the API layer.
@@ -100,6 +103,9 @@ pub struct ServerCreate {
     pub description: Option<String>,
     pub access_ipv4: Option<String>,
     pub access_ipv6: Option<String>,
+    /// `block_device_mapping_v2`; a boot device (boot_index 0) of destination `volume` boots
+    /// the server from a volume.
+    pub block_devices: Vec<volumes::BlockDevice>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -175,6 +181,7 @@ impl ComputeService {
             placement: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
             network: std::sync::OnceLock::new(),
+            volumes: std::sync::OnceLock::new(),
         };
         svc.ensure_default_flavors().await?;
         Ok(Arc::new(svc))
@@ -823,7 +830,7 @@ impl ComputeService {
     /// Creates `max_count` servers (at least `min_count` within quota), schedules them, and
     /// returns them; scheduling failures leave a server in ERROR with Nova's fault.
     pub async fn create_servers(
-        &self,
+        self: &Arc<Self>,
         ctx: &AuthContext,
         req: ServerCreate,
     ) -> CoreResult<Vec<InstanceRecord>> {
@@ -856,41 +863,29 @@ impl ComputeService {
         };
         // Image: visible to the caller (tenancy is the image service's), active, and fitting.
         let iid = ref_id(&req.image_ref).to_string();
-        if iid.is_empty() {
-            return Err(CoreError::BadRequest(
-                "Booting from volume is not available; imageRef is required.".into(),
-            ));
-        }
-        let image = match self.images.get(ctx, &iid).await {
-            Ok(i) => i,
-            Err(CoreError::NotFound(_)) | Err(CoreError::Forbidden(_)) => {
-                return Err(CoreError::BadRequest(format!(
-                    "Image {iid} could not be found."
-                )))
+        let boot_volume = req
+            .block_devices
+            .iter()
+            .find(|b| b.boot_index == Some(0) && b.destination_type == "volume")
+            .cloned();
+        if boot_volume.is_some() {
+            if req.max_count > 1 {
+                return Err(CoreError::BadRequest(
+                    "Booting several servers from volumes at once is not supported; create them one by one."
+                        .into(),
+                ));
             }
-            Err(e) => return Err(e),
+        } else if iid.is_empty() {
+            return Err(CoreError::BadRequest(
+                "Block Device Mapping is Invalid: an image or a boot volume is required.".into(),
+            ));
+        }
+        // Image: visible, active and fitting the flavor (a volume-backed server's disk is its
+        // volume, checked when the volume is made).
+        let image = match &boot_volume {
+            Some(_) => None,
+            None => Some(self.bootable_image(ctx, &iid, &flavor).await?),
         };
-        if image.status != "active" {
-            return Err(CoreError::BadRequest(format!("Image {iid} is not active.")));
-        }
-        let gib = 1i64 << 30;
-        let image_bytes = image.virtual_size.or(image.size).unwrap_or(0);
-        if flavor.root_gb > 0 && image_bytes > flavor.root_gb * gib {
-            return Err(CoreError::BadRequest(format!(
-                "Flavor's disk is too small for requested image. Flavor disk is {} bytes, image is {image_bytes} bytes.",
-                flavor.root_gb * gib
-            )));
-        }
-        if flavor.root_gb > 0 && image.min_disk > flavor.root_gb {
-            return Err(CoreError::BadRequest(
-                "Flavor's disk is too small for requested image.".into(),
-            ));
-        }
-        if image.min_ram > flavor.memory_mb {
-            return Err(CoreError::BadRequest(
-                "Flavor's memory is too small for requested image.".into(),
-            ));
-        }
         // Keypair of the calling user.
         let key = match &req.key_name {
             Some(k) => Some(self.store.get_keypair(&ctx.user.id, k).await.map_err(
@@ -1057,18 +1052,30 @@ impl ComputeService {
                     break;
                 }
             }
+            // The root volume next, for the same reason.
+            let root = match &boot_volume {
+                Some(bd) => match self.prepare_root_volume(ctx, &id, &project, bd, &iid).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        self.release_ports(&id).await;
+                        return Err(e);
+                    }
+                },
+                None => None,
+            };
             let mut inst = InstanceRecord {
                 id,
                 seq: 0,
                 name: display.clone(),
                 project_id: project.clone(),
                 user_id: ctx.user.id.clone(),
-                image_id: image.id.clone(),
+                image_id: image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
                 flavor_id: flavor.id.clone(),
                 flavor_name: flavor.name.clone(),
                 vcpus: flavor.vcpus,
                 memory_mb: flavor.memory_mb,
-                root_gb: flavor.root_gb,
+                // A volume-backed server's disk is its volume, not host storage.
+                root_gb: if root.is_some() { 0 } else { flavor.root_gb },
                 ephemeral_gb: flavor.ephemeral_gb,
                 swap_mb: flavor.swap_mb,
                 flavor_extra_specs: specs.clone(),
@@ -1106,13 +1113,103 @@ impl ComputeService {
                 deleted: false,
                 metadata: req.metadata.clone(),
             };
-            self.store.create_instance(&mut inst).await?;
-            self.schedule(&mut inst, zone.clone(), forced_host.clone())
-                .await?;
+            if let Err(e) = self.store.create_instance(&mut inst).await {
+                self.release_ports(&inst.id).await;
+                self.release_volumes(&inst.id).await;
+                return Err(e.into());
+            }
+            match root {
+                Some(volumes::RootVolume::FromImage { volume_id }) => {
+                    let delete = boot_volume
+                        .as_ref()
+                        .is_some_and(|b| b.delete_on_termination);
+                    self.finish_boot_volume(
+                        ctx.clone(),
+                        inst.clone(),
+                        volume_id,
+                        delete,
+                        zone.clone(),
+                        forced_host.clone(),
+                    );
+                }
+                Some(volumes::RootVolume::Existing(volume_id)) => {
+                    self.schedule(&mut inst, zone.clone(), forced_host.clone())
+                        .await?;
+                    if let (Some(h), Some(v)) = (&inst.host, self.volumes.get()) {
+                        v.set_attached_host(&volume_id, h).await?;
+                    }
+                }
+                None => {
+                    self.schedule(&mut inst, zone.clone(), forced_host.clone())
+                        .await?;
+                }
+            }
             created.push(inst);
         }
         self.notify();
         Ok(created)
+    }
+
+    /// The image a server boots from: visible to the caller, active, fitting the flavor.
+    async fn bootable_image(
+        &self,
+        ctx: &AuthContext,
+        iid: &str,
+        flavor: &FlavorRecord,
+    ) -> CoreResult<crate::image::Image> {
+        let image = match self.images.get(ctx, iid).await {
+            Ok(i) => i,
+            Err(CoreError::NotFound(_)) | Err(CoreError::Forbidden(_)) => {
+                return Err(CoreError::BadRequest(format!(
+                    "Image {iid} could not be found."
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        if image.status != "active" {
+            return Err(CoreError::BadRequest(format!("Image {iid} is not active.")));
+        }
+        let gib = 1i64 << 30;
+        let image_bytes = image.virtual_size.or(image.size).unwrap_or(0);
+        if flavor.root_gb > 0 && image_bytes > flavor.root_gb * gib {
+            return Err(CoreError::BadRequest(format!(
+                "Flavor's disk is too small for requested image. Flavor disk is {} bytes, image is {image_bytes} bytes.",
+                flavor.root_gb * gib
+            )));
+        }
+        if flavor.root_gb > 0 && image.min_disk > flavor.root_gb {
+            return Err(CoreError::BadRequest(
+                "Flavor's disk is too small for requested image.".into(),
+            ));
+        }
+        if image.min_ram > flavor.memory_mb {
+            return Err(CoreError::BadRequest(
+                "Flavor's memory is too small for requested image.".into(),
+            ));
+        }
+        Ok(image)
+    }
+
+    /// Puts a server that could not be built into ERROR with Nova's fault.
+    pub(crate) async fn fail_build(&self, id: &str, message: &str) {
+        let t = now();
+        let _ = self
+            .store
+            .update_instance(
+                id,
+                &Expect::Any,
+                &vec![
+                    ("vm_state", VmState::Error.as_str().into()),
+                    ("task_state", SqlValue::Text(None)),
+                    ("fault_code", 500i64.into()),
+                    ("fault_message", message.into()),
+                    ("fault_details", "".into()),
+                    ("fault_created", t.clone().into()),
+                    ("updated_at", t.into()),
+                ],
+            )
+            .await;
+        self.notify();
     }
 
     /// Places one instance: host + `spawning`, or ERROR with NoValidHost.
@@ -1389,6 +1486,7 @@ impl ComputeService {
         if !host_up {
             self.store.mark_instance_deleted(id, &now()).await?;
             self.release_ports(id).await;
+            self.release_volumes(id).await;
             self.cleanup_snapshot(&inst).await;
             self.notify();
             return Ok(());
@@ -1553,7 +1651,9 @@ impl ComputeService {
                     }
                     let image = images.get(&inst.image_id).cloned().flatten();
                     let nics = self.nics(&inst.id).await?;
-                    out.push(self.desired_instance(inst, image, nics));
+                    let mut d = self.desired_instance(inst, image, nics);
+                    d.volumes = self.desired_volumes(inst).await?;
+                    out.push(d);
                 }
                 return Ok(proto::DesiredState {
                     generation: rec.generation,
@@ -1695,6 +1795,7 @@ impl ComputeService {
             config_drive,
             snapshot_image_id: inst.snapshot_image_id.clone(),
             nics,
+            volumes: Vec::new(),
         }
     }
 
@@ -1716,6 +1817,7 @@ impl ComputeService {
             Some(TaskState::Deleting) if r.ok => {
                 self.store.mark_instance_deleted(id, &t).await?;
                 self.release_ports(id).await;
+                self.release_volumes(id).await;
             }
             Some(task) => {
                 let next = state::complete(vm, task, r.ok);

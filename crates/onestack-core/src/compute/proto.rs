@@ -53,6 +53,31 @@ pub struct DesiredInstance {
     /// NICs in order (the first is the guest's eth0).
     #[serde(default)]
     pub nics: Vec<Nic>,
+    /// Volumes: the root volume (boot from volume) and data volumes, in attach order.
+    #[serde(default)]
+    pub volumes: Vec<VolumeAttachment>,
+}
+
+/// A volume the agent plugs into (or, `detaching`, unplugs from) the VM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    pub volume_id: String,
+    /// What the guest sees as the disk's serial (Nova: the volume id's first 20 characters).
+    pub serial: String,
+    pub device: String,
+    /// attaching, attached, detaching
+    pub state: String,
+    /// The server's root disk.
+    pub boot: bool,
+}
+
+/// An agent's word on a volume it plugged or unplugged.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeReport {
+    /// `attach` or `detach`
+    pub op: String,
+    /// Why it failed; None: done.
+    pub error: Option<String>,
 }
 
 /// One virtio NIC: a TAP device the agent's networking creates, named after the port.

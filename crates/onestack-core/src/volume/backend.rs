@@ -1,0 +1,192 @@
+//! Volume data on the storage host: one qcow2 file per volume (`volume-<id>`) and per snapshot
+//! (`snapshot-<id>`) in the volumes directory, made and changed with `qemu-img`. Every file is
+//! written under a temporary name and renamed into place, so a killed process leaves either no
+//! file or a whole one. Arguments are passed as a vector, never through a shell.
+
+use crate::{CoreError, CoreResult};
+use std::path::{Path, PathBuf};
+
+const QEMU_IMG: &str = "qemu-img";
+
+#[derive(Clone, Debug)]
+pub struct Backend {
+    dir: PathBuf,
+}
+
+/// Glance's disk_format as qemu-img's format name.
+pub fn qemu_format(disk_format: &str) -> &str {
+    match disk_format {
+        "qcow2" | "raw" | "vmdk" | "vdi" | "vhdx" => disk_format,
+        "vhd" => "vpc",
+        _ => "raw",
+    }
+}
+
+async fn qemu_img(args: &[&std::ffi::OsStr]) -> CoreResult<()> {
+    let out = tokio::process::Command::new(QEMU_IMG)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| CoreError::Internal(format!("cannot run {QEMU_IMG}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(CoreError::Internal(format!(
+            "{QEMU_IMG} {} failed: {}",
+            args.first()
+                .map(|a| a.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl Backend {
+    /// The directory is made searchable (0711) but not listable, so QEMU running as its own
+    /// user can open the files it is given and nothing else.
+    pub fn new(dir: PathBuf) -> CoreResult<Backend> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CoreError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711));
+        Ok(Backend { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn volume_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("volume-{id}"))
+    }
+
+    pub fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("snapshot-{id}"))
+    }
+
+    fn tmp(&self, final_path: &Path) -> PathBuf {
+        let mut s = final_path.as_os_str().to_owned();
+        s.push(".tmp");
+        PathBuf::from(s)
+    }
+
+    async fn finish(&self, tmp: &Path, dest: &Path, r: CoreResult<()>) -> CoreResult<()> {
+        match r {
+            Ok(()) => tokio::fs::rename(tmp, dest)
+                .await
+                .map_err(|e| CoreError::Internal(format!("cannot rename {}: {e}", tmp.display()))),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(tmp).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// An empty volume of `gb` GiB (sparse: creating it is instant whatever the size).
+    pub async fn create_empty(&self, id: &str, gb: i64) -> CoreResult<()> {
+        let dest = self.volume_path(id);
+        let tmp = self.tmp(&dest);
+        let size = format!("{gb}G");
+        let r = qemu_img(&[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            tmp.as_os_str(),
+            size.as_ref(),
+        ])
+        .await;
+        self.finish(&tmp, &dest, r).await
+    }
+
+    /// A standalone copy of `src` (an image, volume or snapshot file) grown to `gb` GiB.
+    pub async fn create_from(
+        &self,
+        dest: &Path,
+        src: &Path,
+        format: &str,
+        gb: i64,
+    ) -> CoreResult<()> {
+        let tmp = self.tmp(dest);
+        let r = async {
+            qemu_img(&[
+                "convert".as_ref(),
+                "-U".as_ref(),
+                "-f".as_ref(),
+                format.as_ref(),
+                "-O".as_ref(),
+                "qcow2".as_ref(),
+                src.as_os_str(),
+                tmp.as_os_str(),
+            ])
+            .await?;
+            self.grow(&tmp, gb).await
+        }
+        .await;
+        self.finish(&tmp, dest, r).await
+    }
+
+    /// Grows a file to `gb` GiB if it is smaller (never shrinks).
+    pub async fn grow(&self, path: &Path, gb: i64) -> CoreResult<()> {
+        if virtual_size(path).await? >= (gb as u64) << 30 {
+            return Ok(());
+        }
+        let size = format!("{gb}G");
+        qemu_img(&[
+            "resize".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            path.as_os_str(),
+            size.as_ref(),
+        ])
+        .await
+    }
+
+    pub async fn remove(&self, path: &Path) -> CoreResult<()> {
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CoreError::Internal(format!(
+                "cannot remove {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Temporary files of operations a killed process did not finish.
+    pub fn clean_partial(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+/// The virtual size in bytes, from `qemu-img info`.
+pub async fn virtual_size(path: &Path) -> CoreResult<u64> {
+    let out = tokio::process::Command::new(QEMU_IMG)
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| CoreError::Internal(format!("cannot run {QEMU_IMG}: {e}")))?;
+    if !out.status.success() {
+        return Err(CoreError::Internal(format!(
+            "{QEMU_IMG} info failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| CoreError::Internal(format!("qemu-img info: {e}")))?;
+    v["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| CoreError::Internal("qemu-img info: no virtual-size".into()))
+}
