@@ -22,6 +22,7 @@ struct Cloud {
     identity_url: String,
     image_url: String,
     url: String,
+    volume_url: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -36,9 +37,10 @@ async fn start() -> Cloud {
             .await
             .expect("bind")
     };
-    let (l_id, l_img, l_cmp) = (bind().await, bind().await, bind().await);
+    let (l_id, l_img, l_cmp, l_vol) = (bind().await, bind().await, bind().await, bind().await);
     let addr = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().expect("addr"));
-    let (identity_url, image_url, url) = (addr(&l_id), addr(&l_img), addr(&l_cmp));
+    let (identity_url, image_url, url, volume_url) =
+        (addr(&l_id), addr(&l_img), addr(&l_cmp), addr(&l_vol));
     bootstrap::run(
         &store,
         &BootstrapParams {
@@ -67,6 +69,24 @@ async fn start() -> Cloud {
     let compute = ComputeService::new(store.clone(), images.clone(), ComputeConfig::default())
         .await
         .expect("compute");
+    let volumes = onestack_core::volume::VolumeService::new(
+        store.clone(),
+        images.clone(),
+        dir.path().join("volumes"),
+        onestack_core::volume::VolumeConfig::default(),
+    )
+    .await
+    .expect("volumes");
+    compute.attach_volumes(volumes.clone());
+    tokio::spawn(onestack_api::serve(
+        l_vol,
+        onestack_api::volume::router(onestack_api::volume::VolumeApiState {
+            app: app.clone(),
+            volumes,
+            base_url: volume_url.clone().into(),
+        }),
+        std::future::pending(),
+    ));
     let cs = ComputeState {
         app: app.clone(),
         compute,
@@ -101,6 +121,7 @@ async fn start() -> Cloud {
         identity_url,
         image_url,
         url,
+        volume_url,
         http: reqwest::Client::new(),
         _dir: dir,
     }
@@ -987,4 +1008,482 @@ async fn join_tokens_work_once_and_leave_needs_an_empty_host() {
         .await
         .expect("send");
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Polls a volume (as `token`) until `done` holds, or fails after 30 s.
+async fn wait_volume(c: &Cloud, token: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..300 {
+        let (st, v, _) = c.call(Method::GET, path, token, None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        if done(&v["volume"]) {
+            return v["volume"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("volume at {path} never got there");
+}
+
+#[tokio::test]
+async fn volumes_quotas_tenancy_and_the_attach_handshake() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    let pid = c
+        .store
+        .find_project(onestack_core::identity::DEFAULT_DOMAIN_ID, "demo")
+        .await
+        .expect("demo project")
+        .id;
+    let admin_pid = c
+        .store
+        .find_project(onestack_core::identity::DEFAULT_DOMAIN_ID, "admin")
+        .await
+        .expect("admin project")
+        .id;
+    let v3 = format!("{}/v3/{pid}", c.volume_url);
+
+    // Discovery: 300 at the root, the v3 document with an absolute self link.
+    let resp = c.http.get(&c.volume_url).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 300);
+    let (st, doc, _) = c
+        .call(Method::GET, &format!("{}/v3/", c.volume_url), &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        doc["versions"][0]["links"][0]["href"],
+        format!("{}/v3/", c.volume_url)
+    );
+    // Microversions: 3.0 only; above is 406, garbage 400; errors in Cinder's shape.
+    for (h, want) in [
+        ("volume 3.0", 200),
+        ("volume latest", 200),
+        ("volume 3.71", 406),
+        ("volume x", 400),
+    ] {
+        let resp = c
+            .http
+            .get(format!("{v3}/volumes"))
+            .header("x-auth-token", &demo)
+            .header("openstack-api-version", h)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), want, "{h}");
+    }
+
+    // Bad input: malformed JSON, wrong types, no size, unknown type, zero size; nothing made.
+    let resp = c
+        .http
+        .post(format!("{v3}/volumes"))
+        .header("x-auth-token", &demo)
+        .header("content-type", "application/json")
+        .body("{\"volume\": ")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["badRequest"]["code"], 400);
+    for bad in [
+        json!({"volume": {"size": "big"}}),
+        json!({"volume": {"name": "x"}}),
+        json!({"volume": {"size": 0}}),
+        json!({"volume": {"size": 1, "name": 7}}),
+        json!({"volume": {"size": 1, "metadata": {"k": 1}}}),
+        json!({"volume": {"size": 1, "imageRef": "no-such-image"}}),
+        json!({"volume": []}),
+    ] {
+        let (st, body, _) = c
+            .call(
+                Method::POST,
+                &format!("{v3}/volumes"),
+                &demo,
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad} -> {body}");
+        assert!(body["badRequest"]["message"].is_string(), "{body}");
+    }
+    let (st, body, _) = c
+        .call(
+            Method::POST,
+            &format!("{v3}/volumes"),
+            &demo,
+            Some(json!({"volume": {"size": 1, "volume_type": "ssd"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    let (_, list, _) = c
+        .call(Method::GET, &format!("{v3}/volumes"), &demo, None)
+        .await;
+    assert_eq!(list["volumes"], json!([]));
+
+    // Create → creating → available; fields as Cinder's.
+    let (st, created, _) = c
+        .call(Method::POST, &format!("{v3}/volumes"), &demo,
+              Some(json!({"volume": {"size": 1, "name": "v1", "description": null, "metadata": {"a": "b"}}})))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{created}");
+    let vid = created["volume"]["id"].as_str().expect("id").to_string();
+    assert_eq!(created["volume"]["status"], "creating");
+    let vpath = format!("{v3}/volumes/{vid}");
+    let v = wait_volume(&c, &demo, &vpath, |v| v["status"] == "available").await;
+    for k in [
+        "bootable",
+        "encrypted",
+        "multiattach",
+        "volume_type",
+        "attachments",
+        "links",
+        "user_id",
+        "os-vol-tenant-attr:tenant_id",
+        "availability_zone",
+        "created_at",
+        "metadata",
+    ] {
+        assert!(v.get(k).is_some(), "{k} missing in {v}");
+    }
+    assert_eq!(v["bootable"], "false");
+    assert_eq!(v["metadata"], json!({"a": "b"}));
+    assert!(
+        v.get("os-vol-host-attr:host").is_none(),
+        "admin-only field shown to a member"
+    );
+
+    // Another tenant (admin's project, as a plain member would be) sees nothing of it; a reader
+    // of the URL of another project is refused.
+    let (st, _, _) = c
+        .call(
+            Method::GET,
+            &format!("{}/v3/{admin_pid}/volumes/{vid}", c.volume_url),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, theirs, _) = c
+        .call(
+            Method::POST,
+            &format!("{}/v3/{admin_pid}/volumes", c.volume_url),
+            &admin,
+            Some(json!({"volume": {"size": 1, "name": "admins"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let theirs = theirs["volume"]["id"].as_str().expect("id").to_string();
+    let (st, body, _) = c
+        .call(Method::GET, &format!("{v3}/volumes/{theirs}"), &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    let (st, _, _) = c
+        .call(
+            Method::DELETE,
+            &format!("{v3}/volumes/{theirs}"),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, list, _) = c
+        .call(
+            Method::GET,
+            &format!("{v3}/volumes?all_tenants=1"),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(list["volumes"].as_array().map(Vec::len), Some(1), "{list}");
+
+    // Quota: 3 volumes; 6 concurrent creates with 2 left → exactly 2 succeed, 413 for the rest.
+    let (st, q, _) = c
+        .call(
+            Method::PUT,
+            &format!("{}/v3/{admin_pid}/os-quota-sets/{pid}", c.volume_url),
+            &admin,
+            Some(json!({"quota_set": {"volumes": 3}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{q}");
+    assert_eq!(q["quota_set"]["volumes"], 3);
+    let (st, _, _) = c
+        .call(
+            Method::PUT,
+            &format!("{}/v3/{admin_pid}/os-quota-sets/{pid}", c.volume_url),
+            &demo,
+            Some(json!({"quota_set": {"volumes": 30}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let creates = (0..6).map(|i| {
+        let c = &c;
+        let demo = demo.clone();
+        let url = format!("{v3}/volumes");
+        async move {
+            c.call(
+                Method::POST,
+                &url,
+                &demo,
+                Some(json!({"volume": {"size": 1, "name": format!("r{i}")}})),
+            )
+            .await
+        }
+    });
+    let results = futures_util::future::join_all(creates).await;
+    let ok = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::ACCEPTED)
+        .count();
+    let over: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::PAYLOAD_TOO_LARGE)
+        .map(|r| &r.1)
+        .collect();
+    assert_eq!((ok, over.len()), (2, 4), "{results:?}");
+    assert!(over[0]["overLimit"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("VolumeLimitExceeded"));
+    let (_, q, _) = c
+        .call(
+            Method::GET,
+            &format!(
+                "{}/v3/{admin_pid}/os-quota-sets/{pid}?usage=true",
+                c.volume_url
+            ),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        q["quota_set"]["volumes"],
+        json!({"limit": 3, "in_use": 3, "reserved": 0})
+    );
+    let (_, lim, _) = c
+        .call(Method::GET, &format!("{v3}/limits"), &demo, None)
+        .await;
+    assert_eq!(lim["limits"]["absolute"]["totalVolumesUsed"], 3);
+    assert_eq!(lim["limits"]["absolute"]["maxTotalVolumes"], 3);
+
+    // Extend: only larger, within quota.
+    let act = |body: Value| {
+        let c = &c;
+        let demo = demo.clone();
+        let url = format!("{vpath}/action");
+        async move { c.call(Method::POST, &url, &demo, Some(body)).await }
+    };
+    assert_eq!(
+        act(json!({"os-extend": {"new_size": 1}})).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        act(json!({"os-extend": {"new_size": 2000}})).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        act(json!({"os-frobnicate": {}})).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        act(json!({"os-extend": {"new_size": 2}})).await.0,
+        StatusCode::ACCEPTED
+    );
+    wait_volume(&c, &demo, &vpath, |v| {
+        v["status"] == "available" && v["size"] == 2
+    })
+    .await;
+
+    // Attach to a server: reserved (attaching) until the host's agent reports it plugged.
+    c.register_host("h1", 8, 16384, 100).await;
+    let image = c.image(&admin, 1 << 20).await;
+    let (_, srv, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &demo,
+            Some(server_body(&image, "1")),
+        )
+        .await;
+    let sid = srv["server"]["id"].as_str().expect("id").to_string();
+    let agent = |path: String, body: Value| {
+        let c = &c;
+        async move {
+            c.http
+                .post(format!("{}/internal/v1/hosts/h1/instances/{path}", c.url))
+                .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("send")
+                .status()
+        }
+    };
+    assert_eq!(
+        agent(
+            format!("{sid}/report"),
+            json!({"task": "spawning", "ok": true, "power_state": 1, "fault": null})
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    let attach_url = format!("/v2.1/servers/{sid}/os-volume_attachments");
+    let (st, att, _) = c
+        .call(
+            Method::POST,
+            &attach_url,
+            &demo,
+            Some(json!({"volumeAttachment": {"volumeId": vid, "device": null}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{att}");
+    assert_eq!(
+        att["volumeAttachment"],
+        json!({"id": vid, "serverId": sid, "volumeId": vid, "device": "/dev/vdb"})
+    );
+    let (_, v, _) = c.call(Method::GET, &vpath, &demo, None).await;
+    assert_eq!(v["volume"]["status"], "attaching");
+    // A second attach of the same volume is refused; so is deleting it.
+    let (st, _, _) = c
+        .call(
+            Method::POST,
+            &attach_url,
+            &demo,
+            Some(json!({"volumeAttachment": {"volumeId": vid}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = c.call(Method::DELETE, &vpath, &demo, None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // The desired state tells the agent to plug it.
+    let resp = c
+        .http
+        .get(format!("{}/internal/v1/hosts/h1/desired?after=0", c.url))
+        .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+        .send()
+        .await
+        .expect("send");
+    let desired: Value = resp.json().await.expect("json");
+    let vols = &desired["instances"][0]["volumes"];
+    assert_eq!(vols[0]["volume_id"], vid.as_str(), "{desired}");
+    assert_eq!(vols[0]["state"], "attaching");
+    assert_eq!(vols[0]["serial"], &vid[..20]);
+    assert_eq!(
+        agent(
+            format!("{sid}/volumes/{vid}"),
+            json!({"op": "attach", "error": null})
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    let v = wait_volume(&c, &demo, &vpath, |v| v["status"] == "in-use").await;
+    assert_eq!(v["attachments"][0]["server_id"], sid.as_str());
+    let (_, s, _) = c
+        .call(Method::GET, &format!("/v2.1/servers/{sid}"), &demo, None)
+        .await;
+    assert_eq!(
+        s["server"]["os-extended-volumes:volumes_attached"],
+        json!([{"id": vid}])
+    );
+    // Another host's credential cannot report for this server.
+    let resp = c
+        .http
+        .post(format!(
+            "{}/internal/v1/hosts/h2/instances/{sid}/volumes/{vid}",
+            c.url
+        ))
+        .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+        .json(&json!({"op": "detach", "error": null}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    // A detach the guest refuses: back to in-use, with the reason on the volume.
+    let (st, _, _) = c
+        .call(Method::DELETE, &format!("{attach_url}/{vid}"), &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    assert_eq!(
+        agent(
+            format!("{sid}/volumes/{vid}"),
+            json!({"op": "detach", "error": "the guest did not release the disk within 20 s"})
+        )
+        .await,
+        StatusCode::NO_CONTENT
+    );
+    let v = wait_volume(&c, &demo, &vpath, |v| v["status"] == "in-use").await;
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not release"),
+        "{v}"
+    );
+    // Then one it accepts: available, unattached.
+    c.call(Method::DELETE, &format!("{attach_url}/{vid}"), &demo, None)
+        .await;
+    agent(
+        format!("{sid}/volumes/{vid}"),
+        json!({"op": "detach", "error": null}),
+    )
+    .await;
+    let v = wait_volume(&c, &demo, &vpath, |v| v["status"] == "available").await;
+    assert_eq!(v["attachments"], json!([]));
+
+    // Snapshots: in quota gigabytes, a volume with one cannot be deleted, cascade can.
+    let (st, snap, _) = c
+        .call(
+            Method::POST,
+            &format!("{v3}/snapshots"),
+            &demo,
+            Some(json!({"snapshot": {"volume_id": vid, "name": "s1", "force": false}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{snap}");
+    let snap_id = snap["snapshot"]["id"].as_str().expect("id").to_string();
+    for _ in 0..300 {
+        let (_, s, _) = c
+            .call(
+                Method::GET,
+                &format!("{v3}/snapshots/{snap_id}"),
+                &demo,
+                None,
+            )
+            .await;
+        if s["snapshot"]["status"] == "available" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, _, _) = c.call(Method::DELETE, &vpath, &demo, None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = c
+        .call(
+            Method::DELETE,
+            &format!("{vpath}?cascade=true"),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    for _ in 0..300 {
+        if c.call(Method::GET, &vpath, &demo, None).await.0 == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, body, _) = c.call(Method::GET, &vpath, &demo, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body["itemNotFound"]["message"],
+        format!("Volume {vid} could not be found.")
+    );
+    let (st, _, _) = c
+        .call(
+            Method::GET,
+            &format!("{v3}/snapshots/{snap_id}"),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
 }
