@@ -368,6 +368,7 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
         if d.task_state.is_none() {
             observe(&s, &d).await;
             reconcile_volumes(&s, &d).await;
+            drop_resize_backup(&s, &d);
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return; },
@@ -455,8 +456,9 @@ fn volume_spec(s: &Shared<impl Driver>, v: &proto::VolumeAttachment) -> VolumeSp
 
 /// Plugs the volumes being attached and unplugs those being detached, then reports each. A
 /// stopped VM needs nothing done now: its volumes are on the command line at the next start.
+/// Runs only when no task does, so a boot volume is reported once the VM was spawned on it.
 async fn reconcile_volumes<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
-    for v in d.volumes.iter().filter(|v| !v.boot) {
+    for v in &d.volumes {
         let op = match v.state.as_str() {
             "attaching" => "attach",
             "detaching" => "detach",
@@ -472,6 +474,8 @@ async fn reconcile_volumes<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
                 "the volume's data is not reachable from host {} (volumes are served by the controller's host)",
                 s.cfg.host
             )),
+            // The root volume is the VM's disk from its start: nothing to plug.
+            ("attach", _) if v.boot => Ok(()),
             ("attach", true) => s.driver.attach_volume(&d.id, &spec).await.map_err(Into::into),
             ("detach", true) => s
                 .driver
@@ -621,6 +625,48 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
             let _ = std::fs::remove_file(&tmp);
             r
         }
+        TaskState::ResizeMigrating => {
+            let running = matches!(
+                s.driver.power_state(&d.id).await,
+                PowerState::Running | PowerState::Paused
+            );
+            if running {
+                s.driver.stop(&d.id, grace).await?;
+            }
+            if !d.volumes.iter().any(|v| v.boot) {
+                let dir = s.cfg.instances_dir().join(&d.id);
+                let (disk, backup) = (dir.join("disk"), dir.join(RESIZE_BACKUP));
+                // The overlay holds only what the guest wrote; a copy of it is the old disk.
+                if !backup.exists() {
+                    let tmp = dir.join("disk.resize-backup.tmp");
+                    std::fs::copy(&disk, &tmp).context("keeping the disk for a revert")?;
+                    std::fs::rename(&tmp, &backup)?;
+                }
+                grow_disk(&disk, d.root_gb << 30).await?;
+            }
+            if running {
+                start_vm(s, d).await?;
+            }
+            Ok(())
+        }
+        TaskState::ResizeReverting => {
+            let running = matches!(
+                s.driver.power_state(&d.id).await,
+                PowerState::Running | PowerState::Paused
+            );
+            if running {
+                s.driver.stop(&d.id, grace).await?;
+            }
+            let dir = s.cfg.instances_dir().join(&d.id);
+            let backup = dir.join(RESIZE_BACKUP);
+            if backup.exists() {
+                std::fs::rename(&backup, dir.join("disk")).context("restoring the disk")?;
+            }
+            if running {
+                start_vm(s, d).await?;
+            }
+            Ok(())
+        }
         TaskState::Deleting => {
             s.driver.destroy(&d.id).await?;
             let dir = s.cfg.instances_dir().join(&d.id);
@@ -631,6 +677,48 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
             }
         }
     }
+}
+
+/// The disk as it was before a resize, kept until the resize is confirmed or reverted.
+const RESIZE_BACKUP: &str = "disk.resize-backup";
+
+/// A confirmed resize needs its old disk no more.
+fn drop_resize_backup(s: &Shared<impl Driver>, d: &DesiredInstance) {
+    if d.vm_state != VmState::Resized {
+        let backup = s.cfg.instances_dir().join(&d.id).join(RESIZE_BACKUP);
+        if backup.exists() {
+            tracing::info!(instance = %d.id, "resize confirmed; dropping the old disk");
+            let _ = std::fs::remove_file(backup);
+        }
+    }
+}
+
+/// Grows a qcow2 disk to `bytes` if it is smaller (never shrinks).
+async fn grow_disk(disk: &Path, bytes: i64) -> Result<()> {
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(disk)
+        .output()
+        .await
+        .context("cannot run qemu-img")?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if info["virtual-size"].as_i64().unwrap_or(0) >= bytes {
+        return Ok(());
+    }
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["resize", "-q", "-f", "qcow2"])
+        .arg(disk)
+        .arg(bytes.to_string())
+        .output()
+        .await
+        .context("cannot run qemu-img")?;
+    if !out.status.success() {
+        bail!(
+            "qemu-img resize failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// The instance's disk (a qcow2 overlay on the cached image) and config drive.

@@ -1487,3 +1487,270 @@ async fn volumes_quotas_tenancy_and_the_attach_handshake() {
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn create_backup_keeps_the_newest_rotation_backups() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    c.register_host("h1", 8, 16384, 100).await;
+    let image = c.image(&admin, 1 << 20).await;
+    let (_, srv, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &demo,
+            Some(server_body(&image, "1")),
+        )
+        .await;
+    let sid = srv["server"]["id"].as_str().expect("id").to_string();
+    let report = |task: &str| {
+        let c = &c;
+        let body = json!({"task": task, "ok": true, "power_state": 1, "fault": null});
+        let url = format!("{}/internal/v1/hosts/h1/instances/{sid}/report", c.url);
+        async move {
+            let st = c
+                .http
+                .post(url)
+                .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("send")
+                .status();
+            assert_eq!(st, StatusCode::NO_CONTENT);
+        }
+    };
+    report("spawning").await;
+    let action = format!("/v2.1/servers/{sid}/action");
+    // Bad bodies: missing rotation, a negative one, an unknown key.
+    for bad in [
+        json!({"createBackup": {"name": "b", "backup_type": "daily"}}),
+        json!({"createBackup": {"name": "b", "backup_type": "daily", "rotation": -1}}),
+        json!({"createBackup": {"name": "b", "backup_type": "daily", "rotation": 1, "x": 1}}),
+    ] {
+        let (st, body, _) = c
+            .call(Method::POST, &action, &demo, Some(bad.clone()))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad} -> {body}");
+    }
+    // What an agent uploads: a real (empty) qcow2.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("d.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&file)
+        .arg("1M")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let qcow2 = std::fs::read(&file).expect("read");
+    let mut made = Vec::new();
+    for n in 0..3 {
+        let (st, body, headers) = c
+            .call(Method::POST, &action, &demo,
+                  Some(json!({"createBackup": {"name": format!("b{n}"), "backup_type": "daily", "rotation": 2}})))
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+        let loc = headers["location"].to_str().expect("location").to_string();
+        let id = loc.rsplit('/').next().expect("id").to_string();
+        // While it runs, a second one is refused.
+        let (st, _, _) = c
+            .call(
+                Method::POST,
+                &action,
+                &demo,
+                Some(json!({"createBackup": {"name": "x", "backup_type": "daily", "rotation": 2}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT);
+        // The agent uploads the disk copy and reports.
+        let st = c
+            .http
+            .put(format!("{}/internal/v1/images/{id}/file", c.url))
+            .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body(qcow2.clone())
+            .send()
+            .await
+            .expect("upload")
+            .status();
+        assert!(st.is_success(), "{st}");
+        report("image_snapshot").await;
+        made.push(id);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let (_, list, _) = c
+        .call(
+            Method::GET,
+            &format!("{}/v2/images?sort_key=created_at", c.image_url),
+            &demo,
+            None,
+        )
+        .await;
+    let kept: Vec<&str> = list["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .filter(|i| i["image_type"] == "backup")
+        .map(|i| i["id"].as_str().unwrap_or(""))
+        .collect();
+    let mut want = vec![made[1].as_str(), made[2].as_str()];
+    let mut got = kept.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{list}");
+    let img = list["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .find(|i| i["id"] == made[2].as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(img["backup_type"], "daily");
+    assert_eq!(img["instance_uuid"], sid.as_str());
+}
+
+#[tokio::test]
+async fn resize_confirm_and_revert_follow_nova() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    c.register_host("h1", 8, 16384, 100).await;
+    let image = c.image(&admin, 1 << 20).await;
+    let (_, srv, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &demo,
+            Some(server_body(&image, "1")),
+        )
+        .await;
+    let sid = srv["server"]["id"].as_str().expect("id").to_string();
+    let report = |task: &str, ok: bool, power: i64| {
+        let c = &c;
+        let body = json!({"task": task, "ok": ok, "power_state": power,
+                          "fault": if ok { Value::Null } else { json!({"code": 500, "message": "resize failed", "details": ""}) }});
+        let url = format!("{}/internal/v1/hosts/h1/instances/{sid}/report", c.url);
+        async move {
+            let st = c
+                .http
+                .post(url)
+                .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("send")
+                .status();
+            assert_eq!(st, StatusCode::NO_CONTENT);
+        }
+    };
+    let show = || {
+        let c = &c;
+        let demo = demo.clone();
+        let url = format!("/v2.1/servers/{sid}");
+        async move { c.call(Method::GET, &url, &demo, None).await.1["server"].clone() }
+    };
+    let act = |body: Value| {
+        let c = &c;
+        let demo = demo.clone();
+        let url = format!("/v2.1/servers/{sid}/action");
+        async move { c.call(Method::POST, &url, &demo, Some(body)).await.0 }
+    };
+    // Not while building; then the rules: another flavor, no smaller disk, a known flavor.
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "2"}})).await,
+        StatusCode::CONFLICT
+    );
+    report("spawning", true, 1).await;
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "1"}})).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "nope"}})).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(act(json!({"resize": {}})).await, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        act(json!({"confirmResize": null})).await,
+        StatusCode::CONFLICT
+    );
+    // Too big for the host: refused, nothing changes.
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "5"}})).await,
+        StatusCode::BAD_REQUEST
+    );
+
+    // Resize → RESIZE; the agent's success → VERIFY_RESIZE with the new flavor.
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "2"}})).await,
+        StatusCode::ACCEPTED
+    );
+    let s = show().await;
+    assert_eq!(s["status"], "RESIZE");
+    assert_eq!(s["OS-EXT-STS:task_state"], "resize_migrating");
+    report("resize_migrating", true, 1).await;
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["flavor"]["id"].as_str()),
+        (Some("VERIFY_RESIZE"), Some("2")),
+        "{s}"
+    );
+    // Revert → REVERT_RESIZE → ACTIVE with the old flavor.
+    assert_eq!(
+        act(json!({"revertResize": null})).await,
+        StatusCode::ACCEPTED
+    );
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["flavor"]["id"].as_str()),
+        (Some("REVERT_RESIZE"), Some("1"))
+    );
+    report("resize_reverting", true, 1).await;
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["flavor"]["id"].as_str()),
+        (Some("ACTIVE"), Some("1"))
+    );
+    // A resize the agent fails: back to ACTIVE, old flavor, with the fault recorded.
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "2"}})).await,
+        StatusCode::ACCEPTED
+    );
+    report("resize_migrating", false, 1).await;
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["flavor"]["id"].as_str()),
+        (Some("ACTIVE"), Some("1")),
+        "{s}"
+    );
+    // Resize and confirm → ACTIVE with the new flavor (204 on confirm).
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "2"}})).await,
+        StatusCode::ACCEPTED
+    );
+    report("resize_migrating", true, 1).await;
+    assert_eq!(
+        act(json!({"confirmResize": null})).await,
+        StatusCode::NO_CONTENT
+    );
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["flavor"]["id"].as_str()),
+        (Some("ACTIVE"), Some("2"))
+    );
+    // The host's usage counts the new flavor.
+    let (_, h, _) = c
+        .call(Method::GET, "/v2.1/os-hypervisors/detail", &admin, None)
+        .await;
+    assert!(
+        h["hypervisors"][0]["memory_mb_used"].as_i64().unwrap_or(0) >= 2048,
+        "{h}"
+    );
+    // Down to a smaller disk is refused.
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "1"}})).await,
+        StatusCode::BAD_REQUEST
+    );
+}

@@ -147,6 +147,10 @@ pub struct InstanceRecord {
     pub fault_created: Option<String>,
     /// The image a running createImage writes to.
     pub snapshot_image_id: Option<String>,
+    /// createBackup: how many backups of this kind to keep once the running one is uploaded.
+    pub backup_rotation: Option<i64>,
+    /// A resize waiting for confirmation: the flavor to go back to (JSON), as Nova keeps it.
+    pub old_flavor: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     pub launched_at: Option<String>,
@@ -172,6 +176,7 @@ row_struct!(InstanceRecord {
     requested_networks: "requested_networks" => val, fault_code: "fault_code" => val,
     fault_message: "fault_message" => val, fault_details: "fault_details" => val,
     fault_created: "fault_created" => val, snapshot_image_id: "snapshot_image_id" => val,
+    backup_rotation: "backup_rotation" => val, old_flavor: "old_flavor" => val,
     created_at: "created_at" => val, updated_at: "updated_at" => val,
     launched_at: "launched_at" => val, terminated_at: "terminated_at" => val,
     deleted: "deleted" => flag, metadata: "" => default,
@@ -217,6 +222,8 @@ const INSTANCE_COLUMNS: &[&str] = &[
     "fault_details",
     "fault_created",
     "snapshot_image_id",
+    "backup_rotation",
+    "old_flavor",
     "created_at",
     "updated_at",
     "launched_at",
@@ -1096,6 +1103,8 @@ fn instance_values(i: &InstanceRecord) -> Vec<SqlValue> {
         i.fault_details.clone().into(),
         i.fault_created.clone().into(),
         i.snapshot_image_id.clone().into(),
+        SqlValue::Int(i.backup_rotation),
+        i.old_flavor.clone().into(),
         i.created_at.clone().into(),
         i.updated_at.clone().into(),
         i.launched_at.clone().into(),

@@ -361,6 +361,13 @@ CREATE TABLE quota_limits (
 )
 "#,
     ),
+    (
+        8,
+        r#"
+ALTER TABLE instances ADD COLUMN backup_rotation BIGINT;
+ALTER TABLE instances ADD COLUMN old_flavor TEXT
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

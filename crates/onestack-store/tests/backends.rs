@@ -263,6 +263,8 @@ async fn compute_scenario(s: &Store) {
         fault_details: None,
         fault_created: None,
         snapshot_image_id: None,
+        backup_rotation: None,
+        old_flavor: None,
         created_at: "2026-01-01T00:00:00Z".into(),
         updated_at: "2026-01-01T00:00:00Z".into(),
         launched_at: None,

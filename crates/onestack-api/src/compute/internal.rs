@@ -363,9 +363,8 @@ async fn snapshot_upload(
     req: Request<Body>,
 ) -> ApiResult<StatusCode> {
     let img = s.images.get_system(&p.id).await?;
-    if img.properties.get("image_type").map(String::as_str) != Some("snapshot")
-        || img.status != "queued"
-    {
+    let kind = img.properties.get("image_type").map(String::as_str);
+    if !matches!(kind, Some("snapshot") | Some("backup")) || img.status != "queued" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "Not a pending snapshot image.",

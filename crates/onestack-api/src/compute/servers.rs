@@ -549,6 +549,64 @@ pub async fn action(
             }
             Ok(resp)
         }
+        "resize" => {
+            let flavor = match arg.get("flavorRef") {
+                Some(Value::String(f)) if !f.is_empty() => f.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return Err(bad_field("flavorRef")),
+            };
+            s.compute.resize(&ctx, &p.id, &flavor).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        "confirmResize" => {
+            s.compute.confirm_resize(&ctx, &p.id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        "revertResize" => {
+            s.compute.revert_resize(&ctx, &p.id).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        "createBackup" => {
+            let o = arg
+                .as_object()
+                .ok_or_else(|| bad_field("createBackup"))?;
+            for k in o.keys() {
+                if !matches!(k.as_str(), "name" | "backup_type" | "rotation" | "metadata") {
+                    return Err(ApiError::bad_request(format!(
+                        "Invalid input for field/attribute createBackup. Additional properties are not allowed ('{k}' was unexpected)"
+                    )));
+                }
+            }
+            let image_name = o
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_field("name"))?;
+            let backup_type = o
+                .get("backup_type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_field("backup_type"))?;
+            let rotation = match o.get("rotation") {
+                Some(Value::Number(n)) => n.as_i64(),
+                Some(Value::String(t)) => t.trim().parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| bad_field("rotation"))?;
+            let meta = string_map(o.get("metadata"), "metadata")?;
+            let image_id = s
+                .compute
+                .create_backup(&ctx, &p.id, image_name, backup_type, rotation, meta)
+                .await?;
+            let mut resp = StatusCode::ACCEPTED.into_response();
+            // Below 2.45 the new image is in Location, and only when one is kept.
+            if rotation > 0 {
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("{}/v2/images/{image_id}", s.image_url))
+                {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+            }
+            Ok(resp)
+        }
         "os-getConsoleOutput" => {
             let length = match arg.get("length") {
                 None | Some(Value::Null) => None,

@@ -7,6 +7,7 @@ pub mod join;
 pub mod keypair;
 pub mod metadata;
 pub mod proto;
+pub mod resize;
 pub mod scheduler;
 pub mod state;
 pub mod volumes;
@@ -1106,6 +1107,8 @@ impl ComputeService {
                 fault_details: None,
                 fault_created: None,
                 snapshot_image_id: None,
+                backup_rotation: None,
+                old_flavor: None,
                 created_at: t.clone(),
                 updated_at: t,
                 launched_at: None,
@@ -1404,9 +1407,48 @@ impl ComputeService {
         name: &str,
         metadata: BTreeMap<String, String>,
     ) -> CoreResult<String> {
-        let inst = self
-            .get_server_for_update(ctx, id, "os_compute_api:servers:create_image", true)
-            .await?;
+        self.image_of_server(ctx, id, name, metadata, None).await
+    }
+
+    /// createBackup: a snapshot tagged as a backup of `backup_type`; once it is uploaded, only
+    /// the `rotation` newest backups of this server and type are kept (Nova's rotation).
+    pub async fn create_backup(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        name: &str,
+        backup_type: &str,
+        rotation: i64,
+        metadata: BTreeMap<String, String>,
+    ) -> CoreResult<String> {
+        if rotation < 0 {
+            return Err(CoreError::BadRequest(
+                "Invalid input for field/attribute rotation. Value must be 0 or more.".into(),
+            ));
+        }
+        self.image_of_server(ctx, id, name, metadata, Some((backup_type, rotation)))
+            .await
+    }
+
+    async fn image_of_server(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        name: &str,
+        metadata: BTreeMap<String, String>,
+        backup: Option<(&str, i64)>,
+    ) -> CoreResult<String> {
+        let rule = if backup.is_some() {
+            "os_compute_api:os-create-backup"
+        } else {
+            "os_compute_api:servers:create_image"
+        };
+        let inst = self.get_server_for_update(ctx, id, rule, true).await?;
+        if backup.is_some() && inst.image_id.is_empty() {
+            return Err(CoreError::BadRequest(
+                "Backup is not supported for volume-backed instances.".into(),
+            ));
+        }
         if name.trim().is_empty() || name.len() > 255 {
             return Err(CoreError::BadRequest("Invalid image name.".into()));
         }
@@ -1415,11 +1457,22 @@ impl ComputeService {
         state::request(vm, task, Action::Snapshot).map_err(|c| CoreError::Conflict(c.0))?;
         let mut props: Vec<(String, String)> = metadata.into_iter().collect();
         props.extend([
-            ("image_type".to_string(), "snapshot".to_string()),
+            (
+                "image_type".to_string(),
+                if backup.is_some() {
+                    "backup"
+                } else {
+                    "snapshot"
+                }
+                .to_string(),
+            ),
             ("instance_uuid".into(), inst.id.clone()),
             ("base_image_ref".into(), inst.image_id.clone()),
             ("user_id".into(), ctx.user.id.clone()),
         ]);
+        if let Some((kind, _)) = backup {
+            props.push(("backup_type".into(), kind.to_string()));
+        }
         let image = self
             .images
             .create_snapshot_record(&inst.project_id, name, &props, inst.root_gb, 0)
@@ -1432,6 +1485,7 @@ impl ComputeService {
                 &vec![
                     ("task_state", TaskState::ImageSnapshot.as_str().into()),
                     ("snapshot_image_id", image.id.clone().into()),
+                    ("backup_rotation", SqlValue::Int(backup.map(|b| b.1))),
                     ("updated_at", now().into()),
                 ],
             )
@@ -1557,6 +1611,46 @@ impl ComputeService {
             )
             .await?;
         Ok(())
+    }
+
+    /// Keeps the `keep` newest backups of the server of the just-uploaded backup's type, deleting
+    /// older ones (errors are logged: a backup left over is better than a failed report).
+    async fn rotate_backups(&self, inst: &InstanceRecord, uploaded: &str, keep: i64) {
+        let Ok(new) = self.images.get_system(uploaded).await else {
+            return;
+        };
+        let kind = new
+            .properties
+            .get("backup_type")
+            .cloned()
+            .unwrap_or_default();
+        let mut backups: Vec<crate::image::Image> = match self.store.list_images().await {
+            Ok(l) => l
+                .into_iter()
+                .filter(|i| {
+                    let p = |k: &str| i.properties.get(k).map(String::as_str);
+                    p("image_type") == Some("backup")
+                        && p("instance_uuid") == Some(inst.id.as_str())
+                        && p("backup_type") == Some(kind.as_str())
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(instance = %inst.id, error = %e, "backup rotation: cannot list images");
+                return;
+            }
+        };
+        // Newest first; the one just made counts as the newest.
+        backups.sort_by(|a, b| {
+            (b.id == uploaded)
+                .cmp(&(a.id == uploaded))
+                .then(b.created_at.cmp(&a.created_at))
+        });
+        for old in backups.iter().skip(keep.max(0) as usize) {
+            tracing::info!(instance = %inst.id, image = %old.id, "backup rotation: deleting an old backup");
+            if let Err(e) = self.images.delete_system(&old.id).await {
+                tracing::error!(image = %old.id, error = %e, "backup rotation: cannot delete");
+            }
+        }
     }
 
     /// Frees a deleted server's ports; a failure is logged (the ports stay, nothing breaks).
@@ -1820,7 +1914,11 @@ impl ComputeService {
                 self.release_volumes(id).await;
             }
             Some(task) => {
-                let next = state::complete(vm, task, r.ok);
+                let mut next = state::complete(vm, task, r.ok);
+                // A reverted resize of a server that was off leaves it off.
+                if task == TaskState::ResizeReverting && r.ok && r.power_state == 4 {
+                    next = VmState::Stopped;
+                }
                 let mut changes: Changes = vec![
                     ("vm_state", next.as_str().into()),
                     ("task_state", SqlValue::Text(None)),
@@ -1830,8 +1928,12 @@ impl ComputeService {
                 if task == TaskState::Spawning && r.ok {
                     changes.push(("launched_at", t.clone().into()));
                 }
+                if task == TaskState::ResizeMigrating && !r.ok {
+                    changes.extend(Self::failed_resize_changes(&inst));
+                }
                 if task == TaskState::ImageSnapshot {
                     changes.push(("snapshot_image_id", SqlValue::Text(None)));
+                    changes.push(("backup_rotation", SqlValue::Int(None)));
                 }
                 if let Some(f) = &r.fault {
                     changes.push(("fault_code", f.code.into()));
@@ -1850,6 +1952,12 @@ impl ComputeService {
                 if task == TaskState::ImageSnapshot && !r.ok {
                     if let Some(img) = &inst.snapshot_image_id {
                         let _ = self.images.delete_system(img).await;
+                    }
+                }
+                if task == TaskState::ImageSnapshot && r.ok && applied {
+                    if let (Some(img), Some(keep)) = (&inst.snapshot_image_id, inst.backup_rotation)
+                    {
+                        self.rotate_backups(&inst, img, keep).await;
                     }
                 }
                 if !applied {

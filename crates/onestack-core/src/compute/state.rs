@@ -12,6 +12,8 @@ pub enum VmState {
     Stopped,
     Paused,
     Suspended,
+    /// Resized, waiting for the user to confirm or revert (VERIFY_RESIZE).
+    Resized,
     Error,
     Deleted,
 }
@@ -44,6 +46,10 @@ pub enum TaskState {
     Rebuilding,
     #[serde(rename = "deleting")]
     Deleting,
+    #[serde(rename = "resize_migrating")]
+    ResizeMigrating,
+    #[serde(rename = "resize_reverting")]
+    ResizeReverting,
 }
 
 /// What a user asks of a server.
@@ -58,6 +64,9 @@ pub enum Action {
     Resume,
     Snapshot,
     Rebuild,
+    Resize,
+    ConfirmResize,
+    RevertResize,
     Delete,
 }
 
@@ -67,6 +76,7 @@ pub const ALL_VM_STATES: &[VmState] = &[
     VmState::Stopped,
     VmState::Paused,
     VmState::Suspended,
+    VmState::Resized,
     VmState::Error,
     VmState::Deleted,
 ];
@@ -85,6 +95,8 @@ pub const ALL_TASK_STATES: &[TaskState] = &[
     TaskState::ImageSnapshot,
     TaskState::Rebuilding,
     TaskState::Deleting,
+    TaskState::ResizeMigrating,
+    TaskState::ResizeReverting,
 ];
 
 impl VmState {
@@ -95,6 +107,7 @@ impl VmState {
             VmState::Stopped => "stopped",
             VmState::Paused => "paused",
             VmState::Suspended => "suspended",
+            VmState::Resized => "resized",
             VmState::Error => "error",
             VmState::Deleted => "deleted",
         }
@@ -121,6 +134,8 @@ impl TaskState {
             TaskState::ImageSnapshot => "image_snapshot",
             TaskState::Rebuilding => "rebuilding",
             TaskState::Deleting => "deleting",
+            TaskState::ResizeMigrating => "resize_migrating",
+            TaskState::ResizeReverting => "resize_reverting",
         }
     }
 
@@ -142,6 +157,9 @@ impl Action {
             Action::Resume => "resume",
             Action::Snapshot => "createImage",
             Action::Rebuild => "rebuild",
+            Action::Resize => "resize",
+            Action::ConfirmResize => "confirmResize",
+            Action::RevertResize => "revertResize",
             Action::Delete => "delete",
         }
     }
@@ -155,9 +173,17 @@ pub fn status(vm: VmState, task: Option<TaskState>) -> &'static str {
             Some(TaskState::Rebooting) => "REBOOT",
             Some(TaskState::RebootingHard) => "HARD_REBOOT",
             Some(TaskState::Rebuilding) => "REBUILD",
+            Some(TaskState::ResizeMigrating) => "RESIZE",
             _ => "ACTIVE",
         },
-        VmState::Stopped => "SHUTOFF",
+        VmState::Stopped => match task {
+            Some(TaskState::ResizeMigrating) => "RESIZE",
+            _ => "SHUTOFF",
+        },
+        VmState::Resized => match task {
+            Some(TaskState::ResizeReverting) => "REVERT_RESIZE",
+            _ => "VERIFY_RESIZE",
+        },
         VmState::Paused => "PAUSED",
         VmState::Suspended => "SUSPENDED",
         VmState::Error => "ERROR",
@@ -200,6 +226,10 @@ pub fn request(
                 TaskState::ImageSnapshot,
             ),
             Action::Rebuild => (&[Active, Stopped, Error], &[None], TaskState::Rebuilding),
+            Action::Resize => (&[Active, Stopped], &[None], TaskState::ResizeMigrating),
+            Action::RevertResize => (&[Resized], &[None], TaskState::ResizeReverting),
+            // Confirming is the controller's alone (no agent task); checked like the others.
+            Action::ConfirmResize => (&[Resized], &[None], TaskState::ResizeReverting),
             // Delete is allowed in every state but deleted, whatever runs (it wins).
             Action::Delete => {
                 return if vm == Deleted {
@@ -240,6 +270,8 @@ pub fn complete(vm: VmState, task: TaskState, ok: bool) -> VmState {
     if !ok {
         return match task {
             Scheduling | Spawning | Rebuilding | RebootingHard => VmState::Error,
+            // A revert that failed leaves a server that is neither flavor for sure.
+            ResizeReverting => VmState::Error,
             _ => vm,
         };
     }
@@ -253,6 +285,9 @@ pub fn complete(vm: VmState, task: TaskState, ok: bool) -> VmState {
         Suspending => VmState::Suspended,
         ImageSnapshot => vm,
         Deleting => VmState::Deleted,
+        ResizeMigrating => VmState::Resized,
+        // Back to running; a server that was off stays off (the report's power state says).
+        ResizeReverting => VmState::Active,
     }
 }
 
@@ -269,7 +304,7 @@ pub enum DesiredPower {
 
 pub fn desired_power(vm: VmState) -> DesiredPower {
     match vm {
-        VmState::Active | VmState::Building => DesiredPower::Running,
+        VmState::Active | VmState::Building | VmState::Resized => DesiredPower::Running,
         VmState::Paused => DesiredPower::Paused,
         VmState::Suspended => DesiredPower::Suspended,
         VmState::Stopped | VmState::Error | VmState::Deleted => DesiredPower::Off,
@@ -357,6 +392,8 @@ mod tests {
             Just(Action::Resume),
             Just(Action::Snapshot),
             Just(Action::Rebuild),
+            Just(Action::Resize),
+            Just(Action::RevertResize),
             Just(Action::Delete),
         ]
     }
@@ -404,7 +441,8 @@ mod tests {
                     }
                 }
                 prop_assert!(["BUILD", "ACTIVE", "REBOOT", "HARD_REBOOT", "REBUILD", "SHUTOFF",
-                    "PAUSED", "SUSPENDED", "ERROR", "DELETED"].contains(&status(vm, task)));
+                    "PAUSED", "SUSPENDED", "ERROR", "DELETED", "RESIZE", "VERIFY_RESIZE",
+                    "REVERT_RESIZE"].contains(&status(vm, task)));
                 if before.0 == VmState::Deleted {
                     prop_assert_eq!(vm, VmState::Deleted);
                 }
@@ -417,7 +455,7 @@ mod tests {
 
         /// A successful task lands in the state its action names.
         #[test]
-        fn successful_actions_reach_their_target(vm_i in 0usize..6, a in arb_action()) {
+        fn successful_actions_reach_their_target(vm_i in 0usize..7, a in arb_action()) {
             let vm = ALL_VM_STATES[vm_i];
             if let Ok(t) = request(vm, None, a) {
                 let after = complete(vm, t, true);
@@ -427,6 +465,7 @@ mod tests {
                     Action::Suspend => VmState::Suspended,
                     Action::Snapshot => vm,
                     Action::Delete => VmState::Deleted,
+                    Action::Resize => VmState::Resized,
                     _ => VmState::Active,
                 };
                 prop_assert_eq!(after, want);
