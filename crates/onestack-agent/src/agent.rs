@@ -318,8 +318,22 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
     // controller applied our report) must not run it twice.
     let mut finished: Option<TaskState> = None;
     let mut first = true;
+    let mut migration = MigrationProgress::default();
     loop {
         let d = rx.borrow_and_update().clone();
+        // A live migration is not a task this host finishes alone: each side does its step
+        // and says so; the controller moves the migration on.
+        if d.task_state == Some(TaskState::Migrating) {
+            if let Some(m) = &d.migration {
+                migration_step(&s, &d, m, &mut migration).await;
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return; },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        migration = MigrationProgress::default();
         if std::mem::take(&mut first) && s.cfg.resume_guests {
             resume_after_boot(&s, &d).await;
         }
@@ -509,6 +523,119 @@ async fn reconcile_volumes<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
     }
 }
 
+/// What this worker did of a live migration already (each step runs once).
+#[derive(Default)]
+struct MigrationProgress {
+    done: Option<(String, String)>,
+    waiting_since: Option<std::time::Instant>,
+}
+
+/// This host's step of a live migration (see `onestack_core::compute::migrate`).
+async fn migration_step<D: Driver>(
+    s: &Shared<D>,
+    d: &DesiredInstance,
+    m: &proto::Migration,
+    progress: &mut MigrationProgress,
+) {
+    let step = (m.role.clone(), m.phase.clone());
+    if progress.done.as_ref() == Some(&step) {
+        return;
+    }
+    let report: Option<proto::MigrationReport> = match (m.role.as_str(), m.phase.as_str()) {
+        ("target", "prepare") => {
+            let r = async {
+                prepare_disk(s, d, true).await?;
+                wait_for_taps(d, Duration::from_secs(60)).await?;
+                Ok::<_, anyhow::Error>(s.driver.prepare_incoming(&spec(s, d), &m.my_ip).await?)
+            }
+            .await;
+            Some(match r {
+                Ok((nbd, mig)) => {
+                    tracing::info!(instance = %d.id, nbd, mig, "live migration: ready to receive");
+                    proto::MigrationReport {
+                        event: "ready".into(),
+                        nbd_port: Some(nbd),
+                        mig_port: Some(mig),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => failed_migration(&d.id, &e),
+            })
+        }
+        ("source", "prepare") => {
+            // The target gets ready; give up if it takes too long (it may be gone).
+            let since = *progress
+                .waiting_since
+                .get_or_insert_with(std::time::Instant::now);
+            if since.elapsed().as_secs() < onestack_core::compute::migrate::PREPARE_TIMEOUT_SECS {
+                return;
+            }
+            Some(failed_migration(
+                &d.id,
+                &anyhow::anyhow!("the target host did not get ready in time"),
+            ))
+        }
+        ("source", "transfer") => {
+            tracing::info!(instance = %d.id, target = %m.peer_ip, "live migration: sending");
+            Some(
+                match s
+                    .driver
+                    .migrate_out(
+                        &d.id,
+                        &m.peer_ip,
+                        m.nbd_port,
+                        m.mig_port,
+                        m.max_bandwidth_mib,
+                    )
+                    .await
+                {
+                    Ok(stats) => {
+                        // Read by scripts/bench-volume.sh: the guest's pause.
+                        tracing::info!(instance = %d.id, downtime_ms = stats.downtime_ms, total_ms = stats.total_ms, "live migration: sent");
+                        proto::MigrationReport {
+                            event: "done".into(),
+                            downtime_ms: Some(stats.downtime_ms),
+                            total_ms: Some(stats.total_ms),
+                            ..Default::default()
+                        }
+                    }
+                    Err(e) => failed_migration(&d.id, &e.into()),
+                },
+            )
+        }
+        ("target", "resume") => Some(match s.driver.finish_incoming(&d.id).await {
+            Ok(()) => proto::MigrationReport {
+                event: "resumed".into(),
+                ..Default::default()
+            },
+            Err(e) => failed_migration(&d.id, &e.into()),
+        }),
+        _ => None,
+    };
+    let Some(report) = report else {
+        return;
+    };
+    for attempt in 0..20 {
+        match s.ctl.report_migration(&s.cfg.host, &d.id, &report).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(instance = %d.id, attempt, error = %e, "migration report failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    progress.done = Some(step);
+}
+
+fn failed_migration(id: &str, e: &anyhow::Error) -> proto::MigrationReport {
+    tracing::error!(instance = %id, error = %format!("{e:#}"), "live migration step failed");
+    proto::MigrationReport {
+        event: "failed".into(),
+        error: Some(format!("{e:#}")),
+        ..Default::default()
+    }
+}
+
 /// How long a guest gets to release a volume being detached.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -625,6 +752,8 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
             let _ = std::fs::remove_file(&tmp);
             r
         }
+        // Driven by `migration_step`, never as a task of its own.
+        TaskState::Migrating => Ok(()),
         TaskState::ResizeMigrating => {
             let running = matches!(
                 s.driver.power_state(&d.id).await,

@@ -145,6 +145,27 @@ impl Controller {
         Ok(())
     }
 
+    /// Reports this host's step of a live migration.
+    pub async fn report_migration(
+        &self,
+        host: &str,
+        id: &str,
+        r: &proto::MigrationReport,
+    ) -> Result<()> {
+        let resp = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/hosts/{host}/instances/{id}/migration"),
+            )
+            .json(r)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .context("migration report")?;
+        Self::check(resp, "migration report").await?;
+        Ok(())
+    }
+
     /// Reports a volume plugged (`attach`) or unplugged (`detach`), or why not.
     pub async fn report_volume(
         &self,

@@ -134,6 +134,28 @@ pub trait Driver: Send + Sync + 'static {
         disk: &std::path::Path,
         dest: &std::path::Path,
     ) -> impl std::future::Future<Output = DriverResult<()>> + Send;
+    /// Live migration, target side: a paused VM waiting for memory, its fresh disk exported
+    /// over NBD on `ip`. Returns (NBD port, migration port).
+    fn prepare_incoming(
+        &self,
+        spec: &VmSpec,
+        ip: &str,
+    ) -> impl std::future::Future<Output = DriverResult<(u16, u16)>> + Send;
+    /// Live migration, source side: disk and memory to the target; the guest keeps running
+    /// here if anything fails. Returns what it measured.
+    fn migrate_out(
+        &self,
+        id: &str,
+        target_ip: &str,
+        nbd_port: u16,
+        mig_port: u16,
+        max_bandwidth_mib: u64,
+    ) -> impl std::future::Future<Output = DriverResult<crate::qemu::MigrationStats>> + Send;
+    /// Live migration, target side, after the source handed over: the guest runs here.
+    fn finish_incoming(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = DriverResult<()>> + Send;
     /// Hot-plugs a volume into a running (or paused) VM; plugged already is success.
     fn attach_volume(
         &self,

@@ -151,6 +151,10 @@ pub struct InstanceRecord {
     pub backup_rotation: Option<i64>,
     /// A resize waiting for confirmation: the flavor to go back to (JSON), as Nova keeps it.
     pub old_flavor: Option<String>,
+    /// A live migration's target host while it runs.
+    pub migration_host: Option<String>,
+    /// The live migration's progress (JSON, the compute service's).
+    pub migration_info: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     pub launched_at: Option<String>,
@@ -177,6 +181,7 @@ row_struct!(InstanceRecord {
     fault_message: "fault_message" => val, fault_details: "fault_details" => val,
     fault_created: "fault_created" => val, snapshot_image_id: "snapshot_image_id" => val,
     backup_rotation: "backup_rotation" => val, old_flavor: "old_flavor" => val,
+    migration_host: "migration_host" => val, migration_info: "migration_info" => val,
     created_at: "created_at" => val, updated_at: "updated_at" => val,
     launched_at: "launched_at" => val, terminated_at: "terminated_at" => val,
     deleted: "deleted" => flag, metadata: "" => default,
@@ -224,6 +229,8 @@ const INSTANCE_COLUMNS: &[&str] = &[
     "snapshot_image_id",
     "backup_rotation",
     "old_flavor",
+    "migration_host",
+    "migration_info",
     "created_at",
     "updated_at",
     "launched_at",
@@ -672,6 +679,15 @@ impl Store {
         .await?)
     }
 
+    /// Wakes a host's long poll (its desired state changed through another host's instance).
+    pub async fn bump_host_generation(&self, host: &str) -> Result<()> {
+        sqlx::query("UPDATE compute_hosts SET generation = generation + 1 WHERE host = $1")
+            .bind(host)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     pub async fn heartbeat_host(&self, host: &str, now_micros: i64) -> Result<()> {
         let r = sqlx::query("UPDATE compute_hosts SET last_seen = $2 WHERE host = $1")
             .bind(host)
@@ -853,7 +869,8 @@ impl Store {
     pub async fn list_host_instances(&self, host: &str) -> Result<Vec<InstanceRecord>> {
         let cols = INSTANCE_COLUMNS.join(", ");
         let mut list: Vec<InstanceRecord> = sqlx::query_as(&format!(
-            "SELECT {cols} FROM instances WHERE host = $1 AND deleted = 0 ORDER BY seq"
+            "SELECT {cols} FROM instances WHERE (host = $1 OR migration_host = $1) AND deleted = 0 \
+             ORDER BY seq"
         ))
         .bind(host)
         .fetch_all(self.pool())
@@ -1105,6 +1122,8 @@ fn instance_values(i: &InstanceRecord) -> Vec<SqlValue> {
         i.snapshot_image_id.clone().into(),
         SqlValue::Int(i.backup_rotation),
         i.old_flavor.clone().into(),
+        i.migration_host.clone().into(),
+        i.migration_info.clone().into(),
         i.created_at.clone().into(),
         i.updated_at.clone().into(),
         i.launched_at.clone().into(),

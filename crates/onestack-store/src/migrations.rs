@@ -365,7 +365,9 @@ CREATE TABLE quota_limits (
         8,
         r#"
 ALTER TABLE instances ADD COLUMN backup_rotation BIGINT;
-ALTER TABLE instances ADD COLUMN old_flavor TEXT
+ALTER TABLE instances ADD COLUMN old_flavor TEXT;
+ALTER TABLE instances ADD COLUMN migration_host TEXT;
+ALTER TABLE instances ADD COLUMN migration_info TEXT
 "#,
     ),
 ];

@@ -265,6 +265,8 @@ async fn compute_scenario(s: &Store) {
         snapshot_image_id: None,
         backup_rotation: None,
         old_flavor: None,
+        migration_host: None,
+        migration_info: None,
         created_at: "2026-01-01T00:00:00Z".into(),
         updated_at: "2026-01-01T00:00:00Z".into(),
         launched_at: None,

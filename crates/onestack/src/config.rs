@@ -46,6 +46,8 @@ pub struct ComputeConfig {
     /// This host's address as other hosts reach it (agent endpoint, VXLAN tunnel endpoint);
     /// empty = `api.public_host` (Nova's `my_ip`).
     pub my_ip: String,
+    /// Live migration's memory bandwidth cap in MiB/s, 0 for none (Nova's name).
+    pub live_migration_bandwidth: u64,
 }
 
 impl Default for ComputeConfig {
@@ -64,6 +66,7 @@ impl Default for ComputeConfig {
             qemu_user: "auto".into(),
             controller_url: String::new(),
             my_ip: String::new(),
+            live_migration_bandwidth: 0,
         }
     }
 }

@@ -56,6 +56,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             },
             force_config_drive: cfg.compute.force_config_drive,
             service_down_time: Duration::from_secs(cfg.compute.service_down_time),
+            live_migration_bandwidth_mib: cfg.compute.live_migration_bandwidth,
             ..ComputeConfig::default()
         },
     )

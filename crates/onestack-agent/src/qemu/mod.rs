@@ -9,10 +9,12 @@
 //! and keeps running.
 
 mod accel;
+mod migrate;
 mod process;
 mod qmp;
 
 pub use accel::{choose_accel, Accel};
+pub use migrate::MigrationStats;
 
 use crate::driver::{Driver, DriverError, DriverResult, PowerState, VmSpec, VolumeSpec};
 use process::{pid_matches, signal, wait_gone};
@@ -753,6 +755,26 @@ impl Driver for QemuDriver {
 
     async fn snapshot(&self, id: &str, disk: &Path, dest: &Path) -> DriverResult<()> {
         self.do_snapshot(id, disk, dest).await
+    }
+
+    async fn prepare_incoming(&self, spec: &VmSpec, ip: &str) -> DriverResult<(u16, u16)> {
+        self.do_prepare_incoming(spec, ip).await
+    }
+
+    async fn migrate_out(
+        &self,
+        id: &str,
+        target_ip: &str,
+        nbd_port: u16,
+        mig_port: u16,
+        max_bandwidth_mib: u64,
+    ) -> DriverResult<MigrationStats> {
+        self.do_migrate_out(id, target_ip, nbd_port, mig_port, max_bandwidth_mib)
+            .await
+    }
+
+    async fn finish_incoming(&self, id: &str) -> DriverResult<()> {
+        self.do_finish_incoming(id).await
     }
 
     async fn attach_volume(&self, id: &str, volume: &VolumeSpec) -> DriverResult<()> {

@@ -214,6 +214,9 @@ pub(crate) fn qemu_args(
         a.push(user.into());
     }
     if incoming {
+        // Paused once the state is in: the caller decides when the guest runs again (a live
+        // migration's disk copy must finish first).
+        a.push("-S".into());
         a.push("-incoming".into());
         a.push("defer".into());
     }
@@ -413,7 +416,7 @@ mod tests {
             "-blockdev driver=qcow2,node-name=vol0123abcd,file.driver=file,file.filename=/v/volume-1,,2",
             "-device virtio-blk-pci,drive=vol0123abcd,id=vol0123abcd,serial=0123abcd-0000-0000-0",
             "spawn=deny",
-            "-runas nobody -incoming defer",
+            "-runas nobody -S -incoming defer",
         ] {
             assert!(line.contains(want), "{want:?} not in {line}");
         }

@@ -39,6 +39,10 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
             "/hosts/{host}/instances/{id}/volumes/{volume}",
             post(volume_report),
         )
+        .route(
+            "/hosts/{host}/instances/{id}/migration",
+            post(migration_report),
+        )
         .route("/images/{id}/file", get(image_file).put(snapshot_upload))
         .layer(axum::middleware::from_fn_with_state(state, require_agent))
         // The one route a host without credentials may call: it proves itself with a join token.
@@ -323,6 +327,15 @@ async fn volume_report(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn migration_report(
+    State(s): State<ComputeState>,
+    Path(p): Path<InstancePath>,
+    JsonBody(body): JsonBody<proto::MigrationReport>,
+) -> ApiResult<StatusCode> {
+    s.compute.migration_report(&p.host, &p.id, body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize)]
 struct ImagePath {
     id: String,
@@ -454,7 +467,11 @@ pub async fn serial_console_url(
     id: &str,
 ) -> ApiResult<String> {
     let (host, inst) = s.compute.server_host(ctx, id).await?;
-    if onestack_core::compute::server_status(&inst) != "ACTIVE" {
+    // A running guest: active, or resized and waiting for confirmation.
+    if !matches!(
+        onestack_core::compute::server_status(&inst),
+        "ACTIVE" | "VERIFY_RESIZE"
+    ) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("Instance {id} is not running; its console is unavailable."),

@@ -558,6 +558,21 @@ pub async fn action(
             s.compute.resize(&ctx, &p.id, &flavor).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
+        "os-migrateLive" => {
+            let host = match arg.get("host") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(h)) if !h.is_empty() => Some(h.as_str()),
+                _ => return Err(bad_field("host")),
+            };
+            // block_migration: "auto", true or false; without shared storage it always is one.
+            match arg.get("block_migration") {
+                None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+                Some(Value::String(v)) if v == "auto" || v == "true" || v == "false" => {}
+                Some(_) => return Err(bad_field("block_migration")),
+            }
+            s.compute.live_migrate(&ctx, &p.id, host).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
         "confirmResize" => {
             s.compute.confirm_resize(&ctx, &p.id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())

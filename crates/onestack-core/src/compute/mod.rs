@@ -6,6 +6,7 @@ pub mod console;
 pub mod join;
 pub mod keypair;
 pub mod metadata;
+pub mod migrate;
 pub mod proto;
 pub mod resize;
 pub mod scheduler;
@@ -57,6 +58,9 @@ pub struct ComputeConfig {
     /// Always attach a config drive (Nova's force_config_drive; off: the metadata service).
     pub force_config_drive: bool,
     pub default_availability_zone: String,
+    /// Live migration's memory bandwidth cap in MiB/s, 0 for none (Nova's
+    /// `live_migration_bandwidth`).
+    pub live_migration_bandwidth_mib: u64,
 }
 
 impl Default for ComputeConfig {
@@ -67,6 +71,7 @@ impl Default for ComputeConfig {
             service_down_time: Duration::from_secs(60),
             force_config_drive: false,
             default_availability_zone: "nova".into(),
+            live_migration_bandwidth_mib: 0,
         }
     }
 }
@@ -1109,6 +1114,8 @@ impl ComputeService {
                 snapshot_image_id: None,
                 backup_rotation: None,
                 old_flavor: None,
+                migration_host: None,
+                migration_info: None,
                 created_at: t.clone(),
                 updated_at: t,
                 launched_at: None,
@@ -1747,6 +1754,7 @@ impl ComputeService {
                     let nics = self.nics(&inst.id).await?;
                     let mut d = self.desired_instance(inst, image, nics);
                     d.volumes = self.desired_volumes(inst).await?;
+                    d.migration = self.desired_migration(inst, host);
                     out.push(d);
                 }
                 return Ok(proto::DesiredState {
@@ -1890,6 +1898,7 @@ impl ComputeService {
             snapshot_image_id: inst.snapshot_image_id.clone(),
             nics,
             volumes: Vec::new(),
+            migration: None,
         }
     }
 

@@ -56,6 +56,44 @@ pub struct DesiredInstance {
     /// Volumes: the root volume (boot from volume) and data volumes, in attach order.
     #[serde(default)]
     pub volumes: Vec<VolumeAttachment>,
+    /// A live migration this host takes part in.
+    #[serde(default)]
+    pub migration: Option<Migration>,
+}
+
+/// This host's part in a live migration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    /// `source` or `target`
+    pub role: String,
+    /// `prepare` (the target gets ready), `transfer` (the source sends), `resume` (the target
+    /// lets the guest run).
+    pub phase: String,
+    /// The other host's address.
+    pub peer_ip: String,
+    /// This host's own address (the target listens on it).
+    pub my_ip: String,
+    pub nbd_port: u16,
+    pub mig_port: u16,
+    /// Memory copy bandwidth cap in MiB/s (0: none), Nova's `live_migration_bandwidth`.
+    pub max_bandwidth_mib: u64,
+}
+
+/// An agent's word on its part of a live migration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// `ready` (target), `done` (source), `resumed` (target) or `failed` (either).
+    pub event: String,
+    #[serde(default)]
+    pub nbd_port: Option<u16>,
+    #[serde(default)]
+    pub mig_port: Option<u16>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub downtime_ms: Option<u64>,
+    #[serde(default)]
+    pub total_ms: Option<u64>,
 }
 
 /// A volume the agent plugs into (or, `detaching`, unplugs from) the VM.

@@ -50,6 +50,8 @@ pub enum TaskState {
     ResizeMigrating,
     #[serde(rename = "resize_reverting")]
     ResizeReverting,
+    #[serde(rename = "migrating")]
+    Migrating,
 }
 
 /// What a user asks of a server.
@@ -67,6 +69,7 @@ pub enum Action {
     Resize,
     ConfirmResize,
     RevertResize,
+    LiveMigrate,
     Delete,
 }
 
@@ -97,6 +100,7 @@ pub const ALL_TASK_STATES: &[TaskState] = &[
     TaskState::Deleting,
     TaskState::ResizeMigrating,
     TaskState::ResizeReverting,
+    TaskState::Migrating,
 ];
 
 impl VmState {
@@ -136,6 +140,7 @@ impl TaskState {
             TaskState::Deleting => "deleting",
             TaskState::ResizeMigrating => "resize_migrating",
             TaskState::ResizeReverting => "resize_reverting",
+            TaskState::Migrating => "migrating",
         }
     }
 
@@ -160,6 +165,7 @@ impl Action {
             Action::Resize => "resize",
             Action::ConfirmResize => "confirmResize",
             Action::RevertResize => "revertResize",
+            Action::LiveMigrate => "os-migrateLive",
             Action::Delete => "delete",
         }
     }
@@ -174,6 +180,7 @@ pub fn status(vm: VmState, task: Option<TaskState>) -> &'static str {
             Some(TaskState::RebootingHard) => "HARD_REBOOT",
             Some(TaskState::Rebuilding) => "REBUILD",
             Some(TaskState::ResizeMigrating) => "RESIZE",
+            Some(TaskState::Migrating) => "MIGRATING",
             _ => "ACTIVE",
         },
         VmState::Stopped => match task {
@@ -228,6 +235,7 @@ pub fn request(
             Action::Rebuild => (&[Active, Stopped, Error], &[None], TaskState::Rebuilding),
             Action::Resize => (&[Active, Stopped], &[None], TaskState::ResizeMigrating),
             Action::RevertResize => (&[Resized], &[None], TaskState::ResizeReverting),
+            Action::LiveMigrate => (&[Active], &[None], TaskState::Migrating),
             // Confirming is the controller's alone (no agent task); checked like the others.
             Action::ConfirmResize => (&[Resized], &[None], TaskState::ResizeReverting),
             // Delete is allowed in every state but deleted, whatever runs (it wins).
@@ -288,6 +296,8 @@ pub fn complete(vm: VmState, task: TaskState, ok: bool) -> VmState {
         ResizeMigrating => VmState::Resized,
         // Back to running; a server that was off stays off (the report's power state says).
         ResizeReverting => VmState::Active,
+        // Running on the target, or (it failed) still on the source: active either way.
+        Migrating => VmState::Active,
     }
 }
 
@@ -394,6 +404,7 @@ mod tests {
             Just(Action::Rebuild),
             Just(Action::Resize),
             Just(Action::RevertResize),
+            Just(Action::LiveMigrate),
             Just(Action::Delete),
         ]
     }
@@ -442,7 +453,7 @@ mod tests {
                 }
                 prop_assert!(["BUILD", "ACTIVE", "REBOOT", "HARD_REBOOT", "REBUILD", "SHUTOFF",
                     "PAUSED", "SUSPENDED", "ERROR", "DELETED", "RESIZE", "VERIFY_RESIZE",
-                    "REVERT_RESIZE"].contains(&status(vm, task)));
+                    "REVERT_RESIZE", "MIGRATING"].contains(&status(vm, task)));
                 if before.0 == VmState::Deleted {
                     prop_assert_eq!(vm, VmState::Deleted);
                 }

@@ -78,7 +78,9 @@ impl NetworkService {
             .ports
             .iter()
             .filter(|p| {
-                p.device_owner.starts_with("compute:") && p.host == host && !p.host.is_empty()
+                p.device_owner.starts_with("compute:")
+                    && !host.is_empty()
+                    && (p.host == host || p.migrating_to == host)
             })
             .collect();
         let mut net_ids: BTreeSet<&str> = vm_ports.iter().map(|p| p.network_id.as_str()).collect();

@@ -94,6 +94,10 @@ pub struct Port {
     /// Created by compute for a server (deleted with it), not handed in by the user.
     #[serde(default)]
     pub compute_owned: bool,
+    /// A live migration's target host: plugged there too (an inactive binding) until the
+    /// server moves.
+    #[serde(default)]
+    pub migrating_to: String,
 }
 
 impl Port {

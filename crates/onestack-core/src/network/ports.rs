@@ -211,6 +211,7 @@ impl NetworkService {
             allowed_address_pairs: pairs,
             host: f.string("binding:host_id", 255)?.unwrap_or_default(),
             compute_owned,
+            migrating_to: String::new(),
         };
         let row = new_row(
             PORT,
@@ -556,11 +557,29 @@ impl NetworkService {
     }
 
     /// Binds a server's ports to the host it was placed on.
+    /// Plugs a server's ports on a live migration's target too (`Some`), or no more (`None`).
+    pub async fn set_migration_binding(
+        &self,
+        server_id: &str,
+        target: Option<&str>,
+    ) -> CoreResult<()> {
+        let mut tx = self.tx().await?;
+        let ports: Vec<Rec<Port>> =
+            Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
+        for mut p in ports {
+            p.val.migrating_to = target.unwrap_or_default().to_string();
+            let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
+            tx.update(&row).await.map_err(store_err)?;
+        }
+        self.commit(tx).await
+    }
+
     pub async fn bind_server_ports(&self, server_id: &str, host: &str) -> CoreResult<()> {
         let mut tx = self.tx().await?;
         let ports: Vec<Rec<Port>> =
             Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
         for mut p in ports {
+            p.val.migrating_to = String::new();
             p.val.host = host.to_string();
             let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
             tx.update(&row).await.map_err(store_err)?;

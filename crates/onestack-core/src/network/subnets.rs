@@ -363,6 +363,7 @@ impl NetworkService {
                     allowed_address_pairs: Vec::new(),
                     host: String::new(),
                     compute_owned: false,
+                    migrating_to: String::new(),
                 };
                 let row = new_row(
                     PORT,
