@@ -14,6 +14,8 @@ pub enum Svc {
     Compute,
     Network,
     Image,
+    /// Block storage; paths start with the project id.
+    Volume,
 }
 
 impl Svc {
@@ -23,6 +25,7 @@ impl Svc {
             Svc::Compute => "compute",
             Svc::Network => "network",
             Svc::Image => "image",
+            Svc::Volume => "block storage",
         }
     }
 }
@@ -55,6 +58,7 @@ impl Dash {
             Svc::Compute => &self.cfg.compute_url,
             Svc::Network => &self.cfg.network_url,
             Svc::Image => &self.cfg.image_url,
+            Svc::Volume => &self.cfg.volume_url,
         }
     }
 

@@ -23,6 +23,7 @@ const PROJECT_NAV: &[(&str, &str)] = &[
     ("/project/instances", "Instances"),
     ("/project/images", "Images"),
     ("/project/key_pairs", "Key pairs"),
+    ("/project/volumes", "Volumes"),
     ("/project/networks", "Networks"),
     ("/project/routers", "Routers"),
     ("/project/floating_ips", "Floating IPs"),

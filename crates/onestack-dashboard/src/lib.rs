@@ -11,6 +11,7 @@ mod html;
 mod network;
 mod project;
 mod session;
+mod volumes;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -35,6 +36,8 @@ pub struct DashboardConfig {
     pub network_url: String,
     /// e.g. `http://198.18.0.1:9292/v2`
     pub image_url: String,
+    /// e.g. `http://198.18.0.1:8776/v3` (the project id follows)
+    pub volume_url: String,
 }
 
 #[derive(Clone)]
@@ -62,6 +65,7 @@ pub fn router(cfg: DashboardConfig) -> Router {
         .route("/static/onestack.js", get(script))
         .merge(project::routes())
         .merge(network::routes())
+        .merge(volumes::routes())
         .merge(admin::routes())
         .merge(console::routes())
         .layer(axum::middleware::map_response(security_headers))

@@ -65,9 +65,11 @@ fn ok_page(ctx: &Ctx, title: &str, body: &str) -> Response {
 async fn overview(State(d): State<Dash>, headers: HeaderMap) -> Response {
     let ctx = signed_in!(d, headers);
     let quota_path = format!("/quotas/{}/details", seg(&ctx.s.project_id));
-    let (limits, net) = tokio::join!(
+    let volume_limits = format!("/{}/limits", seg(&ctx.s.project_id));
+    let (limits, net, vol) = tokio::join!(
         d.get(&ctx.s, Svc::Compute, "/limits"),
         d.get(&ctx.s, Svc::Network, &quota_path),
+        d.get(&ctx.s, Svc::Volume, &volume_limits),
     );
     let limits = match limits {
         Ok(v) => v,
@@ -105,10 +107,25 @@ async fn overview(State(d): State<Dash>, headers: HeaderMap) -> Response {
         }
         Err(f) => notes.push_str(&crate::html::notice(&f.message, false)),
     }
-    notes.push_str(
-        "<p class=\"note\">Volumes: this cloud has no block storage service yet, so there is no \
-         volume quota to show.</p>",
-    );
+    match vol {
+        Ok(v) => {
+            let a = &v["limits"]["absolute"];
+            let n = |k: &str| a[k].as_i64().unwrap_or(0);
+            charts.push(quota_chart(
+                "Volumes",
+                n("totalVolumesUsed"),
+                n("maxTotalVolumes"),
+                "",
+            ));
+            charts.push(quota_chart(
+                "Volume storage",
+                n("totalGigabytesUsed"),
+                n("maxTotalVolumeGigabytes"),
+                " GB",
+            ));
+        }
+        Err(f) => notes.push_str(&crate::html::notice(&f.message, false)),
+    }
     ok_page(
         &ctx,
         "Overview",

@@ -155,6 +155,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             compute_url: cfg.compute_url() + "/v2.1",
             network_url: cfg.network_url() + "/v2.0",
             image_url: cfg.image_url() + "/v2",
+            volume_url: cfg.volume_url() + "/v3",
         }),
         stopped(),
     );
