@@ -44,7 +44,8 @@ def test_volumes_page_create_attach_refused_detach_delete():
         page = ns(lambda: web.get("/project/volumes"))
         server = re.search(r'<select name="server"><option value="([^"]+)"', page).group(1)
         status, path, page = ns(lambda: web.post("/project/volumes/attach", {"volume": vid, "server": server}))
-        assert notice(page, "attach-volume") == ("ok", "Attaching as /dev/vdb."), notice(page, "attach-volume")
+        # (The attach form is gone now that no volume is available; its notice stays.)
+        assert '<p class="ok" role="status">Attaching as /dev/vdb.</p>' in page, page[-3000:]
         deadline = time.time() + 60
         while cli_json(cloud, "volume", "show", vid)["status"] != "in-use":
             assert time.time() < deadline
@@ -56,16 +57,14 @@ def test_volumes_page_create_attach_refused_detach_delete():
         # is in-use again, with the reason shown next to it.
         status, path, page = ns(lambda: web.post(f"/project/volumes/{vid}/detach", {}))
         assert table_notice(page) == ("ok", "Detaching.")
+        assert cli_json(cloud, "volume", "show", vid)["status"] == "detaching"
         deadline = time.time() + 90
-        while True:
-            v = cli_json(cloud, "volume", "show", vid)
-            if v["status"] == "in-use" and v.get("error"):
-                break
-            assert time.time() < deadline, v
+        while cli_json(cloud, "volume", "show", vid)["status"] != "in-use":
+            assert time.time() < deadline
             time.sleep(1)
-        assert "did not release the disk" in v["error"], v
+        # Cinder's volume has no field for it (the CLI shows none); the page shows the reason.
         page = ns(lambda: web.get("/project/volumes"))
-        assert "did not release the disk" in page
+        assert "the guest did not release the disk within 20 s" in page, page[-3000:]
         # An in-use volume cannot be deleted: Cinder's refusal, readable.
         status, path, page = ns(lambda: web.post(f"/project/volumes/{vid}/delete", {}))
         kind, text = table_notice(page)

@@ -2,8 +2,10 @@
 pair, 198.18.20.0/24), with no shared storage: the disk is mirrored, memory migrated, and the
 guest answers ping throughout but for a short pause. A migration whose target dies mid-way rolls
 back: the guest keeps running on its source."""
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import OPENSTACK, helper_pids, make_cloud
-from test_compute_cli import demo, have_qemu
+from test_compute_cli import demo, have_qemu, wait_console, wait_status
+from test_volume_cli import console
 from test_multinode import CONTROLLER_IP, NODE_IP, Node, host_of, services, wait_for
 from test_network_cli import add_floating_ip, ssh, wait_ssh
 
@@ -68,7 +71,10 @@ def migrate(cloud, server, wait=True, host=None, who="onestack-admin"):
                           capture_output=True, text=True, timeout=900, env=env)
 
 
-def test_live_migration_keeps_the_guest_answering_and_rolls_back_when_the_target_dies(tmp_path):
+@contextlib.contextmanager
+def two_hosts():
+    """A controller (also a compute host) and a joined compute node, each in its own namespace,
+    a veth pair between them: (cloud, node, controller's host name)."""
     compute = (f'my_ip = "{CONTROLLER_IP}"\nservice_down_time = 6\nforce_config_drive = false\n'
                f'live_migration_bandwidth = {BANDWIDTH_MIB}\n')
     with make_cloud(default_image=True, compute=compute, listen="0.0.0.0",
@@ -82,20 +88,24 @@ def test_live_migration_keeps_the_guest_answering_and_rolls_back_when_the_target
             for ns, addr in [(cloud.netns, CONTROLLER_IP), (node.netns, NODE_IP)]:
                 subprocess.run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "wire"], check=True)
                 subprocess.run(["ip", "-n", ns, "link", "set", "wire", "up"], check=True)
-            scenario(cloud, node, tmp_path)
+            up = cloud.up()
+            m = re.search(r"onestack join --controller (\S+) --token (\S+)", up.stdout)
+            r = node.run("join", "--controller", m.group(1), "--token", m.group(2), "--host", "node2",
+                         "--config", str(node.config))
+            assert r.returncode == 0, r.stdout + r.stderr
+            controller_host = next(h for h in services(cloud) if h != "node2")
+            yield cloud, node, controller_host
         finally:
             node.stop_everything()
 
 
-def scenario(cloud, node, tmp_path):
-    import re
-    up = cloud.up()
-    m = re.search(r"onestack join --controller (\S+) --token (\S+)", up.stdout)
-    r = node.run("join", "--controller", m.group(1), "--token", m.group(2), "--host", "node2",
-                 "--config", str(node.config))
-    assert r.returncode == 0, r.stdout + r.stderr
-    hosts = services(cloud)
-    controller_host = next(h for h in hosts if h != "node2")
+def test_live_migration_keeps_the_guest_answering_and_rolls_back_when_the_target_dies(tmp_path):
+    with two_hosts() as (cloud, node, controller_host):
+        scenario(cloud, node, controller_host, tmp_path)
+
+
+def scenario(cloud, node, controller_host, tmp_path):
+    """Live migration there and back, the second time with the target killed mid-way."""
 
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -150,3 +160,54 @@ def scenario(cloud, node, tmp_path):
     wait_for("the target's leftovers to go",
              lambda: not (data_of[start] / "compute" / "instances" / sid).exists(), timeout=60)
     demo(cloud, "server", "delete", "--wait", "mig")
+
+
+def test_cold_migration_moves_the_disk_and_reverts_or_confirms():
+    with two_hosts() as (cloud, node, controller_host):
+        data_of = {controller_host: cloud.data, "node2": node.data}
+        demo(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "onestack-tiny", "--wait", "cold")
+        wait_console(cloud, "cold", "onestack-tiny: ready", timeout=240)
+        sid = demo(cloud, "server", "show", "cold", "-f", "value", "-c", "id").stdout.strip()
+        start = host_of(cloud, "cold")
+        other = "node2" if start == controller_host else controller_host
+        # A record on the disk itself (past the partition, in the last sector): it must travel.
+        out = console(cloud, "cold", b"echo COLD-DATA-77 | dd of=/dev/vda bs=512 seek=$(($(cat /sys/block/vda/size)-1)) "
+                      b"count=1 conv=sync 2>/dev/null && sync && echo W-$((6*7))", b"W-42")
+        assert b"W-42" in out
+        read_back = (b"dd if=/dev/vda bs=512 skip=$(($(cat /sys/block/vda/size)-1)) count=1 2>/dev/null | "
+                     b"head -c 12; echo; echo R-$((6*7))")
+
+        # Members may not migrate.
+        r = demo(cloud, "server", "migrate", "cold", check=False)
+        assert r.returncode != 0 and "403" in r.stderr, r.stderr
+        # Migrate: off here, the disk to the other host, on there; VERIFY_RESIZE.
+        r = cloud.os("server", "migrate", "--wait", sid, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        s = wait_status(cloud, sid, "VERIFY_RESIZE", timeout=240, who="onestack-admin")
+        assert host_of(cloud, "cold") == other
+        wait_console(cloud, "cold", "onestack-tiny: ready", timeout=240)
+        out = console(cloud, "cold", read_back, b"R-42")
+        assert b"\nCOLD-DATA-77" in out.replace(b"\r", b""), out[-400:]
+        # The source still has its copy (for a revert), not running.
+        assert (data_of[start] / "compute" / "instances" / sid / "disk").exists()
+        assert not qemu_pids_under(data_of[start])
+
+        # Revert: back on the source, running again, the target's copy gone.
+        cloud.os("server", "resize", "revert", sid)
+        wait_status(cloud, sid, "ACTIVE", timeout=240, who="onestack-admin")
+        assert host_of(cloud, "cold") == start
+        wait_for("the target's copy to go", lambda: not (data_of[other] / "compute" / "instances" / sid).exists(), timeout=60)
+        wait_console(cloud, "cold", "onestack-tiny: ready", count=2, timeout=240)
+        out = console(cloud, "cold", read_back, b"R-42")
+        assert b"\nCOLD-DATA-77" in out.replace(b"\r", b""), out[-400:]
+
+        # Migrate and confirm: on the other host for good, the source's copy gone.
+        r = cloud.os("server", "migrate", "--wait", sid, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_status(cloud, sid, "VERIFY_RESIZE", timeout=240, who="onestack-admin")
+        cloud.os("server", "resize", "confirm", sid)
+        wait_status(cloud, sid, "ACTIVE", timeout=60, who="onestack-admin")
+        assert host_of(cloud, "cold") == other
+        wait_for("the source's copy to go", lambda: not (data_of[start] / "compute" / "instances" / sid).exists(), timeout=60)
+        wait_console(cloud, "cold", "onestack-tiny: ready", timeout=240)
+        demo(cloud, "server", "delete", "--wait", "cold")

@@ -319,11 +319,22 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
     let mut finished: Option<TaskState> = None;
     let mut first = true;
     let mut migration = MigrationProgress::default();
+    // Volume operations reported, by volume: the same request is not run again while the
+    // controller's answer is on its way.
+    let mut volumes_done: HashMap<String, String> = HashMap::new();
     loop {
         let d = rx.borrow_and_update().clone();
-        // A live migration is not a task this host finishes alone: each side does its step
-        // and says so; the controller moves the migration on.
-        if d.task_state == Some(TaskState::Migrating) {
+        // A migration is not a task this host finishes alone: each side does its step and
+        // says so; the controller moves the migration on.
+        if let Some(m) = d.migration.as_ref().filter(|m| m.kind == "cold") {
+            if cold_step(&s, &d, m, &mut migration).await {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return; },
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
+        } else if d.task_state == Some(TaskState::Migrating) {
             if let Some(m) = &d.migration {
                 migration_step(&s, &d, m, &mut migration).await;
             }
@@ -381,7 +392,7 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
         }
         if d.task_state.is_none() {
             observe(&s, &d).await;
-            reconcile_volumes(&s, &d).await;
+            reconcile_volumes(&s, &d, &mut volumes_done).await;
             drop_resize_backup(&s, &d);
         }
         tokio::select! {
@@ -471,8 +482,20 @@ fn volume_spec(s: &Shared<impl Driver>, v: &proto::VolumeAttachment) -> VolumeSp
 /// Plugs the volumes being attached and unplugs those being detached, then reports each. A
 /// stopped VM needs nothing done now: its volumes are on the command line at the next start.
 /// Runs only when no task does, so a boot volume is reported once the VM was spawned on it.
-async fn reconcile_volumes<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
+async fn reconcile_volumes<D: Driver>(
+    s: &Shared<D>,
+    d: &DesiredInstance,
+    done: &mut HashMap<String, String>,
+) {
+    done.retain(|id, state| {
+        d.volumes
+            .iter()
+            .any(|v| &v.volume_id == id && &v.state == state)
+    });
     for v in &d.volumes {
+        if done.get(&v.volume_id) == Some(&v.state) {
+            continue;
+        }
         let op = match v.state.as_str() {
             "attaching" => "attach",
             "detaching" => "detach",
@@ -507,6 +530,7 @@ async fn reconcile_volumes<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
             op: op.into(),
             error: outcome.err().map(|e| format!("{e:#}")),
         };
+        done.insert(v.volume_id.clone(), v.state.clone());
         for attempt in 0..10 {
             match s
                 .ctl
@@ -625,6 +649,116 @@ async fn migration_step<D: Driver>(
         }
     }
     progress.done = Some(step);
+}
+
+/// This host's step of a cold migration; false when the instance is simply this host's now
+/// (the target, waiting for confirmation) and the normal work applies.
+async fn cold_step<D: Driver>(
+    s: &Shared<D>,
+    d: &DesiredInstance,
+    m: &proto::Migration,
+    progress: &mut MigrationProgress,
+) -> bool {
+    let step = (m.role.clone(), m.phase.clone());
+    if m.role == "target" && m.phase == "verify" {
+        return false;
+    }
+    if progress.done.as_ref() == Some(&step) {
+        return true;
+    }
+    let report = match (m.role.as_str(), m.phase.as_str()) {
+        ("source", "prepare") => Some(match s.driver.stop(&d.id, s.cfg.stop_grace).await {
+            Ok(()) => proto::MigrationReport {
+                event: "ready".into(),
+                ..Default::default()
+            },
+            Err(e) => failed_migration(&d.id, &e.into()),
+        }),
+        ("target", "transfer") => Some(match receive_disk(s, d, m).await {
+            Ok(()) => {
+                tracing::info!(instance = %d.id, "cold migration: running here");
+                proto::MigrationReport {
+                    event: "done".into(),
+                    ..Default::default()
+                }
+            }
+            Err(e) => {
+                let _ = s.driver.destroy(&d.id).await;
+                let _ = std::fs::remove_dir_all(s.cfg.instances_dir().join(&d.id));
+                failed_migration(&d.id, &e)
+            }
+        }),
+        ("target", "revert") => {
+            let r = async {
+                s.driver.destroy(&d.id).await?;
+                match std::fs::remove_dir_all(s.cfg.instances_dir().join(&d.id)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(anyhow::Error::from(e))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            .await;
+            Some(match r {
+                Ok(()) => proto::MigrationReport {
+                    event: "reverted".into(),
+                    ..Default::default()
+                },
+                Err(e) => failed_migration(&d.id, &e),
+            })
+        }
+        // The source keeps its copy (for a revert) and does nothing until the end.
+        _ => None,
+    };
+    if let Some(report) = report {
+        for attempt in 0..20 {
+            match s.ctl.report_migration(&s.cfg.host, &d.id, &report).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(instance = %d.id, attempt, error = %e, "migration report failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        progress.done = Some(step);
+    }
+    true
+}
+
+/// Cold migration, target: the source's disk (its overlay) onto the image cached here, the
+/// config drive, the NICs, and the guest started if it ran.
+async fn receive_disk<D: Driver>(
+    s: &Shared<D>,
+    d: &DesiredInstance,
+    m: &proto::Migration,
+) -> Result<()> {
+    let dir = s.cfg.instances_dir().join(&d.id);
+    std::fs::create_dir_all(&dir)?;
+    let part = dir.join("disk.part");
+    s.ctl.fetch(&m.disk_url, &part).await?;
+    if let Some(image) = &d.image {
+        let base = cached_image(s, image).await?;
+        let fmt = onestack_core::volume::backend::qemu_format(&image.disk_format);
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["rebase", "-u", "-f", "qcow2", "-F", fmt, "-b"])
+            .arg(&base)
+            .arg(&part)
+            .output()
+            .await
+            .context("cannot run qemu-img")?;
+        if !out.status.success() {
+            bail!(
+                "qemu-img rebase failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    std::fs::rename(&part, dir.join("disk"))?;
+    prepare_disk(s, d, false).await?;
+    if m.was_running {
+        start_vm(s, d).await?;
+    }
+    Ok(())
 }
 
 fn failed_migration(id: &str, e: &anyhow::Error) -> proto::MigrationReport {

@@ -188,6 +188,26 @@ impl Controller {
         Ok(())
     }
 
+    /// Streams a file another host's agent serves (a URL with its own token) into `dest`.
+    pub async fn fetch(&self, url: &str, dest: &Path) -> Result<()> {
+        let mut resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .context("fetching from the other host")?;
+        if !resp.status().is_success() {
+            anyhow::bail!("the other host answered {}", resp.status());
+        }
+        let mut f = tokio::fs::File::create(dest).await?;
+        while let Some(chunk) = resp.chunk().await? {
+            tokio::io::AsyncWriteExt::write_all(&mut f, &chunk).await?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut f).await?;
+        f.sync_all().await?;
+        Ok(())
+    }
+
     /// Streams an image's data into `dest`.
     pub async fn download_image(&self, id: &str, dest: &Path) -> Result<()> {
         let resp = self

@@ -26,6 +26,7 @@ pub fn router(token: String, instances: PathBuf) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/v1/serial", get(serial))
+        .route("/v1/instances/{id}/disk", get(disk))
         .merge(internal)
         .with_state(state)
 }
@@ -50,6 +51,29 @@ async fn console(State(s): State<HttpState>, Path(id): Path<String>) -> Response
     }
     match tokio::fs::read(s.instances.join(&id).join("console.log")).await {
         Ok(bytes) => bytes.into_response(),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `GET /v1/instances/{id}/disk?token=…`: the instance's disk (its qcow2 overlay) for a cold
+/// migration's target host; the token is the controller's, for this instance's disk, and
+/// expires.
+async fn disk(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let granted = q
+        .get("token")
+        .and_then(|t| onestack_core::compute::console::verify(&s.token, t, chrono_now()));
+    if uuid::Uuid::parse_str(&id).is_err() || granted.as_deref() != Some(&format!("disk-{id}")) {
+        return (StatusCode::UNAUTHORIZED, "invalid or expired disk token").into_response();
+    }
+    match tokio::fs::File::open(s.instances.join(&id).join("disk")).await {
+        Ok(f) => {
+            axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20))
+                .into_response()
+        }
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }

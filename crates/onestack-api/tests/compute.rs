@@ -1754,3 +1754,222 @@ async fn resize_confirm_and_revert_follow_nova() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn live_and_cold_migration_follow_the_agents_reports() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    c.register_host("h1", 8, 16384, 100).await;
+    let image = c.image(&admin, 1 << 20).await;
+    let (_, srv, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &demo,
+            Some(server_body(&image, "1")),
+        )
+        .await;
+    let sid = srv["server"]["id"].as_str().expect("id").to_string();
+    let post = |host: &str, tail: &str, body: Value| {
+        let c = &c;
+        let url = format!("{}/internal/v1/hosts/{host}/instances/{sid}/{tail}", c.url);
+        async move {
+            c.http
+                .post(url)
+                .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("send")
+                .status()
+        }
+    };
+    post(
+        "h1",
+        "report",
+        json!({"task": "spawning", "ok": true, "power_state": 1, "fault": null}),
+    )
+    .await;
+    let act = |who: String, body: Value| {
+        let c = &c;
+        let url = format!("/v2.1/servers/{sid}/action");
+        async move { c.call(Method::POST, &url, &who, Some(body)).await }
+    };
+    let show = || {
+        let c = &c;
+        let admin = admin.clone();
+        let url = format!("/v2.1/servers/{sid}");
+        async move { c.call(Method::GET, &url, &admin, None).await.1["server"].clone() }
+    };
+    let live = json!({"os-migrateLive": {"host": null, "block_migration": false, "disk_over_commit": false}});
+    // Members may not; with one host there is nowhere to go.
+    assert_eq!(
+        act(demo.clone(), live.clone()).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        act(admin.clone(), live.clone()).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    c.register_host("h2", 8, 16384, 100).await;
+    let (st, body, _) = act(
+        admin.clone(),
+        json!({"os-migrateLive": {"host": "h1", "block_migration": "auto"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+
+    // Live: prepare (the target sees it) → ready → transfer → done (host moves) → resumed.
+    assert_eq!(
+        act(admin.clone(), live.clone()).await.0,
+        StatusCode::ACCEPTED
+    );
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-SRV-ATTR:host"].as_str()),
+        (Some("MIGRATING"), Some("h1"))
+    );
+    let desired = |host: &str| {
+        let c = &c;
+        let url = format!("{}/internal/v1/hosts/{host}/desired?after=0", c.url);
+        async move {
+            let v: Value = c
+                .http
+                .get(url)
+                .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+                .send()
+                .await
+                .expect("send")
+                .json()
+                .await
+                .expect("json");
+            v["instances"][0]["migration"].clone()
+        }
+    };
+    assert_eq!(desired("h2").await["role"], "target");
+    assert_eq!(desired("h1").await["role"], "source");
+    // Events only from the host whose step it is.
+    post(
+        "h1",
+        "migration",
+        json!({"event": "ready", "nbd_port": 1, "mig_port": 2}),
+    )
+    .await;
+    assert_eq!(desired("h1").await["phase"], "prepare");
+    post(
+        "h2",
+        "migration",
+        json!({"event": "ready", "nbd_port": 10809, "mig_port": 49152}),
+    )
+    .await;
+    let m = desired("h1").await;
+    assert_eq!(
+        (
+            m["phase"].as_str(),
+            m["nbd_port"].as_u64(),
+            m["mig_port"].as_u64()
+        ),
+        (Some("transfer"), Some(10809), Some(49152))
+    );
+    post("h2", "migration", json!({"event": "done"})).await;
+    assert_eq!(show().await["OS-EXT-SRV-ATTR:host"], "h1");
+    post(
+        "h1",
+        "migration",
+        json!({"event": "done", "downtime_ms": 40}),
+    )
+    .await;
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-SRV-ATTR:host"].as_str()),
+        (Some("MIGRATING"), Some("h2"))
+    );
+    post("h2", "migration", json!({"event": "resumed"})).await;
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-SRV-ATTR:host"].as_str()),
+        (Some("ACTIVE"), Some("h2"))
+    );
+    assert!(desired("h1").await.is_null());
+
+    // A failed live migration leaves the server where it was, ACTIVE.
+    assert_eq!(
+        act(admin.clone(), live.clone()).await.0,
+        StatusCode::ACCEPTED
+    );
+    post(
+        "h1",
+        "migration",
+        json!({"event": "failed", "error": "target gone"}),
+    )
+    .await;
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-SRV-ATTR:host"].as_str()),
+        (Some("ACTIVE"), Some("h2"))
+    );
+
+    // Cold: the source stops it → ready, the target takes it → done: VERIFY_RESIZE there;
+    // revert → the target lets go → back on the source, started again.
+    let (st, _, _) = act(admin.clone(), json!({"migrate": null})).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-SRV-ATTR:host"].as_str()),
+        (Some("RESIZE"), Some("h2"))
+    );
+    let m = desired("h1").await;
+    assert_eq!(
+        (m["kind"].as_str(), m["role"].as_str()),
+        (Some("cold"), Some("target"))
+    );
+    assert!(
+        m["disk_url"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/v1/instances/"),
+        "{m}"
+    );
+    post("h2", "migration", json!({"event": "ready"})).await;
+    post("h1", "migration", json!({"event": "done"})).await;
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-SRV-ATTR:host"].as_str()),
+        (Some("VERIFY_RESIZE"), Some("h1"))
+    );
+    assert_eq!(
+        act(admin.clone(), json!({"revertResize": null})).await.0,
+        StatusCode::ACCEPTED
+    );
+    post("h1", "migration", json!({"event": "reverted"})).await;
+    let s = show().await;
+    assert_eq!(
+        (
+            s["OS-EXT-STS:task_state"].as_str(),
+            s["OS-EXT-SRV-ATTR:host"].as_str()
+        ),
+        (Some("powering-on"), Some("h2"))
+    );
+    post(
+        "h2",
+        "report",
+        json!({"task": "powering-on", "ok": true, "power_state": 1, "fault": null}),
+    )
+    .await;
+    assert_eq!(show().await["status"], "ACTIVE");
+    // And confirmed: it stays on the target.
+    act(admin.clone(), json!({"migrate": null})).await;
+    post("h2", "migration", json!({"event": "ready"})).await;
+    post("h1", "migration", json!({"event": "done"})).await;
+    assert_eq!(
+        act(admin.clone(), json!({"confirmResize": null})).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let s = show().await;
+    assert_eq!(
+        (s["status"].as_str(), s["OS-EXT-SRV-ATTR:host"].as_str()),
+        (Some("ACTIVE"), Some("h1"))
+    );
+    assert!(desired("h2").await.is_null());
+}

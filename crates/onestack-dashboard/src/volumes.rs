@@ -271,7 +271,9 @@ async fn attach(State(d): State<Dash>, headers: HeaderMap, body: Bytes) -> Respo
         .map(|v| {
             format!(
                 "Attaching as {}.",
-                v["volumeAttachment"]["device"].as_str().unwrap_or("a new disk")
+                v["volumeAttachment"]["device"]
+                    .as_str()
+                    .unwrap_or("a new disk")
             )
         })
         .map_err(|e| e.message);
@@ -318,7 +320,10 @@ async fn extend(State(d): State<Dash>, headers: HeaderMap, body: Bytes) -> Respo
     let ctx = posted!(d, headers, body);
     let f = form(&body);
     let volume = f.get("volume").cloned().unwrap_or_default();
-    let size = f.get("size").map(|s| s.trim().to_string()).unwrap_or_default();
+    let size = f
+        .get("size")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
     let r = match size.parse::<i64>() {
         Ok(n) => d
             .post(

@@ -459,6 +459,24 @@ pub async fn console_output(
     Ok(tail.to_string())
 }
 
+/// Where a cold migration's target fetches the server's disk: its host's agent, with a token
+/// that host checks (signed with its secret, for this instance's disk, valid for an hour).
+pub async fn disk_url(s: &ComputeState, ctx: &AuthContext, id: &str) -> ApiResult<String> {
+    ctx.require_admin("os_compute_api:os-migrate-server:migrate")?;
+    let (host, _) = s.compute.server_host(ctx, id).await?;
+    let secret = agent_secret(s, &host.host).await?;
+    let token = onestack_core::compute::console::issue(
+        &secret,
+        &format!("disk-{id}"),
+        chrono::Utc::now().timestamp(),
+        3600,
+    );
+    Ok(format!(
+        "{}/v1/instances/{id}/disk?token={token}",
+        host.agent_url.trim_end_matches('/')
+    ))
+}
+
 /// A websocket URL to the server's serial console on its host, with a signed token that
 /// expires in 10 minutes. The server must be running.
 pub async fn serial_console_url(

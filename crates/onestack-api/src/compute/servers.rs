@@ -558,6 +558,17 @@ pub async fn action(
             s.compute.resize(&ctx, &p.id, &flavor).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
+        "migrate" => {
+            // At 2.1 the body is null; a target host (2.56) is taken too.
+            let host = match arg.get("host") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(h)) if !h.is_empty() => Some(h.as_str()),
+                _ => return Err(bad_field("host")),
+            };
+            let url = super::internal::disk_url(&s, &ctx, &p.id).await?;
+            s.compute.cold_migrate(&ctx, &p.id, host, url).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
         "os-migrateLive" => {
             let host = match arg.get("host") {
                 None | Some(Value::Null) => None,

@@ -61,9 +61,18 @@ pub struct DesiredInstance {
     pub migration: Option<Migration>,
 }
 
-/// This host's part in a live migration.
+/// This host's part in a live or cold migration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Migration {
+    /// `live` or `cold`
+    #[serde(default)]
+    pub kind: String,
+    /// Cold: the guest ran before it was moved (it runs again on the target).
+    #[serde(default)]
+    pub was_running: bool,
+    /// Cold, target: where the disk is fetched from (the source agent, with a signed token).
+    #[serde(default)]
+    pub disk_url: String,
     /// `source` or `target`
     pub role: String,
     /// `prepare` (the target gets ready), `transfer` (the source sends), `resume` (the target
@@ -82,7 +91,9 @@ pub struct Migration {
 /// An agent's word on its part of a live migration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MigrationReport {
-    /// `ready` (target), `done` (source), `resumed` (target) or `failed` (either).
+    /// Live: `ready` (target), `done` (source), `resumed` (target) or `failed` (either).
+    /// Cold: `ready` (source: stopped), `done` (target: running there), `reverted` (target:
+    /// gone again) or `failed`.
     pub event: String,
     #[serde(default)]
     pub nbd_port: Option<u16>,

@@ -24,7 +24,7 @@ pub struct FlavorCopy {
 }
 
 impl FlavorCopy {
-    fn of(i: &InstanceRecord) -> FlavorCopy {
+    pub(crate) fn of(i: &InstanceRecord) -> FlavorCopy {
         FlavorCopy {
             id: i.flavor_id.clone(),
             name: i.flavor_name.clone(),
@@ -180,12 +180,18 @@ impl ComputeService {
                 &vec![
                     ("vm_state", back.as_str().into()),
                     ("old_flavor", SqlValue::Text(None)),
+                    // A cold migration's source drops its copy once it no longer sees it.
+                    ("migration_host", SqlValue::Text(None)),
+                    ("migration_info", SqlValue::Text(None)),
                     ("updated_at", now().into()),
                 ],
             )
             .await?
         {
             return Err(server_not_found(id));
+        }
+        if let Some(source) = &inst.migration_host {
+            let _ = self.store.bump_host_generation(source).await;
         }
         self.notify();
         Ok(())
@@ -200,6 +206,9 @@ impl ComputeService {
         let vm = VmState::parse(&inst.vm_state).unwrap_or(VmState::Error);
         let task = inst.task_state.as_deref().and_then(TaskState::parse);
         state::request(vm, task, Action::RevertResize).map_err(|c| CoreError::Conflict(c.0))?;
+        if let Some(m) = Self::cold_migration_of(&inst) {
+            return self.start_cold_revert(&inst, m).await;
+        }
         let old: FlavorCopy = inst
             .old_flavor
             .as_deref()
