@@ -63,6 +63,11 @@ def test_resize_revert_confirm_and_backup_rotation():
         r = demo(cloud, "server", "resize", "--flavor", "m1.tiny", "rs", check=False)
         assert r.returncode != 0 and "resize disk down" in r.stderr, r.stderr
 
+        # A record on the running guest's disk (its last sector, past the partition): the
+        # backups, taken while it runs, must carry it.
+        out = console(cloud, "rs", b"echo SNAP-DATA-31 | dd of=/dev/vda bs=512 seek=$(($(cat /sys/block/vda/size)-1)) "
+                      b"count=1 conv=sync 2>/dev/null && sync && echo W-$((6*7))", b"W-42")
+        assert b"W-42" in out, out[-300:]
         # Backups with rotation 2: three taken, the two newest kept, each a real image.
         for n in range(3):
             demo(cloud, "server", "backup", "create", "--name", f"rs-daily-{n}", "--type", "daily",
@@ -77,4 +82,7 @@ def test_resize_revert_confirm_and_backup_rotation():
         # A backup boots.
         demo(cloud, "server", "create", "--flavor", "m1.small", "--image", "rs-daily-2", "--wait", "from-backup")
         wait_console(cloud, "from-backup", "onestack-tiny: ready", timeout=240)
+        out = console(cloud, "from-backup", b"dd if=/dev/vda bs=512 skip=$(($(cat /sys/block/vda/size)-1)) count=1 "
+                      b"2>/dev/null | head -c 12; echo; echo R-$((6*7))", b"R-42")
+        assert b"\nSNAP-DATA-31" in out.replace(b"\r", b""), out[-300:]
         demo(cloud, "server", "delete", "--wait", "rs", "from-backup")

@@ -104,6 +104,17 @@ def test_volumes_attach_detach_move_data_and_boot_from_volume():
         while volume(cloud, "copy1")["size"] != 3:
             assert time.time() < deadline
             time.sleep(0.5)
+        # Upload a volume to an image: an active image (raw, the CLI's default) with its data.
+        demo(cloud, "image", "create", "--volume", "data1", "data1-image")
+        deadline = time.time() + 120
+        while json.loads(demo(cloud, "image", "show", "data1-image", "-f", "json").stdout)["status"] != "active":
+            assert time.time() < deadline
+            time.sleep(0.5)
+        img = json.loads(demo(cloud, "image", "show", "data1-image", "-f", "json").stdout)
+        assert img["disk_format"] == "raw" and img["size"] == 1 << 30, img
+        with open(cloud.data / "images" / img["id"], "rb") as f:
+            assert f.read(12) == b"VOLDATA-4242"
+        wait_volume(cloud, "data1", "available")
         # A volume with a snapshot cannot be deleted; the snapshot first, then it can.
         r = demo(cloud, "volume", "delete", "data1", check=False)
         assert r.returncode != 0 and "snapshot" in r.stderr, r.stderr

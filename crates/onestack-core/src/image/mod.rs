@@ -642,13 +642,28 @@ impl ImageService {
         min_disk: i64,
         min_ram: i64,
     ) -> CoreResult<Image> {
+        self.create_system_record(owner, name, "qcow2", properties, min_disk, min_ram)
+            .await
+    }
+
+    /// A `queued` private image of `disk_format` whose data the system provides (a snapshot, a
+    /// volume uploaded to an image).
+    pub async fn create_system_record(
+        &self,
+        owner: &str,
+        name: &str,
+        disk_format: &str,
+        properties: &[(String, String)],
+        min_disk: i64,
+        min_ram: i64,
+    ) -> CoreResult<Image> {
         let mut img = blank_image(
             uuid::Uuid::new_v4().to_string(),
             owner.to_string(),
             "private",
         );
         img.name = Some(name.to_string());
-        img.disk_format = Some("qcow2".into());
+        img.disk_format = Some(disk_format.into());
         img.container_format = Some("bare".into());
         img.min_disk = min_disk;
         img.min_ram = min_ram;

@@ -128,6 +128,23 @@ impl Backend {
         self.finish(&tmp, dest, r).await
     }
 
+    /// A copy of a volume file in `format` (qcow2 or raw) at `dest`, for an image upload.
+    pub async fn convert(&self, dest: &Path, src: &Path, format: &str) -> CoreResult<()> {
+        let tmp = self.tmp(dest);
+        let r = qemu_img(&[
+            "convert".as_ref(),
+            "-U".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-O".as_ref(),
+            format.as_ref(),
+            src.as_os_str(),
+            tmp.as_os_str(),
+        ])
+        .await;
+        self.finish(&tmp, dest, r).await
+    }
+
     /// Grows a file to `gb` GiB if it is smaller (never shrinks).
     pub async fn grow(&self, path: &Path, gb: i64) -> CoreResult<()> {
         if virtual_size(path).await? >= (gb as u64) << 30 {

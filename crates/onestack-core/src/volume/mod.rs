@@ -159,7 +159,11 @@ enum Job {
     Create(String),
     Delete(String),
     Extend { id: String, size: i64 },
-    Upload { id: String, image: String },
+    Upload {
+        id: String,
+        image: String,
+        format: String,
+    },
     CreateSnapshot(String),
     DeleteSnapshot(String),
 }
@@ -440,7 +444,7 @@ impl VolumeService {
                     .await?;
                 r
             }
-            Job::Upload { id, image } => {
+            Job::Upload { id, image, format } => {
                 let v = self.store.get_volume(&id).await?;
                 let back = if v.instance_id.is_some() {
                     "in-use"
@@ -451,7 +455,7 @@ impl VolumeService {
                     let tmp = self.backend.dir().join(format!("upload-{image}.tmp"));
                     let copy = self
                         .backend
-                        .create_from(&tmp, &self.backend.volume_path(&id), "qcow2", 0)
+                        .convert(&tmp, &self.backend.volume_path(&id), &format)
                         .await;
                     let r = match copy {
                         Ok(()) => {
@@ -905,9 +909,9 @@ impl VolumeService {
                 v.status
             )));
         }
-        if disk_format != "qcow2" {
+        if !matches!(disk_format, "qcow2" | "raw") {
             return Err(CoreError::BadRequest(format!(
-                "Invalid input received: disk_format {disk_format} is not supported; use qcow2."
+                "Invalid input received: disk_format {disk_format} is not supported; use qcow2 or raw."
             )));
         }
         if !self.set_status(id, allowed, "uploading", None).await {
@@ -915,7 +919,7 @@ impl VolumeService {
         }
         let img = match self
             .images
-            .create_snapshot_record(&v.project_id, image_name, &[], v.size_gb, 0)
+            .create_system_record(&v.project_id, image_name, disk_format, &[], v.size_gb, 0)
             .await
         {
             Ok(i) => i,
@@ -927,6 +931,7 @@ impl VolumeService {
         self.spawn(Job::Upload {
             id: id.to_string(),
             image: img.id.clone(),
+            format: disk_format.to_string(),
         });
         let v = self.store.get_volume(id).await?;
         Ok((v, img))
