@@ -445,6 +445,162 @@ async fn network_scenario(s: &Store) {
     );
 }
 
+/// Volumes: quota-checked creates (also racing), conditional status changes, attachments by
+/// server, snapshots in the gigabytes count, quota overrides.
+async fn volume_scenario(s: &Store) {
+    use onestack_store::{QuotaRefused, SnapshotRecord, VolumeLimits, VolumeRecord};
+    let vol = |id: &str, gb: i64| VolumeRecord {
+        id: id.into(),
+        project_id: "p1".into(),
+        user_id: "u1".into(),
+        size_gb: gb,
+        status: "creating".into(),
+        volume_type: "__DEFAULT__".into(),
+        availability_zone: "nova".into(),
+        image_metadata: "{}".into(),
+        metadata: "{}".into(),
+        attach_status: "detached".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+        ..Default::default()
+    };
+    let limits = VolumeLimits {
+        volumes: 3,
+        gigabytes: 10,
+        snapshots: 1,
+    };
+    // Six racing creates of 1 GB against room for three: exactly three land.
+    let results = futures_util::future::join_all((0..6).map(|i| {
+        let v = vol(&format!("v{i}"), 1);
+        async move { s.create_volume_within(&v, limits).await.expect("create") }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(QuotaRefused::Volumes { used: 3, limit: 3 }))));
+    assert_eq!(s.list_volumes(Some("p1")).await.expect("list").len(), 3);
+    let ids: Vec<String> = s
+        .list_volumes(Some("p1"))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    // Gigabytes: 3 used of 10; 8 more does not fit.
+    let big = s
+        .create_volume_within(
+            &vol("big", 8),
+            VolumeLimits {
+                volumes: -1,
+                ..limits
+            },
+        )
+        .await
+        .expect("create");
+    assert!(
+        matches!(big, Err(QuotaRefused::Gigabytes { used: 3, limit: 10 })),
+        "{big:?}"
+    );
+    // Conditional status change: only from the status given.
+    let a = &ids[0];
+    let avail: onestack_store::Changes = vec![("status", "available".into())];
+    assert!(!s
+        .update_volume(a, &["deleting"], &avail, None)
+        .await
+        .expect("update"));
+    assert!(s
+        .update_volume(a, &["creating"], &avail, None)
+        .await
+        .expect("update"));
+    assert_eq!(s.get_volume(a).await.expect("get").status, "available");
+    // Attached to a server (and its host woken): listed for the server, root first.
+    let attach: onestack_store::Changes = vec![
+        ("status", "in-use".into()),
+        ("instance_id", "srv-1".into()),
+        ("boot_index", onestack_store::SqlValue::Int(None)),
+        ("delete_on_termination", true.into()),
+    ];
+    assert!(s
+        .update_volume(a, &["available"], &attach, Some("no-such-host"))
+        .await
+        .expect("attach"));
+    let on = s.instance_volumes("srv-1").await.expect("by server");
+    assert_eq!(on.len(), 1);
+    assert!(on[0].delete_on_termination && on[0].boot_index.is_none());
+    // Snapshots count toward gigabytes; their own limit holds.
+    let snap = |id: &str| SnapshotRecord {
+        id: id.into(),
+        project_id: "p1".into(),
+        user_id: "u1".into(),
+        volume_id: a.clone(),
+        size_gb: 1,
+        status: "creating".into(),
+        metadata: "{}".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+        ..Default::default()
+    };
+    assert!(s
+        .create_snapshot_within(&snap("s1"), limits)
+        .await
+        .expect("snap")
+        .is_ok());
+    assert!(matches!(
+        s.create_snapshot_within(&snap("s2"), limits)
+            .await
+            .expect("snap"),
+        Err(QuotaRefused::Snapshots { used: 1, limit: 1 })
+    ));
+    let u = s.volume_usage("p1").await.expect("usage");
+    assert_eq!((u.volumes, u.gigabytes(), u.snapshots), (3, 4, 1));
+    assert_eq!(s.volume_snapshot_count(a).await.expect("count"), 1);
+    // Extend within the gigabytes limit only.
+    let ext: onestack_store::Changes = vec![("size_gb", 7i64.into())];
+    assert!(matches!(
+        s.extend_volume_within(&ids[1], &["creating"], 8, 10, &ext)
+            .await
+            .expect("extend"),
+        Err(QuotaRefused::Gigabytes { .. })
+    ));
+    assert!(matches!(
+        s.extend_volume_within(&ids[1], &["creating"], 7, 10, &ext)
+            .await
+            .expect("extend"),
+        Ok(true)
+    ));
+    // Quota overrides per project and service prefix.
+    s.set_quota_limit("p1", "volume.volumes", 20)
+        .await
+        .expect("set");
+    s.set_quota_limit("p1", "volume.volumes", 30)
+        .await
+        .expect("set again");
+    s.set_quota_limit("p1", "other.cores", 5)
+        .await
+        .expect("set");
+    assert_eq!(
+        s.quota_limits("p1").await.expect("limits"),
+        vec![
+            ("other.cores".to_string(), 5),
+            ("volume.volumes".to_string(), 30)
+        ]
+    );
+    s.clear_quota_limits("p1", "volume.").await.expect("clear");
+    assert_eq!(
+        s.quota_limits("p1").await.expect("limits"),
+        vec![("other.cores".to_string(), 5)]
+    );
+    s.delete_snapshot("s1").await.expect("delete snapshot");
+    for id in &ids {
+        s.delete_volume(id).await.expect("delete");
+    }
+    assert!(matches!(
+        s.delete_volume(a).await,
+        Err(onestack_store::StoreError::NotFound)
+    ));
+}
+
 #[tokio::test]
 async fn sqlite() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -455,6 +611,7 @@ async fn sqlite() {
     scenario(&s).await;
     compute_scenario(&s).await;
     network_scenario(&s).await;
+    volume_scenario(&s).await;
     emptied_by_drop_all(s, &format!("sqlite://{}/t.db", dir.path().display())).await;
 }
 
@@ -515,6 +672,7 @@ async fn postgresql() {
         scenario(&s).await;
         compute_scenario(&s).await;
         network_scenario(&s).await;
+        volume_scenario(&s).await;
         Store::open(&url).await.expect("migrations are idempotent");
         emptied_by_drop_all(s, &url).await;
     }

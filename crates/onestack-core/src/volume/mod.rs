@@ -158,7 +158,10 @@ pub struct Reservation<'a> {
 enum Job {
     Create(String),
     Delete(String),
-    Extend { id: String, size: i64 },
+    Extend {
+        id: String,
+        size: i64,
+    },
     Upload {
         id: String,
         image: String,
