@@ -431,16 +431,26 @@ fn fault_message(task: TaskState, id: &str, e: &anyhow::Error) -> String {
     }
 }
 
-async fn send_report<D: Driver>(s: &Shared<D>, id: &str, r: &Report) {
-    for attempt in 0..20 {
-        match s.ctl.report(&s.cfg.host, id, r).await {
+/// Sends a report until the controller takes it (bounded: a controller away for longer gets the
+/// state again from the next observation).
+async fn retry_report<F, Fut>(what: &str, id: &str, attempts: u32, mut send: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for attempt in 0..attempts {
+        match send().await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(instance = %id, attempt, error = %e, "report failed; retrying");
+                tracing::warn!(instance = %id, attempt, error = %e, "{what} failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+async fn send_report<D: Driver>(s: &Shared<D>, id: &str, r: &Report) {
+    retry_report("report", id, 20, || s.ctl.report(&s.cfg.host, id, r)).await;
 }
 
 /// Compares the VM with what the server should be and reports drift (a VM that died is
@@ -531,19 +541,11 @@ async fn reconcile_volumes<D: Driver>(
             error: outcome.err().map(|e| format!("{e:#}")),
         };
         done.insert(v.volume_id.clone(), v.state.clone());
-        for attempt in 0..10 {
-            match s
-                .ctl
+        retry_report("volume report", &d.id, 10, || {
+            s.ctl
                 .report_volume(&s.cfg.host, &d.id, &v.volume_id, &report)
-                .await
-            {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(instance = %d.id, attempt, error = %e, "volume report failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+        })
+        .await;
     }
 }
 
@@ -639,15 +641,10 @@ async fn migration_step<D: Driver>(
     let Some(report) = report else {
         return;
     };
-    for attempt in 0..20 {
-        match s.ctl.report_migration(&s.cfg.host, &d.id, &report).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(instance = %d.id, attempt, error = %e, "migration report failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    retry_report("migration report", &d.id, 20, || {
+        s.ctl.report_migration(&s.cfg.host, &d.id, &report)
+    })
+    .await;
     progress.done = Some(step);
 }
 
@@ -711,15 +708,10 @@ async fn cold_step<D: Driver>(
         _ => None,
     };
     if let Some(report) = report {
-        for attempt in 0..20 {
-            match s.ctl.report_migration(&s.cfg.host, &d.id, &report).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(instance = %d.id, attempt, error = %e, "migration report failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
+        retry_report("migration report", &d.id, 20, || {
+            s.ctl.report_migration(&s.cfg.host, &d.id, &report)
+        })
+        .await;
         progress.done = Some(step);
     }
     true

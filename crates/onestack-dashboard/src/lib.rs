@@ -4,6 +4,26 @@
 //! user-provided string escaped; sessions live in memory (a restart signs users out) and expire
 //! with their token; every form carries a per-session CSRF token; nothing secret is ever in a URL.
 
+/// The signed-in session of a page request, or the sign-in redirect.
+macro_rules! signed_in {
+    ($d:expr, $headers:expr) => {
+        match $d.signed_in(&$headers) {
+            Ok(c) => c,
+            Err(resp) => return resp,
+        }
+    };
+}
+
+/// The session of a form post whose CSRF token checks out, or the refusal.
+macro_rules! posted {
+    ($d:expr, $headers:expr, $body:expr) => {
+        match $d.posted(&$headers, &$body) {
+            Ok(c) => c,
+            Err(resp) => return resp,
+        }
+    };
+}
+
 mod admin;
 mod api;
 mod console;

@@ -48,24 +48,6 @@ pub fn routes() -> Router<Dash> {
         )
 }
 
-macro_rules! signed_in {
-    ($d:expr, $headers:expr) => {
-        match $d.signed_in(&$headers) {
-            Ok(c) => c,
-            Err(resp) => return resp,
-        }
-    };
-}
-
-macro_rules! posted {
-    ($d:expr, $headers:expr, $body:expr) => {
-        match $d.posted(&$headers, &$body) {
-            Ok(c) => c,
-            Err(resp) => return resp,
-        }
-    };
-}
-
 // ---- helpers --------------------------------------------------------------------------------
 
 fn failed(ctx: &Ctx, f: Failure) -> Response {

@@ -33,24 +33,6 @@ pub fn routes() -> Router<Dash> {
         .route("/project/key_pairs/{name}/delete", post(key_pair_delete))
 }
 
-macro_rules! signed_in {
-    ($d:expr, $headers:expr) => {
-        match $d.signed_in(&$headers) {
-            Ok(c) => c,
-            Err(resp) => return resp,
-        }
-    };
-}
-
-macro_rules! posted {
-    ($d:expr, $headers:expr, $body:expr) => {
-        match $d.posted(&$headers, &$body) {
-            Ok(c) => c,
-            Err(resp) => return resp,
-        }
-    };
-}
-
 /// The page for an API refusal, with the API's status and message.
 pub(crate) fn failed(ctx: &Ctx, f: Failure) -> Response {
     html_response(f.status, error_page(&ctx.s, &f.message))

@@ -24,24 +24,6 @@ pub fn routes() -> Router<Dash> {
         .route("/project/volumes/{id}/delete", post(delete))
 }
 
-macro_rules! signed_in {
-    ($d:expr, $headers:expr) => {
-        match $d.signed_in(&$headers) {
-            Ok(c) => c,
-            Err(resp) => return resp,
-        }
-    };
-}
-
-macro_rules! posted {
-    ($d:expr, $headers:expr, $body:expr) => {
-        match $d.posted(&$headers, &$body) {
-            Ok(c) => c,
-            Err(resp) => return resp,
-        }
-    };
-}
-
 fn base(ctx: &Ctx) -> String {
     format!("/{}", seg(&ctx.s.project_id))
 }

@@ -86,39 +86,7 @@ impl ComputeService {
             .host
             .clone()
             .ok_or_else(|| CoreError::Conflict(format!("Instance {id} has no host")))?;
-        if host == Some(source.as_str()) {
-            return Err(CoreError::BadRequest(format!(
-                "The target host can't be the same one ({source})."
-            )));
-        }
-        let target = {
-            let _guard = self.placement.lock().await;
-            let hosts: Vec<_> = self
-                .store
-                .list_hosts()
-                .await?
-                .into_iter()
-                .filter(|h| h.host != source)
-                .collect();
-            let usage = self.store.host_usage().await?;
-            let demand = super::scheduler::Demand {
-                vcpus: inst.vcpus,
-                memory_mb: inst.memory_mb,
-                disk_gb: inst.root_gb + inst.ephemeral_gb,
-                availability_zone: None,
-                host: host.map(str::to_string),
-            };
-            super::scheduler::pick(&hosts, &usage, &demand, &self.cfg.ratios, |h| {
-                self.host_alive(h)
-            })
-            .map_err(|super::scheduler::NoValidHost(why)| {
-                tracing::warn!(instance = %id, reasons = ?why, "no host to migrate to");
-                CoreError::BadRequest(format!(
-                    "{} (no other host can take server {id})",
-                    super::scheduler::NO_VALID_HOST
-                ))
-            })?
-        };
+        let target = self.migration_target(&inst, &source, host).await?;
         let ip_of = |name: &str, hosts: &[onestack_store::HostRecord]| {
             hosts
                 .iter()
