@@ -13,4 +13,4 @@ cargo build --release --quiet -p onestack
 export ONESTACK_BIN="$CARGO_TARGET_DIR/release/onestack"
 export OPENSTACK_CLI="$CACHE/venv/bin/openstack"
 export ONESTACK_IMAGE_CACHE="$CACHE/images"
-"$CACHE/venv/bin/python" -m pytest -q -s -p no:cacheprovider tests/e2e/bench_block.py 2>&1 | grep -E '^BENCH|passed|failed'
+"$CACHE/venv/bin/python" -m pytest -q -s -p no:cacheprovider tests/e2e/bench_block.py 2>&1 | grep -E 'BENCH|passed|failed'

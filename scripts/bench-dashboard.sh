@@ -74,7 +74,7 @@ demo = session("demo", "")
 server_id = re.search(r'href="/project/instances/([0-9a-f-]{36})"', demo.get(f"{base}/project/instances").text).group(1)
 for p in ["/project/overview", "/project/instances", f"/project/instances/{server_id}",
           "/project/instances/launch", "/project/images", "/project/key_pairs", "/project/networks",
-          "/project/routers", "/project/floating_ips", "/project/security_groups"]:
+          "/project/routers", "/project/floating_ips", "/project/security_groups", "/project/volumes"]:
     measure(demo, p)
 admin = session("admin", "admin")
 for p in ["/admin/hypervisors", "/admin/instances", "/admin/projects", "/admin/users",
