@@ -73,6 +73,13 @@ impl Backend {
     }
 
     async fn finish(&self, tmp: &Path, dest: &Path, r: CoreResult<()>) -> CoreResult<()> {
+        use std::os::unix::fs::PermissionsExt;
+        // Volume data is the tenant's: readable by this service (and, while attached, by the
+        // QEMU that uses it), by nobody else on the host.
+        let r = r.and_then(|()| {
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| CoreError::Internal(format!("cannot chmod {}: {e}", tmp.display())))
+        });
         match r {
             Ok(()) => tokio::fs::rename(tmp, dest)
                 .await
@@ -173,6 +180,21 @@ impl Backend {
         }
     }
 
+    /// Takes a volume file back from the QEMU user it was given to while attached (libvirt's
+    /// dynamic ownership): a detached volume is this service's alone again.
+    pub fn reclaim(&self, id: &str) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(dir) = std::fs::metadata(&self.dir) else {
+            return;
+        };
+        let path = self.volume_path(id);
+        if std::fs::metadata(&path).is_ok_and(|m| m.uid() != dir.uid()) {
+            if let Err(e) = std::os::unix::fs::chown(&path, Some(dir.uid()), Some(dir.gid())) {
+                tracing::warn!(volume = %id, error = %e, "cannot take the volume file back");
+            }
+        }
+    }
+
     /// Temporary files of operations a killed process did not finish.
     pub fn clean_partial(&self) {
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
@@ -206,4 +228,43 @@ pub async fn virtual_size(path: &Path) -> CoreResult<u64> {
     v["virtual-size"]
         .as_u64()
         .ok_or_else(|| CoreError::Internal("qemu-img info: no virtual-size".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[tokio::test]
+    async fn volume_files_are_private_and_taken_back_after_use() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let b = Backend::new(dir.path().join("volumes")).expect("backend");
+        b.create_empty("v1", 1).await.expect("create");
+        let path = b.volume_path("v1");
+        let meta = std::fs::metadata(&path).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(virtual_size(&path).await.expect("size"), 1 << 30);
+        assert_eq!(
+            std::fs::metadata(b.dir())
+                .expect("dir")
+                .permissions()
+                .mode()
+                & 0o777,
+            0o711
+        );
+        // Given to another user while attached (needs root to hand it over), then taken back.
+        if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_ok() {
+            b.reclaim("v1");
+            let owner = std::fs::metadata(b.dir()).expect("dir").uid();
+            assert_eq!(std::fs::metadata(&path).expect("stat").uid(), owner);
+        }
+        // No half-written file survives a failed copy.
+        let bad = b.volume_path("v2");
+        assert!(b
+            .create_from(&bad, &dir.path().join("missing"), "raw", 1)
+            .await
+            .is_err());
+        assert!(!bad.exists());
+        assert_eq!(std::fs::read_dir(b.dir()).expect("ls").count(), 1);
+    }
 }

@@ -1287,9 +1287,13 @@ impl VolumeService {
                 )
             }
         };
-        self.store
+        let done = self
+            .store
             .update_volume(volume_id, &["attaching", "reserved"], &changes, None)
             .await?;
+        if done && error.is_some() {
+            self.backend.reclaim(volume_id);
+        }
         Ok(())
     }
 
@@ -1357,9 +1361,13 @@ impl VolumeService {
                 ]
             }
         };
-        self.store
+        let done = self
+            .store
             .update_volume(volume_id, &["detaching"], &changes, None)
             .await?;
+        if done && error.is_none() {
+            self.backend.reclaim(volume_id);
+        }
         Ok(())
     }
 
@@ -1378,6 +1386,7 @@ impl VolumeService {
                 self.store
                     .update_volume(&v.id, &[], &detached_changes(None, t), None)
                     .await?;
+                self.backend.reclaim(&v.id);
             }
         }
         Ok(())
