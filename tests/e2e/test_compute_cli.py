@@ -286,7 +286,10 @@ def test_operator_views_with_the_cli():
         assert abs(hyps[0]["Memory MB"] - mem_mb) <= 64
         services = json.loads(cloud.os("compute", "service", "list", "-f", "json").stdout)
         assert [(s["Binary"], s["State"], s["Status"]) for s in services] == [("nova-compute", "up", "enabled")]
-        zones = json.loads(demo(cloud, "availability", "zone", "list", "-f", "json").stdout)
+        zones = json.loads(demo(cloud, "availability", "zone", "list", "--compute", "-f", "json").stdout)
+        assert zones == [{"Zone Name": "nova", "Zone Status": "available"}]
+        # Block storage has its zone too (the CLI lists both by default).
+        zones = json.loads(demo(cloud, "availability", "zone", "list", "--volume", "-f", "json").stdout)
         assert zones == [{"Zone Name": "nova", "Zone Status": "available"}]
         limits = {l["Name"]: l["Value"] for l in json.loads(
             demo(cloud, "limits", "show", "--absolute", "-f", "json").stdout)}
