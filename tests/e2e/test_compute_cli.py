@@ -296,6 +296,21 @@ def test_operator_views_with_the_cli():
         assert limits["instances"] == 10 and limits["instances_used"] == 0
         usage = demo(cloud, "usage", "show", "-f", "json")
         assert usage.returncode == 0
+        # Per-project quotas: the CLI reads and sets them; a create over the limit is refused
+        # with Nova's message and makes nothing.
+        cloud.os("quota", "set", "--instances", "1", "demo")
+        shown = json.loads(cloud.os("quota", "show", "demo", "-f", "json").stdout)
+        rows = shown if isinstance(shown, list) else [{"Resource": k, "Limit": v} for k, v in shown.items()]
+        assert {"Resource": "instances", "Limit": 1} in [{"Resource": r.get("Resource"), "Limit": r.get("Limit")}
+                                                         for r in rows], shown
+        blank = cloud.root / "blank.raw"
+        blank.write_bytes(b"\0" * (1 << 20))
+        demo(cloud, "image", "create", "--file", str(blank), "--disk-format", "raw", "blank")
+        demo(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "blank", "--wait", "q1")
+        r = demo(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "blank", "q2", check=False)
+        assert r.returncode != 0 and "Quota exceeded for instances" in r.stderr, r.stderr
+        assert [s["Name"] for s in json.loads(demo(cloud, "server", "list", "-f", "json").stdout)] == ["q1"]
+        demo(cloud, "server", "delete", "--wait", "q1")
         r = demo(cloud, "hypervisor", "list", check=False)
         assert r.returncode != 0 and "403" in r.stderr
         # A private flavor, visible to the project it is shared with.

@@ -1973,3 +1973,156 @@ async fn live_and_cold_migration_follow_the_agents_reports() {
     );
     assert!(desired("h2").await.is_null());
 }
+
+#[tokio::test]
+async fn quota_sets_are_per_project_and_creates_race_within_them() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    c.register_host("h1", 64, 262144, 1000).await;
+    let image = c.image(&admin, 1 << 20).await;
+    let pid = c
+        .store
+        .find_project(onestack_core::identity::DEFAULT_DOMAIN_ID, "demo")
+        .await
+        .expect("demo")
+        .id;
+    let admin_pid = c
+        .store
+        .find_project(onestack_core::identity::DEFAULT_DOMAIN_ID, "admin")
+        .await
+        .expect("admin")
+        .id;
+    let qpath = format!("/v2.1/os-quota-sets/{pid}");
+    // Defaults, Nova's keys; members read their own, not others'.
+    let (st, q, _) = c.call(Method::GET, &qpath, &demo, None).await;
+    assert_eq!(st, StatusCode::OK, "{q}");
+    assert_eq!(
+        (
+            q["quota_set"]["instances"].as_i64(),
+            q["quota_set"]["cores"].as_i64()
+        ),
+        (Some(10), Some(20))
+    );
+    assert_eq!(q["quota_set"]["id"], pid.as_str());
+    let (st, _, _) = c
+        .call(
+            Method::GET,
+            &format!("/v2.1/os-quota-sets/{admin_pid}"),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Only admins set; bad keys and values are refused whole.
+    let (st, _, _) = c
+        .call(
+            Method::PUT,
+            &qpath,
+            &demo,
+            Some(json!({"quota_set": {"instances": 50}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    for bad in [
+        json!({"quota_set": {"instances": -2}}),
+        json!({"quota_set": {"bogus": 1}}),
+        json!({"quota_set": {"instances": "x"}}),
+        json!({"quota_set": 3}),
+    ] {
+        let (st, body, _) = c.call(Method::PUT, &qpath, &admin, Some(bad.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad} -> {body}");
+    }
+    let (st, q, _) = c
+        .call(
+            Method::PUT,
+            &format!("/v2.1/{admin_pid}/os-quota-sets/{pid}"),
+            &admin,
+            Some(json!({"quota_set": {"instances": 4, "cores": 100}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{q}");
+    assert_eq!(q["quota_set"]["instances"], 4);
+    assert!(q["quota_set"].get("id").is_none());
+    // Eight concurrent creates against room for four: exactly four, the rest 403.
+    let creates = (0..8).map(|_| {
+        let c = &c;
+        let demo = demo.clone();
+        let body = server_body(&image, "1");
+        async move {
+            c.call(Method::POST, "/v2.1/servers", &demo, Some(body))
+                .await
+        }
+    });
+    let results = futures_util::future::join_all(creates).await;
+    let ok = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::ACCEPTED)
+        .count();
+    let refused: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::FORBIDDEN)
+        .map(|r| &r.1)
+        .collect();
+    assert_eq!((ok, refused.len()), (4, 4), "{results:?}");
+    assert!(
+        refused[0]["forbidden"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Quota exceeded for instances"),
+        "{refused:?}"
+    );
+    let (_, list, _) = c.call(Method::GET, "/v2.1/servers", &demo, None).await;
+    assert_eq!(list["servers"].as_array().map(Vec::len), Some(4));
+    // Detail and limits say the same.
+    let (_, d, _) = c
+        .call(Method::GET, &format!("{qpath}/detail"), &demo, None)
+        .await;
+    assert_eq!(
+        d["quota_set"]["instances"],
+        json!({"limit": 4, "in_use": 4, "reserved": 0})
+    );
+    let (_, lim, _) = c.call(Method::GET, "/v2.1/limits", &demo, None).await;
+    assert_eq!(lim["limits"]["absolute"]["maxTotalInstances"], 4);
+    assert_eq!(lim["limits"]["absolute"]["totalInstancesUsed"], 4);
+    // Below what is in use needs force.
+    let (st, _, _) = c
+        .call(
+            Method::PUT,
+            &qpath,
+            &admin,
+            Some(json!({"quota_set": {"instances": 2}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _, _) = c
+        .call(
+            Method::PUT,
+            &qpath,
+            &admin,
+            Some(json!({"quota_set": {"instances": 2, "force": true}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    // Deleted: the defaults again.
+    let (st, _, _) = c.call(Method::DELETE, &qpath, &admin, None).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let (_, q, _) = c
+        .call(Method::GET, &format!("{qpath}/defaults"), &demo, None)
+        .await;
+    assert_eq!(q["quota_set"]["instances"], 10);
+    let (_, q, _) = c.call(Method::GET, &qpath, &demo, None).await;
+    assert_eq!(q["quota_set"]["instances"], 10);
+    // The attachments routes answer under the project-id prefix too.
+    let sid = list["servers"][0]["id"].as_str().expect("id");
+    let (st, body, _) = c
+        .call(
+            Method::GET,
+            &format!("/v2.1/{pid}/servers/{sid}/os-volume_attachments"),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(body["volumeAttachments"], json!([]));
+}

@@ -276,6 +276,23 @@ impl From<bool> for SqlValue {
     }
 }
 
+/// A project's instance limits (-1: unlimited), for `create_instance_within`.
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceLimits {
+    pub instances: i64,
+    pub cores: i64,
+    pub ram_mb: i64,
+}
+
+/// The limit a create would have exceeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub resource: &'static str,
+    pub used: i64,
+    pub requested: i64,
+    pub limit: i64,
+}
+
 /// Column changes for `update_instance`; column names come from code, never from users.
 pub type Changes = Vec<(&'static str, SqlValue)>;
 
@@ -767,6 +784,23 @@ impl Store {
     /// write (SQLite takes the write lock at once instead of failing a lock upgrade under
     /// concurrency); two PostgreSQL controllers racing for a number retry on the UNIQUE index.
     pub async fn create_instance(&self, inst: &mut InstanceRecord) -> Result<()> {
+        match self.create_instance_within(inst, None).await? {
+            None => Ok(()),
+            Some(q) => Err(crate::StoreError::Conflict(format!(
+                "quota exceeded for {}",
+                q.resource
+            ))),
+        }
+    }
+
+    /// Inserts the instance if its project stays within `limits` (counted in the same
+    /// transaction, which starts with a write so that concurrent creates are serialized: they
+    /// cannot all see the last free unit). Returns what was exceeded instead, if anything.
+    pub async fn create_instance_within(
+        &self,
+        inst: &mut InstanceRecord,
+        limits: Option<InstanceLimits>,
+    ) -> Result<Option<QuotaExceeded>> {
         let cols = INSTANCE_COLUMNS.join(", ");
         let mut n = 0;
         let params: Vec<String> = INSTANCE_COLUMNS
@@ -784,6 +818,35 @@ impl Store {
         let mut attempts = 0;
         loop {
             let mut tx = self.pool().begin().await?;
+            if let Some(l) = limits {
+                sqlx::query("UPDATE quota_generation SET value = value + 1 WHERE id = 1")
+                    .execute(&mut *tx)
+                    .await?;
+                let (n, c, m): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+                    "SELECT CAST(COUNT(*) AS BIGINT), CAST(SUM(vcpus) AS BIGINT), \
+                     CAST(SUM(memory_mb) AS BIGINT) FROM instances \
+                     WHERE project_id = $1 AND deleted = 0",
+                )
+                .bind(&inst.project_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                let (c, m) = (c.unwrap_or(0), m.unwrap_or(0));
+                let over = [
+                    ("instances", n, 1, l.instances),
+                    ("cores", c, inst.vcpus, l.cores),
+                    ("ram", m, inst.memory_mb, l.ram_mb),
+                ]
+                .into_iter()
+                .find(|(_, used, want, limit)| *limit >= 0 && used + want > *limit);
+                if let Some((resource, used, requested, limit)) = over {
+                    return Ok(Some(QuotaExceeded {
+                        resource,
+                        used,
+                        requested,
+                        limit,
+                    }));
+                }
+            }
             let values = instance_values(inst);
             let mut q = sqlx::query(&sql);
             for (col, v) in INSTANCE_COLUMNS.iter().zip(&values) {
@@ -815,7 +878,7 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
-            return Ok(());
+            return Ok(None);
         }
     }
 

@@ -370,6 +370,16 @@ ALTER TABLE instances ADD COLUMN migration_host TEXT;
 ALTER TABLE instances ADD COLUMN migration_info TEXT
 "#,
     ),
+    (
+        9,
+        r#"
+CREATE TABLE quota_generation (
+    id BIGINT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO quota_generation (id, value) VALUES (1, 1)
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

@@ -11,6 +11,14 @@ use axum::Json;
 use onestack_store::VolumeRecord;
 use serde_json::{json, Value};
 
+/// `/servers/{id}/os-volume_attachments[/{volume}]` (also under `/v2.1/{project_id}`).
+#[derive(serde::Deserialize)]
+pub struct AttachmentPath {
+    id: String,
+    #[serde(default)]
+    volume: String,
+}
+
 fn attachment(server: &str, v: &VolumeRecord) -> Value {
     json!({
         "id": v.id,
@@ -23,7 +31,7 @@ fn attachment(server: &str, v: &VolumeRecord) -> Value {
 pub async fn list(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
-    Path(server): Path<String>,
+    Path(AttachmentPath { id: server, .. }): Path<AttachmentPath>,
 ) -> ApiResult<Json<Value>> {
     let vols = s.compute.server_volumes(&ctx, &server).await?;
     let out: Vec<Value> = vols.iter().map(|v| attachment(&server, v)).collect();
@@ -33,7 +41,7 @@ pub async fn list(
 pub async fn create(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
-    Path(server): Path<String>,
+    Path(AttachmentPath { id: server, .. }): Path<AttachmentPath>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
     let a = body
@@ -68,7 +76,7 @@ pub async fn create(
 pub async fn show(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
-    Path((server, volume)): Path<(String, String)>,
+    Path(AttachmentPath { id: server, volume }): Path<AttachmentPath>,
 ) -> ApiResult<Json<Value>> {
     let vols = s.compute.server_volumes(&ctx, &server).await?;
     let v = vols.iter().find(|v| v.id == volume).ok_or_else(|| {
@@ -82,7 +90,7 @@ pub async fn show(
 pub async fn delete(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
-    Path((server, volume)): Path<(String, String)>,
+    Path(AttachmentPath { id: server, volume }): Path<AttachmentPath>,
 ) -> ApiResult<StatusCode> {
     s.compute.detach_volume(&ctx, &server, &volume).await?;
     Ok(StatusCode::ACCEPTED)

@@ -127,6 +127,14 @@ fn api_routes() -> Router<ComputeState> {
             put(os::service_update).delete(os::service_delete),
         )
         .route("/limits", get(os::limits))
+        .route(
+            "/os-quota-sets/{project}",
+            get(os::quota_show)
+                .put(os::quota_update)
+                .delete(os::quota_delete),
+        )
+        .route("/os-quota-sets/{project}/defaults", get(os::quota_defaults))
+        .route("/os-quota-sets/{project}/detail", get(os::quota_detail))
         .route("/os-simple-tenant-usage", get(os::usage_list))
         .route("/os-simple-tenant-usage/{project}", get(os::usage_show))
 }

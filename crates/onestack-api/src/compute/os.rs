@@ -266,7 +266,10 @@ pub async fn availability_zones_detail(
 }
 
 pub async fn limits(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
-    let q = s.compute.config().quota;
+    let q = match ctx.project_id() {
+        Some(p) => s.compute.quota(p).await?,
+        None => s.compute.config().quota,
+    };
     let (n, cores, ram) = match ctx.project_id() {
         Some(p) => s
             .compute
@@ -405,4 +408,116 @@ pub async fn usage_show(
         usage_doc(&project, &start, &end, &refs, true)
     };
     Ok(Json(json!({"tenant_usage": doc})))
+}
+
+/// The project of an `os-quota-sets` path (the routes also live under `/v2.1/{project_id}`).
+#[derive(serde::Deserialize)]
+pub struct QuotaPath {
+    project: String,
+}
+
+/// `os-quota-sets/{project}`: Nova's quota set of a project (2.1 keys).
+fn quota_set(q: &onestack_core::compute::Quota, id: Option<&str>) -> Value {
+    let mut o = serde_json::Map::new();
+    if let Some(id) = id {
+        o.insert("id".into(), json!(id));
+    }
+    for k in onestack_core::compute::quota::QUOTA_KEYS {
+        o.insert(k.into(), json!(q.get(k)));
+    }
+    Value::Object(o)
+}
+
+pub async fn quota_show(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(QuotaPath { project }): Path<QuotaPath>,
+) -> ApiResult<Json<Value>> {
+    s.compute.check_quota_read(&ctx, &project)?;
+    let q = s.compute.quota(&project).await?;
+    Ok(Json(json!({"quota_set": quota_set(&q, Some(&project))})))
+}
+
+pub async fn quota_defaults(
+    State(s): State<ComputeState>,
+    Auth(_ctx): Auth,
+    Path(QuotaPath { project }): Path<QuotaPath>,
+) -> Json<Value> {
+    Json(json!({"quota_set": quota_set(&s.compute.config().quota, Some(&project))}))
+}
+
+pub async fn quota_detail(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(QuotaPath { project }): Path<QuotaPath>,
+) -> ApiResult<Json<Value>> {
+    s.compute.check_quota_read(&ctx, &project)?;
+    let q = s.compute.quota(&project).await?;
+    let (n, cores, ram) = s
+        .compute
+        .store()
+        .count_live_instances(&project)
+        .await
+        .map_err(|e| ApiError::from(onestack_core::CoreError::from(e)))?;
+    let mut o = serde_json::Map::new();
+    o.insert("id".into(), json!(project));
+    for k in onestack_core::compute::quota::QUOTA_KEYS {
+        let in_use = match k {
+            "instances" => n,
+            "cores" => cores,
+            "ram" => ram,
+            _ => 0,
+        };
+        o.insert(
+            k.into(),
+            json!({"limit": q.get(k), "in_use": in_use, "reserved": 0}),
+        );
+    }
+    Ok(Json(json!({"quota_set": o})))
+}
+
+pub async fn quota_update(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(QuotaPath { project }): Path<QuotaPath>,
+    crate::extract::JsonBody(body): crate::extract::JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    let o = body
+        .get("quota_set")
+        .and_then(Value::as_object)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid input for field/attribute quota_set. Value must be an object.",
+            )
+        })?;
+    let mut values = std::collections::BTreeMap::new();
+    let mut force = false;
+    for (k, v) in o {
+        if k == "force" {
+            force = v.as_bool().unwrap_or(false);
+            continue;
+        }
+        let n = match v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(t) => t.trim().parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid input for field/attribute {k}. Value: {v}. It must be an integer."
+            ))
+        })?;
+        values.insert(k.clone(), n);
+    }
+    let q = s.compute.set_quota(&ctx, &project, &values, force).await?;
+    Ok(Json(json!({"quota_set": quota_set(&q, None)})))
+}
+
+pub async fn quota_delete(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(QuotaPath { project }): Path<QuotaPath>,
+) -> ApiResult<axum::http::StatusCode> {
+    s.compute.delete_quota(&ctx, &project).await?;
+    Ok(axum::http::StatusCode::ACCEPTED)
 }

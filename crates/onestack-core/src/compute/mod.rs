@@ -8,6 +8,7 @@ pub mod keypair;
 pub mod metadata;
 pub mod migrate;
 pub mod proto;
+pub mod quota;
 pub mod resize;
 pub mod scheduler;
 pub mod state;
@@ -1001,9 +1002,10 @@ impl ComputeService {
                 ));
             }
         }
-        // Quota: as many as fit between min_count and max_count.
+        // Quota: as many as fit between min_count and max_count (an estimate; each insert is
+        // checked again atomically below, so concurrent creates cannot exceed it).
+        let q = self.quota(&project).await?;
         let count = {
-            let q = self.cfg.quota;
             let (n, cores, ram) = self.store.count_live_instances(&project).await?;
             let fits = |k: i64| {
                 n + k <= q.instances
@@ -1123,10 +1125,44 @@ impl ComputeService {
                 deleted: false,
                 metadata: req.metadata.clone(),
             };
-            if let Err(e) = self.store.create_instance(&mut inst).await {
+            let limits = onestack_store::InstanceLimits {
+                instances: q.instances,
+                cores: q.cores,
+                ram_mb: q.ram_mb,
+            };
+            let over = match self
+                .store
+                .create_instance_within(&mut inst, Some(limits))
+                .await
+            {
+                Ok(over) => over,
+                Err(e) => {
+                    self.release_ports(&inst.id).await;
+                    self.release_volumes(&inst.id).await;
+                    return Err(e.into());
+                }
+            };
+            if let Some(o) = over {
+                // Another create took the room meanwhile.
                 self.release_ports(&inst.id).await;
                 self.release_volumes(&inst.id).await;
-                return Err(e.into());
+                if (created.len() as i64) < req.min_count {
+                    for done in &created {
+                        let done: &InstanceRecord = done;
+                        let _ = self.store.mark_instance_deleted(&done.id, &now()).await;
+                        self.release_ports(&done.id).await;
+                        self.release_volumes(&done.id).await;
+                    }
+                    self.notify();
+                    return Err(CoreError::Forbidden(format!(
+                        "Quota exceeded for {r}: Requested {}, but already used {} of {} {r}",
+                        o.requested,
+                        o.used,
+                        o.limit,
+                        r = o.resource
+                    )));
+                }
+                break;
             }
             match root {
                 Some(volumes::RootVolume::FromImage { volume_id }) => {

@@ -87,7 +87,7 @@ impl ComputeService {
             ));
         }
         // Quota: the difference must fit.
-        let q = self.cfg.quota;
+        let q = self.quota(&inst.project_id).await?;
         let (_, cores, ram) = self.store.count_live_instances(&inst.project_id).await?;
         let (dc, dr) = (flavor.vcpus - inst.vcpus, flavor.memory_mb - inst.memory_mb);
         if dc > 0 && cores + dc > q.cores {
