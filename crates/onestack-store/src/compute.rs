@@ -304,7 +304,7 @@ pub enum Expect {
     TaskIn(Vec<Option<String>>),
 }
 
-fn bind_value<'q>(
+pub(crate) fn bind_value<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     v: &'q SqlValue,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
@@ -698,11 +698,7 @@ impl Store {
 
     /// Wakes a host's long poll (its desired state changed through another host's instance).
     pub async fn bump_host_generation(&self, host: &str) -> Result<()> {
-        sqlx::query("UPDATE compute_hosts SET generation = generation + 1 WHERE host = $1")
-            .bind(host)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        bump_generation(self.pool(), host).await
     }
 
     pub async fn heartbeat_host(&self, host: &str, now_micros: i64) -> Result<()> {
@@ -1038,10 +1034,7 @@ impl Store {
             _ => None,
         });
         if let Some(h) = new_host.flatten().filter(|h| Some(h) != old_host.as_ref()) {
-            sqlx::query("UPDATE compute_hosts SET generation = generation + 1 WHERE host = $1")
-                .bind(h)
-                .execute(&mut *tx)
-                .await?;
+            bump_generation(&mut *tx, &h).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -1112,6 +1105,18 @@ impl Store {
         .await?;
         Ok((n, c.unwrap_or(0), m.unwrap_or(0)))
     }
+}
+
+/// Bumps a compute host's generation, which wakes its agent's long poll.
+pub(crate) async fn bump_generation<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    e: E,
+    host: &str,
+) -> Result<()> {
+    sqlx::query("UPDATE compute_hosts SET generation = generation + 1 WHERE host = $1")
+        .bind(host)
+        .execute(e)
+        .await?;
+    Ok(())
 }
 
 /// Sets `key = value` for one owner in a key/value table (flavor extra specs, server metadata).

@@ -6,8 +6,8 @@
 //! two concurrent creates cannot both see the last free unit. Status changes are conditional on
 //! the status the caller saw (`WHERE status IN (…)`), so two requests cannot both win a transition.
 
+use crate::Changes;
 use crate::{require_row, Result, Store, StoreError};
-use crate::{Changes, SqlValue};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
@@ -146,17 +146,25 @@ async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     })
 }
 
-fn bind_changes<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    changes: &'q Changes,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+/// Applies `changes` to row `id` of `table` if it is in one of `statuses` (any, when empty);
+/// whether it did.
+async fn update_if(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    table: &str,
+    id: &str,
+    statuses: &[&str],
+    changes: &Changes,
+) -> Result<bool> {
+    let sql = conditional_update(table, changes, statuses);
+    let mut q = sqlx::query(&sql);
     for (_, v) in changes {
-        q = match v {
-            SqlValue::Text(t) => q.bind(t.as_deref()),
-            SqlValue::Int(i) => q.bind(*i),
-        };
+        q = crate::compute::bind_value(q, v);
     }
-    q
+    q = q.bind(id);
+    for s in statuses {
+        q = q.bind(*s);
+    }
+    Ok(q.execute(&mut **tx).await?.rows_affected() > 0)
 }
 
 /// `UPDATE table SET … WHERE id = $k [AND status IN (…)]`; column names come from code.
@@ -305,19 +313,9 @@ impl Store {
         wake_host: Option<&str>,
     ) -> Result<bool> {
         let mut tx = self.pool().begin().await?;
-        let sql = conditional_update("volumes", changes, statuses);
-        let mut q = bind_changes(sqlx::query(&sql), changes).bind(id);
-        for s in statuses {
-            q = q.bind(*s);
-        }
-        let done = q.execute(&mut *tx).await?.rows_affected() > 0;
-        if done {
-            if let Some(h) = wake_host {
-                sqlx::query("UPDATE compute_hosts SET generation = generation + 1 WHERE host = $1")
-                    .bind(h)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+        let done = update_if(&mut tx, "volumes", id, statuses, changes).await?;
+        if let Some(h) = wake_host.filter(|_| done) {
+            crate::compute::bump_generation(&mut *tx, h).await?;
         }
         tx.commit().await?;
         Ok(done)
@@ -351,12 +349,7 @@ impl Store {
                 limit: gigabytes_limit,
             }));
         }
-        let sql = conditional_update("volumes", changes, statuses);
-        let mut q = bind_changes(sqlx::query(&sql), changes).bind(id);
-        for s in statuses {
-            q = q.bind(*s);
-        }
-        let done = q.execute(&mut *tx).await?.rows_affected() > 0;
+        let done = update_if(&mut tx, "volumes", id, statuses, changes).await?;
         tx.commit().await?;
         Ok(Ok(done))
     }
@@ -471,12 +464,10 @@ impl Store {
         statuses: &[&str],
         changes: &Changes,
     ) -> Result<bool> {
-        let sql = conditional_update("volume_snapshots", changes, statuses);
-        let mut q = bind_changes(sqlx::query(&sql), changes).bind(id);
-        for s in statuses {
-            q = q.bind(*s);
-        }
-        Ok(q.execute(self.pool()).await?.rows_affected() > 0)
+        let mut tx = self.pool().begin().await?;
+        let done = update_if(&mut tx, "volume_snapshots", id, statuses, changes).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
