@@ -9,6 +9,15 @@ use onestack_agent::qemu::{choose_accel, Accel, QemuDriver};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The name this host's agent registers under: `compute.host`, or the hostname.
+pub fn local_host(cfg: &Config) -> String {
+    if cfg.compute.host.is_empty() {
+        onestack_agent::host::hostname()
+    } else {
+        cfg.compute.host.clone()
+    }
+}
+
 pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     let requested = match cfg.compute.virt_type.as_str() {
         "kvm" => VirtType::Kvm,
@@ -17,11 +26,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     };
     let (accel, notice) = choose_accel(requested);
     tracing::info!("{notice}");
-    let host = if cfg.compute.host.is_empty() {
-        onestack_agent::host::hostname()
-    } else {
-        cfg.compute.host.clone()
-    };
+    let host = local_host(&cfg);
     let host_ip = cfg.my_ip();
     let state_dir = dd.root.join("compute");
     let agent_cfg = AgentConfig {

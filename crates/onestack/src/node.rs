@@ -181,24 +181,7 @@ pub async fn start(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
         ops::start_supervisor(dd)?;
         ops::step(t0, "compute agent started");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match host_state(dd, cfg).await {
-            Ok(h) if h["state"] == "up" => break,
-            Ok(_) | Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Ok(h) => bail!(
-                "the controller reports this host {} after 60 s; see {}",
-                h["state"].as_str().unwrap_or("unknown"),
-                dd.log_file("compute").display()
-            ),
-            Err(e) => bail!(
-                "the compute agent did not register within 60 s ({e:#}); see {}",
-                dd.log_file("compute").display()
-            ),
-        }
-    }
+    wait_until_up(dd, cfg, &cfg.compute.host).await?;
     ops::step(
         t0,
         &format!(
@@ -209,16 +192,35 @@ pub async fn start(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
     Ok(())
 }
 
+/// Waits (up to 60 s) until the controller reports `host`'s agent registered and up: a server
+/// created before that finds no valid host.
+pub async fn wait_until_up(dd: &DataDir, cfg: &Config, host: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match host_state(dd, cfg, host).await {
+            Ok(h) if h["state"] == "up" => return Ok(()),
+            Ok(_) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(h) => bail!(
+                "the controller reports compute host {host} {} after 60 s; see {}",
+                h["state"].as_str().unwrap_or("unknown"),
+                dd.log_file("compute").display()
+            ),
+            Err(e) => bail!(
+                "the compute agent of {host} did not register within 60 s ({e:#}); see {}",
+                dd.log_file("compute").display()
+            ),
+        }
+    }
+}
+
 /// What the controller knows of this node (`GET /internal/v1/hosts/{host}`).
-pub async fn host_state(dd: &DataDir, cfg: &Config) -> Result<Value> {
+pub async fn host_state(dd: &DataDir, cfg: &Config, host: &str) -> Result<Value> {
     let token = std::fs::read_to_string(dd.secrets().join("agent-token"))
         .context("no agent credentials in the data directory")?;
     let resp = http()
-        .get(format!(
-            "{}/internal/v1/hosts/{}",
-            cfg.controller_url(),
-            cfg.compute.host
-        ))
+        .get(format!("{}/internal/v1/hosts/{host}", cfg.controller_url(),))
         .header(AGENT_TOKEN_HEADER, token.trim())
         .send()
         .await

@@ -335,6 +335,9 @@ pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     step(t0, "services answer");
+    let host = crate::agent::local_host(&cfg);
+    crate::node::wait_until_up(&dd, &cfg, &host).await?;
+    step(t0, &format!("compute host {host} is up"));
     let ssh = if no_demo {
         None
     } else {
@@ -545,7 +548,7 @@ pub async fn status(dd: DataDir) -> Result<bool> {
         }
     }
     if cfg.is_compute_node() {
-        match crate::node::host_state(&dd, &cfg).await {
+        match crate::node::host_state(&dd, &cfg, &cfg.compute.host).await {
             Ok(h) => {
                 let state = h["state"].as_str().unwrap_or("unknown");
                 ok &= state == "up";
