@@ -2126,3 +2126,245 @@ async fn quota_sets_are_per_project_and_creates_race_within_them() {
     assert_eq!(st, StatusCode::OK, "{body}");
     assert_eq!(body["volumeAttachments"], json!([]));
 }
+
+/// Usage from the usage record over a scripted timeline: create, resize (confirmed), stop,
+/// a restart of the control plane (the store reopened), delete. Each event is stamped within
+/// the call that caused it, and the figures equal the sum, worked out here, of each interval
+/// at its own size; a period clips them; another tenant sees none of it.
+#[tokio::test]
+async fn usage_follows_the_record_of_each_change() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    c.register_host("h1", 8, 16384, 100).await;
+    let image = c.image(&admin, 1 << 20).await;
+    let (_, srv, _) = c
+        .call(
+            Method::POST,
+            "/v2.1/servers",
+            &demo,
+            Some(server_body(&image, "1")),
+        )
+        .await;
+    let sid = srv["server"]["id"].as_str().expect("id").to_string();
+    let (_, shown, _) = c
+        .call(Method::GET, &format!("/v2.1/servers/{sid}"), &demo, None)
+        .await;
+    let pid = shown["server"]["tenant_id"].as_str().map(str::to_string);
+    let report = |task: &str, power: i64| {
+        let c = &c;
+        let body = json!({"task": task, "ok": true, "power_state": power, "fault": null});
+        let url = format!("{}/internal/v1/hosts/h1/instances/{sid}/report", c.url);
+        async move {
+            let st = c
+                .http
+                .post(url)
+                .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .expect("send")
+                .status();
+            assert_eq!(st, StatusCode::NO_CONTENT);
+        }
+    };
+    let act = |body: Value| {
+        let c = &c;
+        let demo = demo.clone();
+        let url = format!("/v2.1/servers/{sid}/action");
+        async move { c.call(Method::POST, &url, &demo, Some(body)).await.0 }
+    };
+    let now = || chrono::Utc::now().timestamp_micros();
+    let pause = || tokio::time::sleep(Duration::from_millis(300));
+    // Each step's window: the event must be stamped inside it.
+    let mut windows = Vec::new();
+
+    let t = now();
+    report("spawning", 1).await; // launched: create
+    windows.push((t, now()));
+    pause().await;
+    // The host holds the new size from the request on (the scheduler counts it), so that is
+    // when it is metered; the agent's report makes it VERIFY_RESIZE.
+    let t = now();
+    assert_eq!(
+        act(json!({"resize": {"flavorRef": "3"}})).await,
+        StatusCode::ACCEPTED
+    );
+    report("resize_migrating", 1).await;
+    windows.push((t, now()));
+    pause().await;
+    let t = now();
+    assert_eq!(
+        act(json!({"confirmResize": null})).await,
+        StatusCode::NO_CONTENT
+    );
+    windows.push((t, now())); // resized → active: state
+    pause().await;
+    assert_eq!(act(json!({"os-stop": null})).await, StatusCode::ACCEPTED);
+    let t = now();
+    report("powering-off", 4).await; // stop
+    windows.push((t, now()));
+    pause().await;
+    // The control plane restarts: the store is opened again (migrations, backfill).
+    let reopened =
+        onestack_store::Store::open(&format!("sqlite://{}/t.db", c._dir.path().display()))
+            .await
+            .expect("reopen");
+    drop(reopened);
+    pause().await;
+    let (st, _, _) = c
+        .call(Method::DELETE, &format!("/v2.1/servers/{sid}"), &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let t = now();
+    report("deleting", 0).await; // delete
+    windows.push((t, now()));
+
+    let events = c.store.instance_usage_events(&sid).await.expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    // The resize: first the new size, then the state (VERIFY_RESIZE).
+    assert_eq!(
+        kinds,
+        ["create", "resize", "state", "state", "stop", "delete"],
+        "{events:?}"
+    );
+    let steps = [0, 1, 1, 2, 3, 4].map(|i| windows[i]);
+    for (e, (from, to)) in events.iter().zip(&steps) {
+        assert!(
+            *from <= e.at_us && e.at_us <= *to,
+            "{} at {} outside [{from}, {to}]",
+            e.event,
+            e.at_us
+        );
+    }
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.vcpus, e.memory_mb, e.disk_gb))
+            .collect::<Vec<_>>(),
+        [
+            (1, 512, 1),
+            (2, 4096, 40),
+            (2, 4096, 40),
+            (2, 4096, 40),
+            (2, 4096, 40),
+            (2, 4096, 40)
+        ]
+    );
+
+    // By hand: m1.tiny from create to resize, m1.medium from resize to delete.
+    // Hours since the create (small numbers keep every microsecond in an f64).
+    let at = |i: usize| (events[i].at_us - events[0].at_us) as f64 / 3_600_000_000.0;
+    let small = at(1) - at(0);
+    let big = at(5) - at(1);
+    let fmt = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .expect("time")
+            .naive_utc()
+            .format("%Y-%m-%dT%H:%M:%S%.6f")
+            .to_string()
+    };
+    let whole = format!(
+        "/v2.1/os-simple-tenant-usage/{}?start={}&end={}",
+        pid.as_deref().expect("project"),
+        fmt(events[0].at_us - 3_600_000_000),
+        fmt(events[5].at_us + 3_600_000_000)
+    );
+    let close = |a: &Value, b: f64| {
+        let a = a.as_f64().unwrap_or(f64::NAN);
+        assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{a} != {b}");
+    };
+    let (st, u, _) = c.call(Method::GET, &whole, &demo, None).await;
+    assert_eq!(st, StatusCode::OK, "{u}");
+    let u = &u["tenant_usage"];
+    close(&u["total_hours"], small + big);
+    close(&u["total_vcpus_usage"], small + 2.0 * big);
+    close(&u["total_memory_mb_usage"], 512.0 * small + 4096.0 * big);
+    close(&u["total_local_gb_usage"], small + 40.0 * big);
+    let s = &u["server_usages"][0];
+    assert_eq!(s["instance_id"], sid.as_str());
+    assert_eq!(s["state"], "terminated");
+    assert_eq!(
+        (s["vcpus"].as_i64(), s["flavor"].as_str()),
+        (Some(2), Some("m1.medium"))
+    );
+    assert!(s["ended_at"].is_string(), "{s}");
+
+    // A period from the confirm to an hour later: m1.medium only, to the delete.
+    let part = format!(
+        "/v2.1/os-simple-tenant-usage/{}?start={}&end={}",
+        pid.as_deref().expect("project"),
+        fmt(events[3].at_us),
+        fmt(events[5].at_us + 3_600_000_000)
+    );
+    let (_, u, _) = c.call(Method::GET, &part, &demo, None).await;
+    close(
+        &u["tenant_usage"]["total_vcpus_usage"],
+        2.0 * (at(5) - at(3)),
+    );
+
+    // The same after another restart of the control plane: nothing is sampled.
+    drop(
+        onestack_store::Store::open(&format!("sqlite://{}/t.db", c._dir.path().display()))
+            .await
+            .expect("reopen"),
+    );
+    let (_, again, _) = c.call(Method::GET, &whole, &demo, None).await;
+    close(
+        &again["tenant_usage"]["total_vcpus_usage"],
+        small + 2.0 * big,
+    );
+
+    // Per host (admin): it all ran on h1; its guest ran from create to stop.
+    let (st, hosts, _) = c
+        .call(
+            Method::GET,
+            &format!(
+                "/v2.1/os-onestack-host-usage?start={}&end={}",
+                fmt(events[0].at_us - 3_600_000_000),
+                fmt(events[5].at_us + 3_600_000_000)
+            ),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{hosts}");
+    assert_eq!(hosts["host_usages"][0]["host"], "h1");
+    close(&hosts["host_usages"][0]["total_hours"], small + big);
+    close(
+        &hosts["host_usages"][0]["total_running_hours"],
+        at(4) - at(0),
+    );
+    let (st, _, _) = c
+        .call(Method::GET, "/v2.1/os-onestack-host-usage", &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+
+    // All projects' usage is the admin's to see, not a member's; bad times are 400.
+    let (st, _, _) = c
+        .call(Method::GET, "/v2.1/os-simple-tenant-usage", &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _, _) = c
+        .call(
+            Method::GET,
+            &format!(
+                "/v2.1/os-simple-tenant-usage/{}?start=yesterday",
+                pid.as_deref().unwrap_or("")
+            ),
+            &demo,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, list, _) = c
+        .call(
+            Method::GET,
+            &whole.replace(&format!("/{}", pid.as_deref().unwrap_or("")), ""),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    close(&list["tenant_usages"][0]["total_hours"], small + big);
+}

@@ -1036,6 +1036,12 @@ impl Store {
         if let Some(h) = new_host.flatten().filter(|h| Some(h) != old_host.as_ref()) {
             bump_generation(&mut *tx, &h).await?;
         }
+        if changes
+            .iter()
+            .any(|(c, _)| crate::usage::METERED_COLUMNS.contains(c))
+        {
+            crate::usage::record_change(&mut tx, id).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

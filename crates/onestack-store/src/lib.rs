@@ -24,12 +24,14 @@ mod identity;
 mod image;
 mod migrations;
 mod network;
+mod usage;
 mod volume;
 
 pub use compute::*;
 pub use identity::*;
 pub use image::*;
 pub use network::*;
+pub use usage::*;
 pub use volume::*;
 
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
@@ -110,6 +112,7 @@ impl Store {
         }
         let store = Store { pool, backend };
         migrations::apply(&store).await?;
+        store.backfill_usage_events().await?;
         Ok(store)
     }
 

@@ -380,6 +380,28 @@ CREATE TABLE quota_generation (
 INSERT INTO quota_generation (id, value) VALUES (1, 1)
 "#,
     ),
+    (
+        10,
+        r#"
+CREATE TABLE usage_events (
+    instance_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    at_us BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    vm_state TEXT NOT NULL,
+    host TEXT,
+    flavor TEXT NOT NULL,
+    vcpus BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    disk_gb BIGINT NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+);
+CREATE INDEX usage_events_project ON usage_events (project_id, at_us);
+CREATE INDEX usage_events_time ON usage_events (at_us)
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

@@ -601,6 +601,90 @@ async fn volume_scenario(s: &Store) {
     ));
 }
 
+/// The usage record: an event in the same write as each metered change, none for changes
+/// that meter nothing, and a period's query leaves out what was deleted before it.
+async fn usage_scenario(s: &Store) {
+    let mut inst = s.get_instance("i-1").await.expect("template");
+    inst.id = "u-1".into();
+    inst.project_id = "pu".into();
+    inst.deleted = false;
+    inst.launched_at = None;
+    inst.terminated_at = None;
+    inst.vm_state = "building".into();
+    inst.host = None;
+    s.create_instance(&mut inst).await.expect("instance");
+    let any = Expect::Any;
+    // Building and placed: nothing used yet.
+    s.update_instance("u-1", &any, &vec![("host", "h1".into())])
+        .await
+        .expect("place");
+    assert!(s.instance_usage_events("u-1").await.expect("e").is_empty());
+    s.update_instance(
+        "u-1",
+        &any,
+        &vec![
+            ("vm_state", "active".into()),
+            ("launched_at", "2026-01-01T00:00:00Z".into()),
+        ],
+    )
+    .await
+    .expect("launch");
+    // A change that meters nothing (a lock) adds no event.
+    s.update_instance("u-1", &any, &vec![("locked", true.into())])
+        .await
+        .expect("lock");
+    s.update_instance("u-1", &any, &vec![("vcpus", 4i64.into())])
+        .await
+        .expect("resize");
+    s.update_instance("u-1", &any, &vec![("vm_state", "stopped".into())])
+        .await
+        .expect("stop");
+    assert!(s
+        .mark_instance_deleted("u-1", "2026-01-02T00:00:00Z")
+        .await
+        .expect("delete"));
+    let events = s.instance_usage_events("u-1").await.expect("events");
+    let kinds: Vec<(&str, i64, i64)> = events
+        .iter()
+        .map(|e| (e.event.as_str(), e.seq, e.vcpus))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("create", 1, 2),
+            ("resize", 2, 4),
+            ("stop", 3, 4),
+            ("delete", 4, 4)
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].at_us <= w[1].at_us));
+    assert_eq!(events[0].host.as_deref(), Some("h1"));
+    let deleted_at = events[3].at_us;
+    assert_eq!(
+        s.usage_events(Some("pu"), 0, i64::MAX)
+            .await
+            .expect("period")
+            .len(),
+        4
+    );
+    assert!(s
+        .usage_events(Some("pu"), deleted_at + 1, i64::MAX)
+        .await
+        .expect("after")
+        .is_empty());
+    assert!(s
+        .usage_events(Some("other"), 0, i64::MAX)
+        .await
+        .expect("other")
+        .is_empty());
+    assert!(s
+        .usage_events(None, 0, i64::MAX)
+        .await
+        .expect("all")
+        .iter()
+        .any(|e| e.instance_id == "u-1"));
+}
+
 #[tokio::test]
 async fn sqlite() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -610,6 +694,7 @@ async fn sqlite() {
     assert_eq!(s.backend(), Backend::Sqlite);
     scenario(&s).await;
     compute_scenario(&s).await;
+    usage_scenario(&s).await;
     network_scenario(&s).await;
     volume_scenario(&s).await;
     emptied_by_drop_all(s, &format!("sqlite://{}/t.db", dir.path().display())).await;
@@ -671,6 +756,7 @@ async fn postgresql() {
         assert_eq!(s.backend(), Backend::Postgres);
         scenario(&s).await;
         compute_scenario(&s).await;
+        usage_scenario(&s).await;
         network_scenario(&s).await;
         volume_scenario(&s).await;
         Store::open(&url).await.expect("migrations are idempotent");

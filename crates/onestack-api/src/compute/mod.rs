@@ -137,6 +137,7 @@ fn api_routes() -> Router<ComputeState> {
         .route("/os-quota-sets/{project}/detail", get(os::quota_detail))
         .route("/os-simple-tenant-usage", get(os::usage_list))
         .route("/os-simple-tenant-usage/{project}", get(os::usage_show))
+        .route("/os-onestack-host-usage", get(os::host_usage_list))
 }
 
 pub fn router(state: ComputeState) -> Router {

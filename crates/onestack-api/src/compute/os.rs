@@ -4,12 +4,14 @@
 use super::ComputeState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, JsonBody};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use onestack_core::compute::usage::{parse_time, Metered, Period, ServerUsage};
 use onestack_core::policy::AuthContext;
 use onestack_store::{HostRecord, HostUsage};
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
 
 fn admin(ctx: &AuthContext, rule: &str) -> ApiResult<()> {
     ctx.require_admin(rule).map_err(ApiError::from)
@@ -302,25 +304,20 @@ pub async fn limits(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult
     }}})))
 }
 
-fn usage_doc(
-    project: &str,
-    start: &chrono::NaiveDateTime,
-    end: &chrono::NaiveDateTime,
-    rows: &[&onestack_core::compute::ServerUsage],
-    detailed: bool,
-) -> Value {
+fn usage_doc(project: &str, period: &Period, rows: &[&ServerUsage], detailed: bool) -> Value {
     let fmt = |t: &chrono::NaiveDateTime| t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
-    let sum = |f: &dyn Fn(&onestack_core::compute::ServerUsage) -> f64| {
-        rows.iter().map(|r| f(r)).sum::<f64>()
-    };
+    let mut total = Metered::default();
+    for r in rows {
+        total.add(&r.metered);
+    }
     let mut doc = json!({
         "tenant_id": project,
-        "start": fmt(start),
-        "stop": fmt(end),
-        "total_hours": sum(&|r| r.hours),
-        "total_vcpus_usage": sum(&|r| r.hours * r.instance.vcpus as f64),
-        "total_memory_mb_usage": sum(&|r| r.hours * r.instance.memory_mb as f64),
-        "total_local_gb_usage": sum(&|r| r.hours * (r.instance.root_gb + r.instance.ephemeral_gb) as f64),
+        "start": fmt(&period.start),
+        "stop": fmt(&period.end),
+        "total_hours": total.hours,
+        "total_vcpus_usage": total.vcpu_hours,
+        "total_memory_mb_usage": total.memory_mb_hours,
+        "total_local_gb_usage": total.disk_gb_hours,
     });
     if detailed {
         let now = chrono::Utc::now().naive_utc();
@@ -328,18 +325,18 @@ fn usage_doc(
             .iter()
             .map(|r| {
                 let i = &r.instance;
-                let state = if i.deleted { "terminated".to_string() } else { i.vm_state.clone() };
-                let started = chrono::NaiveDateTime::parse_from_str(&r.started_at, "%Y-%m-%dT%H:%M:%S%.f").unwrap_or(now);
-                let ended = r
-                    .ended_at
-                    .as_deref()
-                    .and_then(|e| chrono::NaiveDateTime::parse_from_str(e, "%Y-%m-%dT%H:%M:%S%.f").ok())
-                    .unwrap_or(now);
+                let state = if i.deleted {
+                    "terminated".to_string()
+                } else {
+                    i.vm_state.clone()
+                };
+                let started = parse_time(&r.started_at).unwrap_or(now);
+                let ended = r.ended_at.as_deref().and_then(parse_time).unwrap_or(now);
                 json!({
-                    "instance_id": i.id, "name": i.name, "hours": r.hours,
-                    "memory_mb": i.memory_mb, "local_gb": i.root_gb + i.ephemeral_gb, "vcpus": i.vcpus,
-                    "tenant_id": i.project_id, "flavor": i.flavor_name, "started_at": r.started_at,
-                    "ended_at": r.ended_at, "state": state,
+                    "instance_id": i.id, "name": i.name, "hours": r.metered.hours,
+                    "memory_mb": i.memory_mb, "local_gb": i.root_gb + i.ephemeral_gb,
+                    "vcpus": i.vcpus, "tenant_id": i.project_id, "flavor": i.flavor_name,
+                    "started_at": r.started_at, "ended_at": r.ended_at, "state": state,
                     "uptime": (ended - started).num_seconds(),
                 })
             })
@@ -351,26 +348,25 @@ fn usage_doc(
     doc
 }
 
+fn period_of(q: &HashMap<String, String>) -> ApiResult<Period> {
+    Ok(Period::parse(
+        q.get("start").map(String::as_str),
+        q.get("end").map(String::as_str),
+    )?)
+}
+
 /// `GET /os-simple-tenant-usage?start&end&detailed=1` (admin): one entry per project.
 pub async fn usage_list(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let (start, end, rows) = s
-        .compute
-        .usage(
-            &ctx,
-            None,
-            q.get("start").map(String::as_str),
-            q.get("end").map(String::as_str),
-        )
-        .await?;
+    let period = period_of(&q)?;
+    let rows = s.compute.usage(&ctx, None, period).await?;
     let detailed = q
         .get("detailed")
         .is_some_and(|d| d == "1" || d.eq_ignore_ascii_case("true"));
-    let mut projects: std::collections::BTreeMap<&str, Vec<&onestack_core::compute::ServerUsage>> =
-        Default::default();
+    let mut projects: BTreeMap<&str, Vec<&ServerUsage>> = BTreeMap::new();
     for r in &rows {
         projects
             .entry(r.instance.project_id.as_str())
@@ -379,7 +375,7 @@ pub async fn usage_list(
     }
     let list: Vec<Value> = projects
         .iter()
-        .map(|(p, rs)| usage_doc(p, &start, &end, rs, detailed))
+        .map(|(p, rs)| usage_doc(p, &period, rs, detailed))
         .collect();
     Ok(Json(json!({"tenant_usages": list})))
 }
@@ -388,26 +384,44 @@ pub async fn usage_list(
 pub async fn usage_show(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
-    Path(p): Path<std::collections::HashMap<String, String>>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    Path(p): Path<HashMap<String, String>>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let project = p.get("project").cloned().unwrap_or_default();
-    let (start, end, rows) = s
-        .compute
-        .usage(
-            &ctx,
-            Some(&project),
-            q.get("start").map(String::as_str),
-            q.get("end").map(String::as_str),
-        )
-        .await?;
-    let refs: Vec<&onestack_core::compute::ServerUsage> = rows.iter().collect();
+    let period = period_of(&q)?;
+    let rows = s.compute.usage(&ctx, Some(&project), period).await?;
+    let refs: Vec<&ServerUsage> = rows.iter().collect();
     let doc = if refs.is_empty() {
         json!({})
     } else {
-        usage_doc(&project, &start, &end, &refs, true)
+        usage_doc(&project, &period, &refs, true)
     };
     Ok(Json(json!({"tenant_usage": doc})))
+}
+
+/// `GET /os-onestack-host-usage?start&end` (admin; a OneStack extension, as Nova has no such
+/// report): what each compute host carried over the period, in the same figures.
+pub async fn host_usage_list(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let period = period_of(&q)?;
+    let by_host = s.compute.usage_by_host(&ctx, period).await?;
+    let fmt = |t: &chrono::NaiveDateTime| t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+    let list: Vec<Value> = by_host
+        .iter()
+        .map(|(h, m)| {
+            json!({
+                "host": h, "start": fmt(&period.start), "stop": fmt(&period.end),
+                "total_hours": m.hours, "total_vcpus_usage": m.vcpu_hours,
+                "total_memory_mb_usage": m.memory_mb_hours,
+                "total_local_gb_usage": m.disk_gb_hours,
+                "total_running_hours": m.running_hours,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"host_usages": list})))
 }
 
 /// The project of an `os-quota-sets` path (the routes also live under `/v2.1/{project_id}`).

@@ -12,6 +12,7 @@ pub mod quota;
 pub mod resize;
 pub mod scheduler;
 pub mod state;
+pub mod usage;
 pub mod volumes;
 
 use crate::image::{now, ImageService};
@@ -2066,95 +2067,4 @@ pub fn server_status(i: &InstanceRecord) -> &'static str {
     let vm = VmState::parse(&i.vm_state).unwrap_or(VmState::Error);
     let task = i.task_state.as_deref().and_then(TaskState::parse);
     state::status(vm, task)
-}
-
-/// One server's use of a period (`os-simple-tenant-usage`).
-#[derive(Clone, Debug)]
-pub struct ServerUsage {
-    pub instance: InstanceRecord,
-    /// Hours the server existed (launched → terminated) within the period.
-    pub hours: f64,
-    pub started_at: String,
-    pub ended_at: Option<String>,
-}
-
-fn parse_time(t: &str) -> Option<chrono::NaiveDateTime> {
-    let t = t.trim().trim_end_matches('Z');
-    [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%d",
-    ]
-    .iter()
-    .find_map(|f| {
-        chrono::NaiveDateTime::parse_from_str(t, f)
-            .ok()
-            .or_else(|| {
-                chrono::NaiveDate::parse_from_str(t, f)
-                    .ok()
-                    .and_then(|d| d.and_hms_opt(0, 0, 0))
-            })
-    })
-}
-
-impl ComputeService {
-    /// Usage of every server (deleted ones included) that overlapped `[start, end)`, per project.
-    /// `project` None = all projects (admin only).
-    pub async fn usage(
-        &self,
-        ctx: &AuthContext,
-        project: Option<&str>,
-        start: Option<&str>,
-        end: Option<&str>,
-    ) -> CoreResult<(
-        chrono::NaiveDateTime,
-        chrono::NaiveDateTime,
-        Vec<ServerUsage>,
-    )> {
-        match project {
-            None => ctx.require_admin("os_compute_api:os-simple-tenant-usage:list")?,
-            Some(p) if ctx.project_id() != Some(p) => {
-                ctx.require_admin("os_compute_api:os-simple-tenant-usage:show")?
-            }
-            Some(_) => {}
-        }
-        let now = chrono::Utc::now().naive_utc();
-        let bad = |what: &str, v: &str| {
-            CoreError::BadRequest(format!("Invalid {what} time {v}: use YYYY-MM-DDTHH:MM:SS."))
-        };
-        let end = match end {
-            Some(e) => parse_time(e).ok_or_else(|| bad("end", e))?,
-            None => now,
-        };
-        let start = match start {
-            Some(s) => parse_time(s).ok_or_else(|| bad("start", s))?,
-            None => end - chrono::Duration::days(1),
-        };
-        if start > end {
-            return Err(CoreError::BadRequest(
-                "Invalid start time. The start time cannot occur after the end time.".into(),
-            ));
-        }
-        let mut out = Vec::new();
-        for i in self.store.list_instances(project, true).await? {
-            let Some(launched) = i.launched_at.as_deref().and_then(parse_time) else {
-                continue;
-            };
-            let terminated = i.terminated_at.as_deref().and_then(parse_time);
-            let from = launched.max(start);
-            let to = terminated.unwrap_or(now).min(end);
-            if to <= from {
-                continue;
-            }
-            let hours = (to - from).num_milliseconds() as f64 / 3_600_000.0;
-            out.push(ServerUsage {
-                started_at: launched.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
-                ended_at: terminated.map(|t| t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()),
-                hours,
-                instance: i,
-            });
-        }
-        Ok((start, end, out))
-    }
 }
