@@ -6,6 +6,7 @@ pub mod error;
 pub mod fsutil;
 pub mod identity;
 pub mod image;
+pub mod metrics;
 pub mod network;
 pub mod password;
 pub mod policy;

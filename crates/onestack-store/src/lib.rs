@@ -24,6 +24,7 @@ mod identity;
 mod image;
 mod migrations;
 mod network;
+mod stats;
 mod usage;
 mod volume;
 

@@ -325,6 +325,10 @@ async fn compute_scenario(s: &Store) {
     );
     assert_eq!(s.list_host_instances("h1").await.expect("list").len(), 1);
     assert_eq!(
+        s.count_instances_by_vm_state().await.expect("by state"),
+        vec![("active".to_string(), 1), ("building".to_string(), 1)]
+    );
+    assert_eq!(
         s.count_live_instances("p1").await.expect("count"),
         (2, 4, 1024)
     );
@@ -332,6 +336,11 @@ async fn compute_scenario(s: &Store) {
         .mark_instance_deleted("i-1", "2026-01-02T00:00:00Z")
         .await
         .expect("delete"));
+    assert_eq!(
+        s.count_instances_by_vm_state().await.expect("by state"),
+        vec![("building".to_string(), 1)],
+        "deleted servers are not counted"
+    );
     assert_eq!(
         s.list_instances(Some("p1"), false)
             .await
@@ -480,6 +489,10 @@ async fn volume_scenario(s: &Store) {
         .iter()
         .any(|r| matches!(r, Err(QuotaRefused::Volumes { used: 3, limit: 3 }))));
     assert_eq!(s.list_volumes(Some("p1")).await.expect("list").len(), 3);
+    assert_eq!(
+        s.count_volumes_by_status().await.expect("by status"),
+        vec![("creating".to_string(), 3)]
+    );
     let ids: Vec<String> = s
         .list_volumes(Some("p1"))
         .await
