@@ -337,10 +337,11 @@ impl ComputeService {
             availability_zone: None,
             host: host.map(str::to_string),
         };
-        super::scheduler::pick(&hosts, &usage, &demand, &self.cfg.ratios, |h| {
+        let picked = super::scheduler::pick(&hosts, &usage, &demand, &self.cfg.ratios, |h| {
             self.host_alive(h)
-        })
-        .map_err(|super::scheduler::NoValidHost(why)| {
+        });
+        super::scheduler::count_decision("migrate", picked.is_ok());
+        picked.map_err(|super::scheduler::NoValidHost(why)| {
             tracing::warn!(instance = %inst.id, reasons = ?why, "no host to migrate to");
             CoreError::BadRequest(format!(
                 "{} (no other host can take server {})",

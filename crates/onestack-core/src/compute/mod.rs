@@ -1279,6 +1279,7 @@ impl ComputeService {
         let picked = scheduler::pick(&hosts, &usage, &demand, &self.cfg.ratios, |h| {
             self.host_alive(h)
         });
+        scheduler::count_decision("boot", picked.is_ok());
         let t = now();
         if let (Ok(h), Some(net)) = (&picked, self.network.get()) {
             net.bind_server_ports(&inst.id, h).await?;

@@ -116,11 +116,11 @@ impl ComputeService {
             availability_zone: None,
             host: Some(host.clone()),
         };
-        if let Err(super::scheduler::NoValidHost(why)) =
-            super::scheduler::pick(&hosts, &usage, &demand, &self.cfg.ratios, |h| {
-                self.host_alive(h)
-            })
-        {
+        let picked = super::scheduler::pick(&hosts, &usage, &demand, &self.cfg.ratios, |h| {
+            self.host_alive(h)
+        });
+        super::scheduler::count_decision("resize", picked.is_ok());
+        if let Err(super::scheduler::NoValidHost(why)) = picked {
             tracing::warn!(instance = %id, reasons = ?why, "no room to resize");
             return Err(CoreError::BadRequest(format!(
                 "{} (the server's host {host} has no room for flavor {})",

@@ -42,6 +42,27 @@ pub struct NoValidHost(pub Vec<String>);
 
 pub const NO_VALID_HOST: &str = "No valid host was found. There are not enough hosts available.";
 
+/// Placements decided, by what asked for one (`boot`, `resize`, `migrate`) and how it ended.
+static DECISIONS: crate::metrics::Counter = crate::metrics::Counter::new(
+    "onestack_scheduler_decisions_total",
+    "Scheduling decisions, by kind (boot, resize, migrate) and result (placed, no_valid_host).",
+);
+
+/// Counts one placement decision.
+pub fn count_decision(kind: &'static str, placed: bool) {
+    let result = if placed { "placed" } else { "no_valid_host" };
+    DECISIONS.inc(&[("kind", kind), ("result", result)]);
+}
+
+/// Makes every decision series exist at 0 from the process's start.
+pub fn declare_metrics() {
+    for kind in ["boot", "resize", "migrate"] {
+        for result in ["placed", "no_valid_host"] {
+            DECISIONS.declare(&[("kind", kind), ("result", result)]);
+        }
+    }
+}
+
 /// Picks a host for `demand`. `alive` says whether a host heartbeats recently.
 pub fn pick(
     hosts: &[HostRecord],
