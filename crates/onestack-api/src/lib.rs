@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod identity;
 pub mod image;
+pub mod metrics;
 pub mod middleware;
 pub mod network;
 pub mod volume;

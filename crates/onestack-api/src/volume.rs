@@ -90,6 +90,10 @@ pub fn router(state: VolumeApiState) -> Router {
             (state.app.clone(), ErrorFlavor::Nova),
             crate::middleware::request_context,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            "volume",
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -155,6 +155,10 @@ pub fn router(state: ComputeState) -> Router {
             (state.app.clone(), ErrorFlavor::Nova),
             crate::middleware::request_context,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            "compute",
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -128,6 +128,10 @@ pub fn router(state: AppState) -> Router {
             (state.clone(), crate::error::ErrorFlavor::Keystone),
             crate::middleware::request_context,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            "identity",
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

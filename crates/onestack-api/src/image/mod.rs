@@ -82,6 +82,10 @@ pub fn router(state: ImageState) -> Router {
             (state.app.clone(), ErrorFlavor::Glance),
             crate::middleware::request_context,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            "image",
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -457,5 +457,9 @@ pub fn router(state: NetworkApiState) -> Router {
             (state.app.clone(), crate::error::ErrorFlavor::Neutron),
             crate::middleware::request_context,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            "network",
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
