@@ -104,6 +104,8 @@ pub struct ApiConfig {
     pub volume_port: u16,
     /// The web dashboard.
     pub dashboard_port: u16,
+    /// Prometheus' `/metrics` (unauthenticated); 0 = not served.
+    pub metrics_port: u16,
     pub region: String,
 }
 
@@ -118,6 +120,7 @@ impl Default for ApiConfig {
             network_port: 9696,
             volume_port: 8776,
             dashboard_port: 8080,
+            metrics_port: 9198,
             region: "RegionOne".into(),
         }
     }
@@ -260,8 +263,13 @@ impl Config {
             ("api.network_port", self.api.network_port),
             ("api.volume_port", self.api.volume_port),
             ("api.dashboard_port", self.api.dashboard_port),
+            ("api.metrics_port", self.api.metrics_port),
         ];
         for (i, (k, p)) in ports.iter().enumerate() {
+            // Metrics may be switched off; every API needs its port.
+            if *p == 0 && *k == "api.metrics_port" {
+                continue;
+            }
             if *p == 0 {
                 bail!("{k} = 0: a fixed port is required");
             }
@@ -423,6 +431,9 @@ mod tests {
         assert_eq!(c.identity_url(), format!("http://{expected}:5000"));
         let local = Config::parse("[api]\nlisten = \"127.0.0.1\"\n").expect("config");
         assert_eq!(local.identity_url(), "http://127.0.0.1:5000");
+        assert_eq!(c.api.metrics_port, 9198);
+        let off = Config::parse("[api]\nmetrics_port = 0\n").expect("metrics off");
+        assert_eq!(off.api.metrics_port, 0);
     }
 
     #[test]
@@ -443,6 +454,7 @@ mod tests {
                 "floating_range",
             ),
             ("[api]\nidentity_port = 8774\n", "identity_port"),
+            ("[api]\nmetrics_port = 8080\n", "api.metrics_port"),
             ("[api]\nlisten = \"not-an-ip\"\n", "listen"),
             ("[database]\nurl = \"mysql://x\"\n", "database.url"),
             ("[api]\nidentity_port = \"x\"\n", "identity_port"),

@@ -48,15 +48,20 @@ fn free_gib(dir: &Path) -> Option<f64> {
 }
 
 /// The TCP ports a controller listens on, by what they serve.
-pub fn ports(cfg: &Config) -> [(&'static str, u16); 6] {
-    [
+pub fn ports(cfg: &Config) -> Vec<(&'static str, u16)> {
+    let mut ports = vec![
         ("identity port", cfg.api.identity_port),
         ("dashboard port", cfg.api.dashboard_port),
         ("image port", cfg.api.image_port),
         ("compute port", cfg.api.compute_port),
         ("network port", cfg.api.network_port),
+        ("volume port", cfg.api.volume_port),
         ("agent port", cfg.compute.agent_port),
-    ]
+    ];
+    if cfg.api.metrics_port != 0 {
+        ports.push(("metrics port", cfg.api.metrics_port));
+    }
+    ports
 }
 
 /// What `up` tells about the host in one line (CPU, memory, disk, acceleration, kernel

@@ -1,4 +1,5 @@
-//! Runs the controller's API services (identity, image, compute) in this process until SIGTERM or Ctrl-C.
+//! Runs the controller's API services (identity, image, compute, network, block storage), the
+//! dashboard and `/metrics` in this process until SIGTERM or Ctrl-C.
 
 use crate::config::Config;
 use crate::paths::DataDir;
@@ -77,6 +78,9 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         volumes,
         base_url: cfg.volume_url().into(),
     };
+    let metrics_state = onestack_api::metrics::MetricsState {
+        compute: compute.clone(),
+    };
     let compute_state = ComputeState {
         app: state.clone(),
         compute,
@@ -105,6 +109,14 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     tracing::info!(url = %cfg.volume_url(), "block storage API listening");
     let dashboard_listener = bind(&cfg, cfg.api.dashboard_port, "dashboard").await?;
     tracing::info!(url = %cfg.dashboard_url(), "dashboard listening");
+    let metrics_listener = match cfg.api.metrics_port {
+        0 => None,
+        port => {
+            let l = bind(&cfg, port, "metrics").await?;
+            tracing::info!(url = %format!("http://{}:{port}/metrics", cfg.public_host()), "metrics listening");
+            Some(l)
+        }
+    };
     tracing::info!(url = %cfg.compute_url(), "compute API listening");
     tracing::info!(url = %cfg.identity_url(), "identity API listening");
     tracing::info!(url = %cfg.image_url(), "image API listening");
@@ -148,8 +160,8 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             tokio::time::sleep(DRAIN).await;
         }
     };
-    let dashboard_server = onestack_api::serve(
-        dashboard_listener,
+    // The dashboard crate knows nothing of metrics; its requests are counted like the APIs'.
+    let dashboard = onestack_api::metrics::tracked(
         onestack_dashboard::router(onestack_dashboard::DashboardConfig {
             identity_url: cfg.identity_url() + "/v3",
             compute_url: cfg.compute_url() + "/v2.1",
@@ -157,8 +169,20 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             image_url: cfg.image_url() + "/v2",
             volume_url: cfg.volume_url() + "/v3",
         }),
-        stopped(),
+        "dashboard",
     );
+    let dashboard_server = onestack_api::serve(dashboard_listener, dashboard, stopped());
+    let metrics_server = {
+        let stop = stopped();
+        async move {
+            match metrics_listener {
+                Some(l) => {
+                    onestack_api::serve(l, onestack_api::metrics::router(metrics_state), stop).await
+                }
+                None => Ok(()),
+            }
+        }
+    };
     let signal = async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
@@ -171,12 +195,13 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
             network_server,
             dashboard_server,
             volume_server,
+            metrics_server,
             signal
         )
     };
     // In-flight requests get DRAIN to finish; what is still open then is mostly agents' long
     // polls (idempotent reads they repeat), which would otherwise hold the stop for 30 s.
-    let (a, b, c, d, e, f, ()) = tokio::select! {
+    let (a, b, c, d, e, f, g, ()) = tokio::select! {
         r = servers => r,
         () = drain_deadline => {
             tracing::info!(drain_secs = DRAIN.as_secs(), "stopped; requests still open were cut");
@@ -186,6 +211,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     d.context("network API server failed")?;
     e.context("dashboard server failed")?;
     f.context("block storage API server failed")?;
+    g.context("metrics server failed")?;
     a.context("identity API server failed")?;
     b.context("image API server failed")?;
     c.context("compute API server failed")?;
