@@ -5,6 +5,9 @@
 
 use crate::client::Controller;
 use crate::driver::{Driver, PowerState, VmSpec, VolumeSpec};
+use crate::metrics::{
+    AgentMetrics, INSTANCES, RECONCILE_DURATION, RECONCILE_PASSES, TASK_DURATION,
+};
 use crate::{configdrive, host};
 use anyhow::{bail, Context, Result};
 use onestack_core::compute::proto::{self, DesiredInstance, Report};
@@ -73,6 +76,7 @@ struct Shared<D: Driver> {
     driver: D,
     /// One lock per cached image, so each is downloaded once.
     image_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 /// Runs the agent until `shutdown` resolves. VMs keep running after it returns.
@@ -90,13 +94,21 @@ pub async fn run<D: Driver>(
         ctl,
         driver,
         image_locks: Mutex::new(HashMap::new()),
+        metrics: Arc::new(AgentMetrics::default()),
     });
+    for result in ["ok", "error"] {
+        RECONCILE_PASSES.declare(&[("result", result)]);
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (agent)", cfg.listen))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = {
-        let router = crate::http::router(cfg.token.clone(), cfg.instances_dir());
+        let router = crate::http::router(
+            cfg.token.clone(),
+            cfg.instances_dir(),
+            shared.metrics.clone(),
+        );
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
@@ -263,6 +275,7 @@ async fn reconcile_forever<D: Driver>(s: Arc<Shared<D>>, stop: watch::Receiver<b
         {
             Ok(d) => d,
             Err(e) => {
+                RECONCILE_PASSES.inc(&[("result", "error")]);
                 tracing::warn!(error = %e, "cannot fetch desired state; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 // A restarted controller may have lost our registration.
@@ -271,6 +284,7 @@ async fn reconcile_forever<D: Driver>(s: Arc<Shared<D>>, stop: watch::Receiver<b
                 continue;
             }
         };
+        let pass = std::time::Instant::now();
         generation = desired.generation;
         let wanted: std::collections::HashSet<String> =
             desired.instances.iter().map(|i| i.id.clone()).collect();
@@ -288,6 +302,9 @@ async fn reconcile_forever<D: Driver>(s: Arc<Shared<D>>, stop: watch::Receiver<b
         }
         workers.retain(|id, tx| wanted.contains(id) && !tx.is_closed());
         reap_orphans(&s, &wanted).await;
+        INSTANCES.set(&[], wanted.len() as f64);
+        RECONCILE_DURATION.observe(&[], pass.elapsed().as_secs_f64());
+        RECONCILE_PASSES.inc(&[("result", "ok")]);
     }
 }
 
@@ -313,7 +330,17 @@ async fn reap_orphans<D: Driver>(s: &Shared<D>, wanted: &std::collections::HashS
 /// How often a worker checks its VM is still in the power state it should be in.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
+/// Drops a worker's VM from the power-state gauge when the worker ends, however it ends.
+struct Forget<'a>(&'a AgentMetrics, String);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(&self.1);
+    }
+}
+
 async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredInstance>) {
+    let _forget = Forget(&s.metrics, rx.borrow().id.clone());
     // The task this worker last finished: a stale copy of the desired state (from before the
     // controller applied our report) must not run it twice.
     let mut finished: Option<TaskState> = None;
@@ -354,8 +381,17 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
         match d.task_state {
             Some(task) if finished != Some(task) => {
                 let picked_up = unix_ms();
+                let started = std::time::Instant::now();
                 let outcome = perform(&s, &d, task).await;
+                TASK_DURATION.observe(
+                    &[
+                        ("task", task.as_str()),
+                        ("result", if outcome.is_ok() { "ok" } else { "error" }),
+                    ],
+                    started.elapsed().as_secs_f64(),
+                );
                 let power = s.driver.power_state(&d.id).await;
+                s.metrics.saw(&d.id, power);
                 let report = match &outcome {
                     Ok(()) => Report {
                         task: Some(task),
@@ -457,6 +493,7 @@ async fn send_report<D: Driver>(s: &Shared<D>, id: &str, r: &Report) {
 /// SHUTOFF, never a stale ACTIVE); a VM running that should be off is stopped.
 async fn observe<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
     let power = s.driver.power_state(&d.id).await;
+    s.metrics.saw(&d.id, power);
     if d.vm_state == VmState::Stopped && matches!(power, PowerState::Running | PowerState::Paused) {
         tracing::warn!(instance = %d.id, "VM runs but the server is stopped; stopping it");
         let _ = s.driver.stop(&d.id, s.cfg.stop_grace).await;

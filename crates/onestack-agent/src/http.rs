@@ -1,6 +1,8 @@
 //! The agent's own endpoint: what only the host has — console output, and the interactive serial
-//! console as a websocket (the URL the compute API hands out carries a signed, expiring token).
+//! console as a websocket (the URL the compute API hands out carries a signed, expiring token) —
+//! and `/metrics` for Prometheus (unauthenticated, as scrape targets are; no tenant data).
 
+use crate::metrics::AgentMetrics;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -11,24 +13,50 @@ use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Clone)]
 struct HttpState {
     token: String,
     instances: PathBuf,
+    metrics: Arc<AgentMetrics>,
 }
 
-pub fn router(token: String, instances: PathBuf) -> Router {
-    let state = HttpState { token, instances };
+pub fn router(token: String, instances: PathBuf, metrics: Arc<AgentMetrics>) -> Router {
+    let state = HttpState {
+        token,
+        instances,
+        metrics,
+    };
     let internal = Router::new()
         .route("/v1/instances/{id}/console", get(console))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/v1/serial", get(serial))
         .route("/v1/instances/{id}/disk", get(disk))
+        .route("/metrics", get(scrape))
         .merge(internal)
+        .layer(axum::middleware::from_fn(count))
         .with_state(state)
+}
+
+async fn count(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    crate::metrics::count_request(&method, resp.status());
+    resp
+}
+
+async fn scrape(State(s): State<HttpState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            onestack_core::metrics::CONTENT_TYPE,
+        )],
+        s.metrics.text(),
+    )
+        .into_response()
 }
 
 async fn auth(State(s): State<HttpState>, req: Request, next: Next) -> Response {

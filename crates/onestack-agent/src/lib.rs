@@ -8,5 +8,6 @@ pub mod driver;
 pub mod host;
 pub mod http;
 pub mod metadata;
+pub mod metrics;
 pub mod net;
 pub mod qemu;
