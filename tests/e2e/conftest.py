@@ -51,6 +51,7 @@ class Cloud:
         self.network_port = free_port()
         self.dashboard_port = free_port()
         self.volume_port = free_port()
+        self.metrics_port = free_port()
         self.config = self.root / "onestack.toml"
         image = f"[image]\ndefault_image = {'true' if default_image else 'false'}\n"
         if image_size_cap is not None:
@@ -62,6 +63,7 @@ class Cloud:
             + (f'public_host = "{public_host}"\n' if public_host else '') +
             f'compute_port = {self.compute_port}\nnetwork_port = {self.network_port}\n'
             f'dashboard_port = {self.dashboard_port}\nvolume_port = {self.volume_port}\n'
+            f'metrics_port = {self.metrics_port}\n'
             '[identity]\ntoken_lifetime = 3600\n' + image
             # Test clouds use 198.18.0.0/15 only, and namespaces named for this cloud.
             + f'[network]\nfixed_range = "198.18.10.0/24"\nfloating_range = "198.18.11.0/24"\n'
