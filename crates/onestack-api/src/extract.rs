@@ -48,10 +48,13 @@ where
             .get("x-auth-token")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(ApiError::unauthorized)?;
-        state
+        let ctx = state
             .identity
             .validate(token)
-            .map(Auth)
-            .map_err(|_| ApiError::unauthorized())
+            .map_err(|_| ApiError::unauthorized())?;
+        if let Some(slot) = parts.extensions.get::<crate::audit::CallerSlot>() {
+            slot.set(&ctx);
+        }
+        Ok(Auth(ctx))
     }
 }

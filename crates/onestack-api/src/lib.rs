@@ -1,6 +1,7 @@
 //! OneStack's HTTP APIs. Handlers parse requests into calls on the application layer
 //! (`onestack-core`) and render OpenStack-shaped responses; they never touch the database.
 
+pub mod audit;
 pub mod compute;
 pub mod error;
 pub mod extract;
@@ -31,7 +32,11 @@ pub async fn serve(
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+    // The peer address goes into audit records.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
         .await
 }

@@ -19,6 +19,7 @@ macro_rules! row_struct {
     (@get $row:ident, $col:literal, default) => { Default::default() };
 }
 
+mod audit;
 mod compute;
 mod identity;
 mod image;
@@ -28,6 +29,7 @@ mod stats;
 mod usage;
 mod volume;
 
+pub use audit::*;
 pub use compute::*;
 pub use identity::*;
 pub use image::*;

@@ -402,6 +402,28 @@ CREATE INDEX usage_events_project ON usage_events (project_id, at_us);
 CREATE INDEX usage_events_time ON usage_events (at_us)
 "#,
     ),
+    (
+        11,
+        r#"
+CREATE TABLE audit_log (
+    request_id TEXT PRIMARY KEY,
+    at_us BIGINT NOT NULL,
+    service TEXT NOT NULL,
+    method TEXT NOT NULL,
+    route TEXT NOT NULL,
+    path TEXT NOT NULL,
+    action TEXT,
+    target TEXT,
+    user_id TEXT,
+    user_name TEXT,
+    project_id TEXT,
+    status BIGINT NOT NULL,
+    remote_addr TEXT
+);
+CREATE INDEX audit_log_time ON audit_log (at_us);
+CREATE INDEX audit_log_target ON audit_log (target)
+"#,
+    ),
 ];
 
 pub(crate) async fn apply(store: &Store) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `onestack`: one command to a private OpenStack-compatible cloud.
 
 mod agent;
+mod audit;
 mod client;
 mod config;
 mod demo;
@@ -184,6 +185,38 @@ enum Command {
     RotateKeys {
         #[command(flatten)]
         dir: DataDirArg,
+    },
+    /// The audit log: every mutating API call (who, project, what, target, result, request id).
+    Audit {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Only calls since then: 30m, 2h, 7d, or YYYY-MM-DDTHH:MM:SS (UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// A user's name or id.
+        #[arg(long)]
+        user: Option<String>,
+        /// A project id.
+        #[arg(long)]
+        project: Option<String>,
+        /// The id of the resource acted on.
+        #[arg(long)]
+        target: Option<String>,
+        /// One request, by its X-Openstack-Request-Id.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// identity, compute, image, network or volume.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only calls that failed (HTTP status 400 or more).
+        #[arg(long)]
+        failed: bool,
+        /// At most this many (the newest); 0 = all.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Guest images.
     Image {
@@ -382,6 +415,34 @@ fn main() -> Result<()> {
                 client::client_setup(paths::DataDir::new(dir.data_dir)?, &venv, yes)
             }
             Command::RotateKeys { dir } => ops::rotate_keys(paths::DataDir::new(dir.data_dir)?),
+            Command::Audit {
+                dir,
+                since,
+                user,
+                project,
+                target,
+                request_id,
+                service,
+                failed,
+                limit,
+                json,
+            } => {
+                audit::run(
+                    paths::DataDir::new(dir.data_dir)?,
+                    audit::Filters {
+                        since,
+                        user,
+                        project,
+                        target,
+                        request_id,
+                        service,
+                        failed,
+                        limit,
+                        json,
+                    },
+                )
+                .await
+            }
             Command::Serve { dir } => {
                 init_logging();
                 let dd = paths::DataDir::new(dir.data_dir)?;
