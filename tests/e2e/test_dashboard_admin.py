@@ -113,7 +113,9 @@ def test_admin_pages_forms_and_member_refusal():
             # A member: every admin page and form is refused, and nothing is created.
             member_s, r = login("demo", demo_pw, "demo")
             assert r.status_code == 303, r.text
-            mcsrf = CSRF.search(member_s.get(base + "/project/overview").text).group(1)
+            overview = member_s.get(base + "/project/overview").text
+            out["member_overview"] = overview
+            mcsrf = CSRF.search(overview).group(1)
             out["member_get"] = {
                 p: (lambda r: (r.status_code, "administrators only" in r.text))(member_s.get(base + p))
                 for p in ["/admin/hypervisors", "/admin/instances", "/admin/projects", "/admin/users",
@@ -174,6 +176,29 @@ def test_admin_pages_forms_and_member_refusal():
         row = next(row for row in re.findall(r"<tr>(.*?)</tr>", text) if ">demo<" in row)
         cells = re.findall(r"<td>([^<]*)</td>", row)
         assert cells[0] == "1" and all(re.fullmatch(r"\d+\.\d\d", c) for c in cells[1:]), cells
+        # Over time: a chart per project and per host, whose bars add up to the table's figures
+        # (the server still runs, so the later figure may be a little larger).
+        vcpu_table = float(cells[1])
+        demo_pid = json.loads(cloud.os("project", "show", "demo", "-f", "json").stdout)["id"]
+        host = json.loads(cloud.os("hypervisor", "list", "-f", "json").stdout)[0]["Hypervisor Hostname"]
+
+        def chart_total(page, key, label):
+            section = re.search(r'<section class="usage-group" data-key="' + re.escape(key)
+                                + r'">(.*?)</section>', page, re.S)
+            assert section, f"no usage charts for {key}"
+            m = re.search(r'data-usage="' + re.escape(label) + r'" data-total="([0-9.]+)"',
+                          section.group(1))
+            assert m, f"no {label} chart for {key}"
+            bars = [float(v) for v in re.findall(r'data-value="([0-9.]+)"', section.group(1))]
+            assert bars, section.group(1)[:500]
+            return float(m.group(1))
+
+        project_vcpu = chart_total(text, demo_pid, "vCPU-hours")
+        assert 0 < project_vcpu and abs(project_vcpu - vcpu_table) < 0.02, (project_vcpu, vcpu_table)
+        host_vcpu = chart_total(text, host, "vCPU-hours")
+        assert abs(host_vcpu - project_vcpu) < 0.02, (host_vcpu, project_vcpu)
+        assert chart_total(out["member_overview"], demo_pid, "Instance-hours") > 0
+        assert "Usage over time" in out["member_overview"]
         status, text = out["usage_default"]
         assert status == 200 and f'value="{today - datetime.timedelta(days=29)}"' in text
         assert f'value="{today}"' in text and ">demo<" in text

@@ -2340,6 +2340,46 @@ async fn usage_follows_the_record_of_each_change() {
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 
+    // The series the dashboard draws: its buckets add up to the period's figures.
+    let series = format!(
+        "/v2.1/os-onestack-usage-series?start={}&end={}&step=3600",
+        fmt(events[0].at_us - 3_600_000_000),
+        fmt(events[5].at_us + 3_600_000_000)
+    );
+    let (st, v, _) = c.call(Method::GET, &series, &demo, None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let g = &v["usage_series"]["groups"][0];
+    assert_eq!(g["key"].as_str(), pid.as_deref());
+    let buckets = v["usage_series"]["buckets"].as_array().map_or(0, Vec::len);
+    assert!((2..=3).contains(&buckets), "{v}");
+    let summed: f64 = g["total_vcpus_usage"]
+        .as_array()
+        .expect("figures")
+        .iter()
+        .filter_map(Value::as_f64)
+        .sum();
+    close(&json!(summed), small + 2.0 * big);
+    let (st, _, _) = c
+        .call(Method::GET, &format!("{series}&group_by=host"), &demo, None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, v, _) = c
+        .call(
+            Method::GET,
+            &format!("{series}&group_by=host"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["usage_series"]["groups"][0]["key"], "h1");
+    for bad in ["&step=1", "&step=x", "&group_by=flavor"] {
+        let (st, _, _) = c
+            .call(Method::GET, &format!("{series}{bad}"), &admin, None)
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
     // All projects' usage is the admin's to see, not a member's; bad times are 400.
     let (st, _, _) = c
         .call(Method::GET, "/v2.1/os-simple-tenant-usage", &demo, None)

@@ -1175,3 +1175,85 @@ async fn mtu_and_provider_attributes_follow_the_segment_type() {
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
 }
+
+/// Neutron's quota checks are serialized with the writes they guard: N concurrent creates
+/// against room for N-1 give exactly N-1 (the last gets 409 OverQuota and nothing is made),
+/// for networks and for security group rules alike.
+#[tokio::test]
+async fn concurrent_creates_stay_within_the_quota() {
+    let c = start().await;
+    let admin = c.token("admin", ADMIN_PW, "admin").await;
+    let demo = c.token("demo", DEMO_PW, "demo").await;
+    let (_, groups) = c
+        .call(Method::GET, "/v2.0/security-groups", &demo, None)
+        .await;
+    let project = groups["security_groups"][0]["project_id"]
+        .as_str()
+        .expect("the default group's project")
+        .to_string();
+    let default_sg = groups["security_groups"][0]["id"]
+        .as_str()
+        .expect("default group")
+        .to_string();
+    let count = |kind: &'static str| {
+        let c = &c;
+        let demo = demo.clone();
+        async move {
+            let (_, v) = c
+                .call(Method::GET, &format!("/v2.0/{kind}"), &demo, None)
+                .await;
+            v[kind.replace('-', "_")].as_array().map_or(0, Vec::len)
+        }
+    };
+    const N: usize = 8;
+    let rules_before = count("security-group-rules").await;
+    c.ok(
+        Method::PUT,
+        &format!("/v2.0/quotas/{project}"),
+        &admin,
+        json!({"quota": {"network": N - 1, "security_group_rule": rules_before + N - 1}}),
+        StatusCode::OK,
+    )
+    .await;
+    let creates = (0..N).map(|i| {
+        c.call(
+            Method::POST,
+            "/v2.0/networks",
+            &demo,
+            Some(json!({"network": {"name": format!("race-{i}")}})),
+        )
+    });
+    let results = futures_util::future::join_all(creates).await;
+    let made = results
+        .iter()
+        .filter(|(st, _)| *st == StatusCode::CREATED)
+        .count();
+    let refused: Vec<&Value> = results
+        .iter()
+        .filter(|(st, _)| *st == StatusCode::CONFLICT)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!((made, refused.len()), (N - 1, 1), "{results:?}");
+    assert_eq!(refused[0]["NeutronError"]["type"], "OverQuota");
+    assert_eq!(count("networks").await, N - 1);
+
+    let rules = (0..N).map(|i| {
+        c.call(
+            Method::POST,
+            "/v2.0/security-group-rules",
+            &demo,
+            Some(
+                json!({"security_group_rule": {"security_group_id": default_sg,
+                "direction": "ingress", "protocol": "tcp", "ethertype": "IPv4",
+                "port_range_min": 1000 + i, "port_range_max": 1000 + i}}),
+            ),
+        )
+    });
+    let results = futures_util::future::join_all(rules).await;
+    let made = results
+        .iter()
+        .filter(|(st, _)| *st == StatusCode::CREATED)
+        .count();
+    assert_eq!(made, N - 1, "{results:?}");
+    assert_eq!(count("security-group-rules").await, rules_before + N - 1);
+}

@@ -873,9 +873,23 @@ async fn usage(
         start.format("%Y-%m-%d"),
         end.format("%Y-%m-%d")
     );
-    let (v, projects) = tokio::join!(
+    // Over time: a bar a day, or a bar per several days for long periods (at most 92 bars).
+    let days = (end - start).num_days() + 1;
+    let step_days = (days + 91) / 92;
+    let series_path = |group: &str| {
+        format!(
+            "/os-onestack-usage-series?start={}T00:00:00&end={}T00:00:00&step={}&group_by={group}",
+            start.format("%Y-%m-%d"),
+            (end + chrono::Duration::days(1)).format("%Y-%m-%d"),
+            step_days * 86_400
+        )
+    };
+    let (by_project_path, by_host_path) = (series_path("project"), series_path("host"));
+    let (v, projects, by_project, by_host) = tokio::join!(
         d.get(&ctx.s, Svc::Compute, &path),
         d.list(&ctx.s, Svc::Identity, "/projects", "projects"),
+        d.get(&ctx.s, Svc::Compute, &by_project_path),
+        d.get(&ctx.s, Svc::Compute, &by_host_path),
     );
     let v = match v {
         Ok(v) => v,
@@ -917,11 +931,41 @@ async fn usage(
         .collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
+    let over_time = |answer: Result<Value, Failure>, what: &str| -> String {
+        let v = match answer {
+            Ok(v) => v,
+            Err(f) => return notice(&f.message, false),
+        };
+        let series = &v["usage_series"];
+        let groups = series["groups"].as_array().cloned().unwrap_or_default();
+        if groups.is_empty() {
+            return format!("<p class=\"empty\">No {what} used anything in this period.</p>");
+        }
+        groups
+            .iter()
+            .map(|g| {
+                let key = text(g, "key");
+                let title = match what {
+                    "project" => project_names
+                        .get(key)
+                        .cloned()
+                        .unwrap_or_else(|| key.to_string()),
+                    _ => key.to_string(),
+                };
+                crate::project::series_charts(series, g, &format!("{title} ({what})"))
+            })
+            .collect()
+    };
+    let charts = format!(
+        "<h2>Per project over time</h2>{}<h2>Per host over time</h2>{}",
+        over_time(by_project, "project"),
+        over_time(by_host, "host")
+    );
     ok_page(
         &ctx,
         "Usage",
         &format!(
-            "<h1>Usage</h1>{}<p class=\"note\">From {} 00:00 to {} 23:59 UTC.</p>{}",
+            "<h1>Usage</h1>{}<p class=\"note\">From {} 00:00 to {} 23:59 UTC.</p>{}{charts}",
             usage_form(None),
             start.format("%Y-%m-%d"),
             end.format("%Y-%m-%d"),

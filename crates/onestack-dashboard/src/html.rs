@@ -203,9 +203,66 @@ pub fn quota_chart(label: &str, used: i64, limit: i64, unit: &str) -> String {
     )
 }
 
+/// A bar chart of usage over time (inline SVG, no script): one bar per bucket, its height the
+/// figure, each bar's exact value in its tooltip and the whole series in the figure's data.
+pub fn usage_chart(label: &str, unit: &str, bars: &[(String, f64)]) -> String {
+    let (w, h, pad) = (320.0_f64, 120.0_f64, 18.0_f64);
+    let max = bars.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max);
+    let n = bars.len().max(1) as f64;
+    let slot = (w - pad) / n;
+    let mut rects = String::new();
+    for (i, (when, v)) in bars.iter().enumerate() {
+        let bh = if max > 0.0 { v / max * (h - pad) } else { 0.0 };
+        let x = pad + i as f64 * slot + slot * 0.1;
+        let y = h - pad - bh;
+        rects.push_str(&format!(
+            "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" data-value=\"{v:.6}\"><title>{}: {v:.2}{}</title></rect>",
+            (slot * 0.8).max(0.5),
+            escape(when),
+            escape(unit),
+        ));
+    }
+    let first = bars.first().map(|(t, _)| t.as_str()).unwrap_or("");
+    let last = bars.last().map(|(t, _)| t.as_str()).unwrap_or("");
+    let total: f64 = bars.iter().map(|(_, v)| v).sum();
+    format!(
+        "<figure class=\"usage-chart\" data-usage=\"{}\" data-total=\"{total:.6}\">\
+         <svg viewBox=\"0 0 {w} {h}\" width=\"100%\" height=\"{h}\" role=\"img\" aria-label=\"{}: {total:.2}{} in all\">\
+         <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{w}\" y2=\"{y0}\" stroke=\"#c5ced8\"/>\
+         <text x=\"0\" y=\"10\" font-size=\"9\">{max:.1}</text>\
+         <text x=\"0\" y=\"{y0}\" font-size=\"9\">0</text>{rects}\
+         <text x=\"{pad}\" y=\"{h}\" font-size=\"9\">{}</text>\
+         <text x=\"{w}\" y=\"{h}\" font-size=\"9\" text-anchor=\"end\">{}</text></svg>\
+         <figcaption><strong>{}</strong> <span class=\"total\">{total:.2}{}</span></figcaption></figure>",
+        escape(label),
+        escape(label),
+        escape(unit),
+        escape(first),
+        escape(last),
+        escape(label),
+        escape(unit),
+        y0 = h - pad,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_charts_scale_to_the_largest_bar_and_escape_labels() {
+        let c = usage_chart(
+            "<b>p</b>",
+            " h",
+            &[("d1".into(), 1.0), ("d2".into(), 4.0), ("d3".into(), 0.0)],
+        );
+        assert!(c.contains("&lt;b&gt;p&lt;/b&gt;") && !c.contains("<b>"));
+        assert!(c.contains("data-total=\"5.000000\""));
+        // The tallest bar fills the plot (120 - 18 = 102), the empty one has no height.
+        assert!(c.contains("height=\"102.0\" data-value=\"4.000000\""));
+        assert!(c.contains("height=\"0.0\" data-value=\"0.000000\""));
+        assert_eq!(c.matches("<rect").count(), 3);
+    }
 
     #[test]
     fn escapes_markup_and_quotes() {

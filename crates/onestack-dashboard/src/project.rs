@@ -3,7 +3,9 @@
 //! progress), key pairs.
 
 use crate::api::{seg, text, Failure, Svc};
-use crate::html::{button_form, escape, options, page, post_form, quota_chart, table};
+use crate::html::{
+    button_form, escape, options, page, post_form, quota_chart, table, usage_chart,
+};
 use crate::{error_page, form, form_all, html_response, Ctx, Dash};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -44,14 +46,60 @@ fn ok_page(ctx: &Ctx, title: &str, body: &str) -> Response {
 
 // ---- overview -------------------------------------------------------------------------------
 
+/// The charts of one group of a usage series (`os-onestack-usage-series`): instance-hours,
+/// vCPU-hours and RAM GB-hours per bucket, each bar labelled with its bucket's day (or time).
+pub(crate) fn series_charts(series: &Value, group: &Value, title: &str) -> String {
+    let buckets: Vec<String> = series["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let t = b.as_str().unwrap_or("");
+            // Days show as dates; shorter steps keep the time.
+            if series["step"].as_i64().unwrap_or(86_400) >= 86_400 {
+                t.get(..10).unwrap_or(t).to_string()
+            } else {
+                t.get(..16).unwrap_or(t).replace('T', " ")
+            }
+        })
+        .collect();
+    let bars = |key: &str, scale: f64| -> Vec<(String, f64)> {
+        buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.clone(), group[key][i].as_f64().unwrap_or(0.0) * scale))
+            .collect()
+    };
+    format!(
+        "<section class=\"usage-group\" data-key=\"{}\"><h3>{}</h3><div class=\"usage-charts\">{}{}{}</div></section>",
+        escape(group["key"].as_str().unwrap_or("")),
+        escape(title),
+        usage_chart("Instance-hours", " h", &bars("total_hours", 1.0)),
+        usage_chart("vCPU-hours", " h", &bars("total_vcpus_usage", 1.0)),
+        usage_chart(
+            "RAM GB-hours",
+            " GB·h",
+            &bars("total_memory_mb_usage", 1.0 / 1024.0)
+        ),
+    )
+}
+
 async fn overview(State(d): State<Dash>, headers: HeaderMap) -> Response {
     let ctx = signed_in!(d, headers);
     let quota_path = format!("/quotas/{}/details", seg(&ctx.s.project_id));
     let volume_limits = format!("/{}/limits", seg(&ctx.s.project_id));
-    let (limits, net, vol) = tokio::join!(
+    // The last seven days, today included, a bar a day (UTC).
+    let today = chrono::Utc::now().date_naive();
+    let usage_path = format!(
+        "/os-onestack-usage-series?start={}T00:00:00&end={}T00:00:00&step=86400&group_by=project",
+        (today - chrono::Duration::days(6)).format("%Y-%m-%d"),
+        (today + chrono::Duration::days(1)).format("%Y-%m-%d"),
+    );
+    let (limits, net, vol, usage) = tokio::join!(
         d.get(&ctx.s, Svc::Compute, "/limits"),
         d.get(&ctx.s, Svc::Network, &quota_path),
         d.get(&ctx.s, Svc::Volume, &volume_limits),
+        d.get(&ctx.s, Svc::Compute, &usage_path),
     );
     let limits = match limits {
         Ok(v) => v,
@@ -108,11 +156,26 @@ async fn overview(State(d): State<Dash>, headers: HeaderMap) -> Response {
         }
         Err(f) => notes.push_str(&crate::html::notice(&f.message, false)),
     }
+    let history = match usage {
+        Ok(v) => {
+            let series = &v["usage_series"];
+            // An admin's token sees every project's series; the overview is this project's.
+            let mine = series["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|g| g["key"].as_str() == Some(ctx.s.project_id.as_str()));
+            let empty = json!({"key": ctx.s.project_id});
+            series_charts(series, mine.unwrap_or(&empty), "This project, the last 7 days")
+        }
+        Err(f) => crate::html::notice(&f.message, false),
+    };
     ok_page(
         &ctx,
         "Overview",
         &format!(
             "<h1>Overview</h1>{}<h2>Usage against quota</h2><div class=\"charts\">{}</div>{notes}\
+             <h2>Usage over time</h2>{history}\
              <p class=\"actions\"><a href=\"/project/instances/launch\">Launch an instance</a></p>",
             ctx.notice("switch"),
             charts.concat()

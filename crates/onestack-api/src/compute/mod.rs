@@ -138,6 +138,7 @@ fn api_routes() -> Router<ComputeState> {
         .route("/os-simple-tenant-usage", get(os::usage_list))
         .route("/os-simple-tenant-usage/{project}", get(os::usage_show))
         .route("/os-onestack-host-usage", get(os::host_usage_list))
+        .route("/os-onestack-usage-series", get(os::usage_series))
 }
 
 pub fn router(state: ComputeState) -> Router {

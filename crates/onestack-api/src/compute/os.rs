@@ -7,7 +7,7 @@ use crate::extract::{Auth, JsonBody};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use onestack_core::compute::usage::{parse_time, Metered, Period, ServerUsage};
+use onestack_core::compute::usage::{parse_time, GroupBy, Metered, Period, ServerUsage};
 use onestack_core::policy::AuthContext;
 use onestack_store::{HostRecord, HostUsage};
 use serde_json::{json, Value};
@@ -422,6 +422,61 @@ pub async fn host_usage_list(
         })
         .collect();
     Ok(Json(json!({"host_usages": list})))
+}
+
+/// `GET /os-onestack-usage-series?start&end&step=SECONDS&group_by=project|host` (a OneStack
+/// extension, what the dashboard's charts draw): the period in `step`-long buckets, each with
+/// the figures of `os-simple-tenant-usage`, per project (admins all, others their own) or per
+/// host (admin).
+pub async fn usage_series(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let period = period_of(&q)?;
+    let group = match q.get("group_by").map(String::as_str) {
+        None | Some("project") => GroupBy::Project,
+        Some("host") => GroupBy::Host,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid group_by {other}: use project or host."
+            )))
+        }
+    };
+    let step = match q.get("step") {
+        None => 86_400,
+        Some(v) => v
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("Invalid step {v}: seconds expected.")))?,
+    };
+    let series = s.compute.usage_series(&ctx, group, period, step).await?;
+    let fmt = |us: &i64| {
+        chrono::DateTime::from_timestamp_micros(*us)
+            .map(|t| t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string())
+    };
+    let figures = |ms: &[Metered], f: fn(&Metered) -> f64| ms.iter().map(f).collect::<Vec<_>>();
+    let groups: Vec<Value> = series
+        .groups
+        .iter()
+        .map(|(k, ms)| {
+            json!({
+                "key": k,
+                "total_hours": figures(ms, |m| m.hours),
+                "total_vcpus_usage": figures(ms, |m| m.vcpu_hours),
+                "total_memory_mb_usage": figures(ms, |m| m.memory_mb_hours),
+                "total_local_gb_usage": figures(ms, |m| m.disk_gb_hours),
+                "total_running_hours": figures(ms, |m| m.running_hours),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"usage_series": {
+        "group_by": if group == GroupBy::Host { "host" } else { "project" },
+        "start": fmt(&period.start.and_utc().timestamp_micros()),
+        "stop": fmt(&period.end.and_utc().timestamp_micros()),
+        "step": step,
+        "buckets": series.buckets.iter().map(fmt).collect::<Vec<_>>(),
+        "groups": groups,
+    }})))
 }
 
 /// The project of an `os-quota-sets` path (the routes also live under `/v2.1/{project_id}`).
