@@ -3,9 +3,7 @@
 //! progress), key pairs.
 
 use crate::api::{seg, text, Failure, Svc};
-use crate::html::{
-    button_form, escape, options, page, post_form, quota_chart, table, usage_chart,
-};
+use crate::html::{button_form, escape, options, page, post_form, quota_chart, table, usage_chart};
 use crate::{error_page, form, form_all, html_response, Ctx, Dash};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -166,7 +164,11 @@ async fn overview(State(d): State<Dash>, headers: HeaderMap) -> Response {
                 .flatten()
                 .find(|g| g["key"].as_str() == Some(ctx.s.project_id.as_str()));
             let empty = json!({"key": ctx.s.project_id});
-            series_charts(series, mine.unwrap_or(&empty), "This project, the last 7 days")
+            series_charts(
+                series,
+                mine.unwrap_or(&empty),
+                "This project, the last 7 days",
+            )
         }
         Err(f) => crate::html::notice(&f.message, false),
     };
