@@ -284,6 +284,10 @@ def test_operator_views_with_the_cli():
         assert hyps[0]["vCPUs"] == os.cpu_count()
         mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
         assert abs(hyps[0]["Memory MB"] - mem_mb) <= 64
+        # One hypervisor in detail, with its host's uptime and load from its agent (the CLI also
+        # asks for host aggregates: there are none).
+        hv = json.loads(cloud.os("hypervisor", "show", hyps[0]["Hypervisor Hostname"], "-f", "json").stdout)
+        assert hv["state"] == "up" and hv["aggregates"] == [] and hv.get("load_average"), hv
         services = json.loads(cloud.os("compute", "service", "list", "-f", "json").stdout)
         assert [(s["Binary"], s["State"], s["Status"]) for s in services] == [("nova-compute", "up", "enabled")]
         zones = json.loads(demo(cloud, "availability", "zone", "list", "--compute", "-f", "json").stdout)

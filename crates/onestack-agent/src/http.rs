@@ -31,6 +31,7 @@ pub fn router(token: String, instances: PathBuf, metrics: Arc<AgentMetrics>) -> 
     };
     let internal = Router::new()
         .route("/v1/instances/{id}/console", get(console))
+        .route("/v1/host/uptime", get(uptime))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/v1/serial", get(serial))
@@ -80,6 +81,65 @@ async fn console(State(s): State<HttpState>, Path(id): Path<String>) -> Response
     match tokio::fs::read(s.instances.join(&id).join("console.log")).await {
         Ok(bytes) => bytes.into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `GET /v1/host/uptime`: this host's `uptime(1)` line, which Nova's hypervisor uptime carries
+/// (`10:00:00 up 3 days,  2:01,  0 users,  load average: 0.10, 0.20, 0.30`).
+async fn uptime() -> Response {
+    let (Ok(up), Ok(load)) = (
+        tokio::fs::read_to_string("/proc/uptime").await,
+        tokio::fs::read_to_string("/proc/loadavg").await,
+    ) else {
+        return StatusCode::NOT_IMPLEMENTED.into_response();
+    };
+    let time_of_day = (chrono_now().max(0) as u64) % 86_400;
+    match uptime_line(&up, &load, time_of_day) {
+        Some(line) => line.into_response(),
+        None => StatusCode::NOT_IMPLEMENTED.into_response(),
+    }
+}
+
+/// Formats `/proc/uptime` and `/proc/loadavg` as `uptime(1)` does, at `now` seconds into the
+/// (UTC) day. Logged-in users are not counted (no utmp is read): 0.
+fn uptime_line(up: &str, load: &str, now: u64) -> Option<String> {
+    let secs = up.split_whitespace().next()?.parse::<f64>().ok()? as u64;
+    let loads: Vec<&str> = load.split_whitespace().take(3).collect();
+    if loads.len() != 3 {
+        return None;
+    }
+    let (days, hours, mins) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    let since = match (days, hours) {
+        (0, 0) => format!("{mins} min"),
+        (0, _) => format!("{hours:2}:{mins:02}"),
+        (1, _) => format!("1 day, {hours:2}:{mins:02}"),
+        _ => format!("{days} days, {hours:2}:{mins:02}"),
+    };
+    Some(format!(
+        " {:02}:{:02}:{:02} up {since},  0 users,  load average: {}, {}, {}",
+        now / 3600,
+        now % 3600 / 60,
+        now % 60,
+        loads[0],
+        loads[1],
+        loads[2]
+    ))
+}
+
+#[cfg(test)]
+mod uptime_tests {
+    #[test]
+    fn reads_like_uptime() {
+        let t = 10 * 3600;
+        assert_eq!(
+            super::uptime_line("266460.5 1000.0\n", "0.10 0.20 0.30 1/100 42\n", t).as_deref(),
+            Some(" 10:00:00 up 3 days,  2:01,  0 users,  load average: 0.10, 0.20, 0.30")
+        );
+        assert_eq!(
+            super::uptime_line("300.2 1.0", "1.00 0.50 0.25 1/1 1", t).as_deref(),
+            Some(" 10:00:00 up 5 min,  0 users,  load average: 1.00, 0.50, 0.25")
+        );
+        assert_eq!(super::uptime_line("x", "1 2 3", t), None);
     }
 }
 

@@ -2074,6 +2074,43 @@ async fn quota_sets_are_per_project_and_creates_race_within_them() {
     );
     let (_, list, _) = c.call(Method::GET, "/v2.1/servers", &demo, None).await;
     assert_eq!(list["servers"].as_array().map(Vec::len), Some(4));
+    // Key pairs too: the project's limit, checked with the insert (five racing against three).
+    let (st, _, _) = c
+        .call(
+            Method::PUT,
+            &qpath,
+            &admin,
+            Some(json!({"quota_set": {"key_pairs": 3}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let creates = (0..5).map(|i| {
+        let c = &c;
+        let demo = demo.clone();
+        async move {
+            c.call(
+                Method::POST,
+                "/v2.1/os-keypairs",
+                &demo,
+                Some(json!({"keypair": {"name": format!("race-{i}")}})),
+            )
+            .await
+        }
+    });
+    let results = futures_util::future::join_all(creates).await;
+    let made = results.iter().filter(|r| r.0 == StatusCode::OK).count();
+    let refused: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::FORBIDDEN)
+        .map(|r| &r.1)
+        .collect();
+    assert_eq!((made, refused.len()), (3, 2), "{results:?}");
+    assert_eq!(
+        refused[0]["forbidden"]["message"],
+        "Quota exceeded, too many key pairs."
+    );
+    let (_, kps, _) = c.call(Method::GET, "/v2.1/os-keypairs", &demo, None).await;
+    assert_eq!(kps["keypairs"].as_array().map(Vec::len), Some(3));
     // Detail and limits say the same.
     let (_, d, _) = c
         .call(Method::GET, &format!("{qpath}/detail"), &demo, None)

@@ -477,6 +477,31 @@ impl Store {
 
     /// Conflict when the user already has a keypair of that name.
     pub async fn create_keypair(&self, k: &KeypairRecord) -> Result<()> {
+        self.create_keypair_within(k, -1).await.map(|_| ())
+    }
+
+    /// Inserts the keypair unless its user already has `limit` (< 0: no limit); the count and
+    /// the insert are one serialized transaction, so racing creates cannot pass the limit.
+    /// Returns the user's count when refused.
+    pub async fn create_keypair_within(
+        &self,
+        k: &KeypairRecord,
+        limit: i64,
+    ) -> Result<Option<i64>> {
+        let mut tx = self.pool().begin().await?;
+        if limit >= 0 {
+            sqlx::query("UPDATE quota_generation SET value = value + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT) FROM keypairs WHERE user_id = $1")
+                    .bind(&k.user_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if n >= limit {
+                return Ok(Some(n));
+            }
+        }
         sqlx::query(
             "INSERT INTO keypairs (user_id, name, key_type, public_key, fingerprint, created_at) \
              VALUES ($1,$2,$3,$4,$5,$6)",
@@ -487,9 +512,10 @@ impl Store {
         .bind(&k.public_key)
         .bind(&k.fingerprint)
         .bind(&k.created_at)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(None)
     }
 
     pub async fn get_keypair(&self, user_id: &str, name: &str) -> Result<KeypairRecord> {

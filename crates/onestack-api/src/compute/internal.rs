@@ -400,6 +400,26 @@ async fn agent_secret(s: &ComputeState, host: &str) -> ApiResult<String> {
     )
 }
 
+/// A host's `uptime(1)` line, asked of its agent; None when the agent does not answer.
+pub async fn host_uptime(
+    s: &ComputeState,
+    host: &onestack_store::HostRecord,
+) -> ApiResult<Option<String>> {
+    let url = format!("{}/v1/host/uptime", host.agent_url.trim_end_matches('/'));
+    let secret = agent_secret(s, &host.host).await?;
+    let resp = s
+        .http
+        .get(&url)
+        .header(AGENT_TOKEN_HEADER, secret)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match resp {
+        Ok(r) if r.status().is_success() => Ok(r.text().await.ok()),
+        _ => Ok(None),
+    }
+}
+
 /// The agent-side address of a server's console output, fetched for `os-getConsoleOutput`.
 pub async fn console_output(
     s: &ComputeState,

@@ -116,6 +116,7 @@ fn api_routes() -> Router<ComputeState> {
         .route("/os-hypervisors/detail", get(os::hypervisors_detail))
         .route("/os-hypervisors/statistics", get(os::hypervisor_statistics))
         .route("/os-hypervisors/{id}", get(os::hypervisor))
+        .route("/os-hypervisors/{id}/uptime", get(os::hypervisor_uptime))
         .route("/os-availability-zone", get(os::availability_zones))
         .route(
             "/os-availability-zone/detail",
@@ -139,6 +140,7 @@ fn api_routes() -> Router<ComputeState> {
         .route("/os-simple-tenant-usage/{project}", get(os::usage_show))
         .route("/os-onestack-host-usage", get(os::host_usage_list))
         .route("/os-onestack-usage-series", get(os::usage_series))
+        .route("/os-aggregates", get(os::aggregate_list))
 }
 
 pub fn router(state: ComputeState) -> Router {

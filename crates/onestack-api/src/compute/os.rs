@@ -113,6 +113,36 @@ pub async fn hypervisor(
     ))
 }
 
+/// `GET /os-hypervisors/{id}/uptime`: the host's `uptime(1)` line, from its agent; 501 (as
+/// Nova answers when its driver cannot tell) when the agent does not answer.
+pub async fn hypervisor_uptime(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Path(id): Path<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    admin(&ctx, "os_compute_api:os-hypervisors:uptime")?;
+    let want = id.get("id").cloned().unwrap_or_default();
+    let hosts = s.compute.list_hosts().await?;
+    let h = hosts
+        .iter()
+        .find(|h| h.num.to_string() == want)
+        .ok_or_else(|| ApiError::not_found(format!("Hypervisor {want} could not be found.")))?;
+    let uptime = super::internal::host_uptime(&s, h).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "Virt driver does not implement host uptime.",
+        )
+    })?;
+    let up = s.compute.host_alive(h);
+    Ok(Json(json!({"hypervisor": {
+        "id": h.num,
+        "hypervisor_hostname": h.host,
+        "state": if up { "up" } else { "down" },
+        "status": if h.enabled { "enabled" } else { "disabled" },
+        "uptime": uptime,
+    }})))
+}
+
 pub async fn hypervisor_statistics(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
@@ -422,6 +452,14 @@ pub async fn host_usage_list(
         })
         .collect();
     Ok(Json(json!({"host_usages": list})))
+}
+
+/// `GET /os-aggregates` (admin): OneStack has no host aggregates (availability zones are set
+/// per host), so the list is empty — what `openstack hypervisor show` reads to name a host's
+/// aggregates.
+pub async fn aggregate_list(Auth(ctx): Auth) -> ApiResult<Json<Value>> {
+    ctx.require_admin("os_compute_api:os-aggregates:index")?;
+    Ok(Json(json!({"aggregates": []})))
 }
 
 /// `GET /os-onestack-usage-series?start&end&step=SECONDS&group_by=project|host` (a OneStack

@@ -527,12 +527,11 @@ impl ComputeService {
                 "x509 keypairs are not supported; use ssh.".into(),
             ));
         }
-        let count = self.store.list_keypairs(&owner).await?.len() as i64;
-        if count >= self.cfg.quota.key_pairs {
-            return Err(CoreError::Forbidden(
-                "Quota exceeded, too many key pairs.".into(),
-            ));
-        }
+        // The limit is the caller's project's (Nova counts key pairs per user).
+        let limit = match ctx.project_id() {
+            Some(p) => self.quota(p).await?.key_pairs,
+            None => self.cfg.quota.key_pairs,
+        };
         let (public, private) = match public_key {
             Some(k) => (keypair::parse_public_key(k)?, None),
             None => {
@@ -548,8 +547,11 @@ impl ComputeService {
             fingerprint: public.fingerprint,
             created_at: now(),
         };
-        match self.store.create_keypair(&rec).await {
-            Ok(()) => Ok((rec, private)),
+        match self.store.create_keypair_within(&rec, limit).await {
+            Ok(None) => Ok((rec, private)),
+            Ok(Some(_)) => Err(CoreError::Forbidden(
+                "Quota exceeded, too many key pairs.".into(),
+            )),
             Err(StoreError::Conflict(_)) => Err(CoreError::Conflict(format!(
                 "Key pair '{name}' already exists."
             ))),
