@@ -179,6 +179,21 @@ def helper_pids(data_dir):
     return out
 
 
+def power_cut(data_dir, vms=False):
+    """SIGKILLs every OneStack process of this data dir (and its QEMU guests when `vms`), as a
+    power cut would, and waits until they are gone. Returns the pids."""
+    victims = set(pids_of(data_dir) + helper_pids(data_dir) + (qemu_pids(data_dir) if vms else []))
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{p}").exists() for p in victims) and time.time() < deadline:
+        time.sleep(0.1)
+    return victims
+
+
 def stop_cloud(c, root):
     subprocess.run(c.in_ns(BIN, "down", "--data-dir", str(c.data)), capture_output=True, timeout=60)
     for pid in set(pids_of(c.data) + qemu_pids(c.data) + helper_pids(c.data)):

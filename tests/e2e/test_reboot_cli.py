@@ -3,15 +3,13 @@ its host networking is wiped (a fresh network namespace, as after a boot), then 
 started again as boot would. The cloud answers with its data intact, and the server that was
 ACTIVE runs again with its networking (Nova's resume_guests_state_on_host_boot)."""
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import helper_pids, make_cloud, qemu_pids
+from conftest import make_cloud, power_cut
 from test_compute_cli import demo, have_qemu
 from test_network_cli import add_floating_ip, wait_ssh
 
@@ -38,13 +36,8 @@ def test_everything_killed_and_started_again(tmp_path):
             time.sleep(0.5)
 
         # Power cut: SIGKILL every process of this cloud, VMs and dnsmasq included...
-        victims = set(helper_pids(cloud.data) + qemu_pids(cloud.data))
+        victims = power_cut(cloud.data, vms=True)
         assert len(victims) >= 4, victims
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.time() + 10
-        while any(Path(f"/proc/{p}").exists() for p in victims) and time.time() < deadline:
-            time.sleep(0.1)
         # ...and a boot's empty network: no bridge, TAP, namespace or nft table survives.
         for ns in [p.name for p in Path("/run/netns").glob(f"{cloud.ns_prefix}*")]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)

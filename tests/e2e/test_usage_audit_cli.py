@@ -7,17 +7,14 @@ out here from those events, interval by interval at each interval's size, and th
 after the restart. Every mutating call is in `onestack audit`, under the request id the caller got,
 and that id is in the API's log lines for the request."""
 import json
-import os
-import signal
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import helper_pids, make_cloud, pids_of
+from conftest import make_cloud, power_cut
 from test_compute_cli import demo, have_qemu, wait_status
 
 pytestmark = pytest.mark.skipif(not have_qemu(), reason="needs root, qemu-system-x86_64 and genisoimage")
@@ -72,12 +69,7 @@ def test_usage_follows_a_timeline_and_every_change_is_audited():
 
         # Every OneStack process killed, then started again (as after a power cut).
         t = now_us()
-        victims = set(pids_of(cloud.data) + helper_pids(cloud.data))
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.time() + 10
-        while any(Path(f"/proc/{p}").exists() for p in victims) and time.time() < deadline:
-            time.sleep(0.1)
+        power_cut(cloud.data)
         cloud.up()
         wait_status(cloud, "u1", "SHUTOFF", timeout=60)
         time.sleep(3)  # the agent has reconciled the stopped server by now
@@ -146,12 +138,7 @@ def test_usage_follows_a_timeline_and_every_change_is_audited():
         assert abs(float(row["RAM MB-Hours"]) - want["total_memory_mb_usage"]) <= 1e-9 * want["total_memory_mb_usage"], row
 
         # Exact across another restart of the services: nothing is sampled.
-        victims = set(pids_of(cloud.data) + helper_pids(cloud.data))
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.time() + 10
-        while any(Path(f"/proc/{p}").exists() for p in victims) and time.time() < deadline:
-            time.sleep(0.1)
+        power_cut(cloud.data)
         cloud.up()
         again = api_figures()
         assert again["total_memory_mb_usage"] == got["total_memory_mb_usage"], (again, got)

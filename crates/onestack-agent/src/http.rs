@@ -126,23 +126,6 @@ fn uptime_line(up: &str, load: &str, now: u64) -> Option<String> {
     ))
 }
 
-#[cfg(test)]
-mod uptime_tests {
-    #[test]
-    fn reads_like_uptime() {
-        let t = 10 * 3600;
-        assert_eq!(
-            super::uptime_line("266460.5 1000.0\n", "0.10 0.20 0.30 1/100 42\n", t).as_deref(),
-            Some(" 10:00:00 up 3 days,  2:01,  0 users,  load average: 0.10, 0.20, 0.30")
-        );
-        assert_eq!(
-            super::uptime_line("300.2 1.0", "1.00 0.50 0.25 1/1 1", t).as_deref(),
-            Some(" 10:00:00 up 5 min,  0 users,  load average: 1.00, 0.50, 0.25")
-        );
-        assert_eq!(super::uptime_line("x", "1 2 3", t), None);
-    }
-}
-
 /// `GET /v1/instances/{id}/disk?token=…`: the instance's disk (its qcow2 overlay) for a cold
 /// migration's target host; the token is the controller's, for this instance's disk, and
 /// expires.
@@ -241,5 +224,22 @@ async fn bridge(socket: WebSocket, stream: tokio::net::UnixStream) {
     tokio::select! {
         _ = to_vm => {},
         _ = from_vm => {},
+    }
+}
+
+#[cfg(test)]
+mod uptime_tests {
+    #[test]
+    fn reads_like_uptime() {
+        let t = 10 * 3600;
+        assert_eq!(
+            super::uptime_line("266460.5 1000.0\n", "0.10 0.20 0.30 1/100 42\n", t).as_deref(),
+            Some(" 10:00:00 up 3 days,  2:01,  0 users,  load average: 0.10, 0.20, 0.30")
+        );
+        assert_eq!(
+            super::uptime_line("300.2 1.0", "1.00 0.50 0.25 1/1 1", t).as_deref(),
+            Some(" 10:00:00 up 5 min,  0 users,  load average: 1.00, 0.50, 0.25")
+        );
+        assert_eq!(super::uptime_line("x", "1 2 3", t), None);
     }
 }

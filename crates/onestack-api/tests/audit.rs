@@ -3,26 +3,14 @@
 //! `X-Openstack-Request-Id` its caller got, saying who, in which project, what, on what, and the
 //! result. Reads leave none. Control plane only: the real routers over a temporary SQLite store.
 
-use onestack_api::compute::{ComputeState, AGENT_TOKEN_HEADER};
-use onestack_api::image::ImageState;
-use onestack_api::network::NetworkApiState;
-use onestack_api::volume::VolumeApiState;
-use onestack_api::AppState;
-use onestack_core::compute::{ComputeConfig, ComputeService};
-use onestack_core::identity::bootstrap::{self, BootstrapParams};
-use onestack_core::identity::IdentityService;
-use onestack_core::image::ImageService;
-use onestack_core::network::{NetworkConfig, NetworkService};
+mod common;
+
+use common::{ADMIN_PW, AGENT_TOKEN, DEMO_PW};
+use onestack_api::compute::AGENT_TOKEN_HEADER;
 use onestack_store::{AuditQuery, AuditRecord, Store};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Duration;
-
-const ADMIN_PW: &str = "admin-secret";
-const DEMO_PW: &str = "demo-secret";
-const AGENT_TOKEN: &str = "agent-secret-for-tests";
 
 struct Cloud {
     store: Store,
@@ -36,99 +24,16 @@ struct Cloud {
 }
 
 async fn start() -> Cloud {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .expect("store");
-    let mut listeners = Vec::new();
-    for _ in 0..5 {
-        listeners.push(
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind"),
-        );
-    }
-    let urls: Vec<String> = listeners
-        .iter()
-        .map(|l| format!("http://{}", l.local_addr().expect("addr")))
-        .collect();
-    bootstrap::run(
-        &store,
-        &BootstrapParams {
-            admin_password: ADMIN_PW.into(),
-            demo_password: DEMO_PW.into(),
-            region: "RegionOne".into(),
-            services: vec![],
-        },
-    )
-    .await
-    .expect("bootstrap");
-    let identity = IdentityService::new(
-        store.clone(),
-        dir.path().join("keys"),
-        Duration::from_secs(3600),
-    )
-    .await
-    .expect("identity");
-    let app = AppState {
-        identity,
-        identity_url: urls[0].clone().into(),
-    };
-    let images = ImageService::new(store.clone(), dir.path().join("images"), 1 << 40)
-        .await
-        .expect("images");
-    let compute = ComputeService::new(store.clone(), images.clone(), ComputeConfig::default())
-        .await
-        .expect("compute");
-    let volumes = onestack_core::volume::VolumeService::new(
-        store.clone(),
-        images.clone(),
-        dir.path().join("volumes"),
-        onestack_core::volume::VolumeConfig::default(),
-    )
-    .await
-    .expect("volumes");
-    compute.attach_volumes(volumes.clone());
-    let net = Arc::new(NetworkService::new(store.clone(), NetworkConfig::default()));
-    let routers = vec![
-        onestack_api::identity::router(app.clone()),
-        onestack_api::compute::router(ComputeState {
-            app: app.clone(),
-            compute,
-            images: images.clone(),
-            base_url: urls[1].clone().into(),
-            image_url: urls[2].clone().into(),
-            agent_token: AGENT_TOKEN.into(),
-            http: reqwest::Client::new(),
-        }),
-        onestack_api::image::router(ImageState {
-            app: app.clone(),
-            images,
-            base_url: urls[2].clone().into(),
-        }),
-        onestack_api::network::router(NetworkApiState {
-            app: app.clone(),
-            net,
-            base_url: urls[3].clone().into(),
-        }),
-        onestack_api::volume::router(VolumeApiState {
-            app,
-            volumes,
-            base_url: urls[4].clone().into(),
-        }),
-    ];
-    for (l, r) in listeners.into_iter().zip(routers) {
-        tokio::spawn(onestack_api::serve(l, r, std::future::pending()));
-    }
+    let cp = common::start().await;
     Cloud {
-        store,
-        identity: urls[0].clone(),
-        compute: urls[1].clone(),
-        image: urls[2].clone(),
-        network: urls[3].clone(),
-        volume: urls[4].clone(),
+        store: cp.store,
+        identity: cp.identity,
+        compute: cp.compute,
+        image: cp.image,
+        network: cp.network,
+        volume: cp.volume,
         http: reqwest::Client::new(),
-        _dir: dir,
+        _dir: cp.dir,
     }
 }
 

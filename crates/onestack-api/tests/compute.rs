@@ -2,20 +2,13 @@
 //! routers over a temporary SQLite store, with compute hosts registered through the internal
 //! agent API — no hypervisor, the test plays the agent.
 
-use onestack_api::compute::{ComputeState, AGENT_TOKEN_HEADER};
-use onestack_api::image::ImageState;
-use onestack_api::AppState;
-use onestack_core::compute::{ComputeConfig, ComputeService};
-use onestack_core::identity::bootstrap::{self, BootstrapParams};
-use onestack_core::identity::IdentityService;
-use onestack_core::image::ImageService;
+mod common;
+
+use common::{ADMIN_PW, AGENT_TOKEN, DEMO_PW};
+use onestack_api::compute::AGENT_TOKEN_HEADER;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-const ADMIN_PW: &str = "admin-secret";
-const DEMO_PW: &str = "demo-secret";
-const AGENT_TOKEN: &str = "agent-secret-for-tests";
 
 struct Cloud {
     store: onestack_store::Store,
@@ -28,102 +21,15 @@ struct Cloud {
 }
 
 async fn start() -> Cloud {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = onestack_store::Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .expect("store");
-    let bind = || async {
-        tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind")
-    };
-    let (l_id, l_img, l_cmp, l_vol) = (bind().await, bind().await, bind().await, bind().await);
-    let addr = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().expect("addr"));
-    let (identity_url, image_url, url, volume_url) =
-        (addr(&l_id), addr(&l_img), addr(&l_cmp), addr(&l_vol));
-    bootstrap::run(
-        &store,
-        &BootstrapParams {
-            admin_password: ADMIN_PW.into(),
-            demo_password: DEMO_PW.into(),
-            region: "RegionOne".into(),
-            services: vec![],
-        },
-    )
-    .await
-    .expect("bootstrap");
-    let identity = IdentityService::new(
-        store.clone(),
-        dir.path().join("keys"),
-        Duration::from_secs(3600),
-    )
-    .await
-    .expect("identity");
-    let app = AppState {
-        identity,
-        identity_url: identity_url.clone().into(),
-    };
-    let images = ImageService::new(store.clone(), dir.path().join("images"), 1 << 40)
-        .await
-        .expect("images");
-    let compute = ComputeService::new(store.clone(), images.clone(), ComputeConfig::default())
-        .await
-        .expect("compute");
-    let volumes = onestack_core::volume::VolumeService::new(
-        store.clone(),
-        images.clone(),
-        dir.path().join("volumes"),
-        onestack_core::volume::VolumeConfig::default(),
-    )
-    .await
-    .expect("volumes");
-    compute.attach_volumes(volumes.clone());
-    tokio::spawn(onestack_api::serve(
-        l_vol,
-        onestack_api::volume::router(onestack_api::volume::VolumeApiState {
-            app: app.clone(),
-            volumes,
-            base_url: volume_url.clone().into(),
-        }),
-        std::future::pending(),
-    ));
-    let cs = ComputeState {
-        app: app.clone(),
-        compute,
-        images: images.clone(),
-        base_url: url.clone().into(),
-        image_url: image_url.clone().into(),
-        agent_token: AGENT_TOKEN.into(),
-        http: reqwest::Client::new(),
-    };
-    let is = ImageState {
-        app: app.clone(),
-        images,
-        base_url: image_url.clone().into(),
-    };
-    tokio::spawn(onestack_api::serve(
-        l_id,
-        onestack_api::identity::router(app),
-        std::future::pending(),
-    ));
-    tokio::spawn(onestack_api::serve(
-        l_img,
-        onestack_api::image::router(is),
-        std::future::pending(),
-    ));
-    tokio::spawn(onestack_api::serve(
-        l_cmp,
-        onestack_api::compute::router(cs),
-        std::future::pending(),
-    ));
+    let cp = common::start().await;
     Cloud {
-        store,
-        identity_url,
-        image_url,
-        url,
-        volume_url,
+        store: cp.store,
+        identity_url: cp.identity,
+        image_url: cp.image,
+        url: cp.compute,
+        volume_url: cp.volume,
         http: reqwest::Client::new(),
-        _dir: dir,
+        _dir: cp.dir,
     }
 }
 

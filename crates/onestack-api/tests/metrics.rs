@@ -2,20 +2,14 @@
 //! made, per service and status; scheduler decisions, servers by state and host capacity show
 //! what the cloud holds. One test in this binary: the counters are the process's.
 
-use onestack_api::compute::{ComputeState, AGENT_TOKEN_HEADER};
-use onestack_api::image::ImageState;
-use onestack_api::AppState;
-use onestack_core::compute::{ComputeConfig, ComputeService};
-use onestack_core::identity::bootstrap::{self, BootstrapParams};
-use onestack_core::identity::IdentityService;
-use onestack_core::image::ImageService;
+mod common;
+
+use common::{ADMIN_PW, AGENT_TOKEN};
+use onestack_api::compute::AGENT_TOKEN_HEADER;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-const ADMIN_PW: &str = "admin-secret";
-const AGENT_TOKEN: &str = "agent-secret-for-tests";
 
 struct Cloud {
     identity_url: String,
@@ -27,79 +21,14 @@ struct Cloud {
 }
 
 async fn start() -> Cloud {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = onestack_store::Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .expect("store");
-    let bind = || async {
-        tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind")
-    };
-    let (l_id, l_img, l_cmp, l_met) = (bind().await, bind().await, bind().await, bind().await);
-    let addr = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().expect("addr"));
-    let (identity_url, image_url, url, metrics_url) =
-        (addr(&l_id), addr(&l_img), addr(&l_cmp), addr(&l_met));
-    bootstrap::run(
-        &store,
-        &BootstrapParams {
-            admin_password: ADMIN_PW.into(),
-            demo_password: "demo-secret".into(),
-            region: "RegionOne".into(),
-            services: vec![],
-        },
-    )
-    .await
-    .expect("bootstrap");
-    let identity = IdentityService::new(
-        store.clone(),
-        dir.path().join("keys"),
-        Duration::from_secs(3600),
-    )
-    .await
-    .expect("identity");
-    let app = AppState {
-        identity,
-        identity_url: identity_url.clone().into(),
-    };
-    let images = ImageService::new(store.clone(), dir.path().join("images"), 1 << 40)
-        .await
-        .expect("images");
-    let compute = ComputeService::new(store.clone(), images.clone(), ComputeConfig::default())
-        .await
-        .expect("compute");
-    let metrics = onestack_api::metrics::MetricsState {
-        compute: compute.clone(),
-    };
-    let cs = ComputeState {
-        app: app.clone(),
-        compute,
-        images: images.clone(),
-        base_url: url.clone().into(),
-        image_url: image_url.clone().into(),
-        agent_token: AGENT_TOKEN.into(),
-        http: reqwest::Client::new(),
-    };
-    let is = ImageState {
-        app: app.clone(),
-        images,
-        base_url: image_url.clone().into(),
-    };
-    for (l, r) in [
-        (l_id, onestack_api::identity::router(app)),
-        (l_img, onestack_api::image::router(is)),
-        (l_cmp, onestack_api::compute::router(cs)),
-        (l_met, onestack_api::metrics::router(metrics)),
-    ] {
-        tokio::spawn(onestack_api::serve(l, r, std::future::pending()));
-    }
+    let cp = common::start().await;
     Cloud {
-        identity_url,
-        image_url,
-        url,
-        metrics_url,
+        identity_url: cp.identity,
+        image_url: cp.image,
+        url: cp.compute,
+        metrics_url: cp.metrics,
         http: reqwest::Client::new(),
-        _dir: dir,
+        _dir: cp.dir,
     }
 }
 

@@ -2,19 +2,14 @@
 //! store, driven over HTTP as the clients drive them. Addresses are from 198.18.0.0/15 (no traffic
 //! is sent anywhere: this is the control plane only).
 
-use onestack_api::network::NetworkApiState;
-use onestack_api::AppState;
-use onestack_core::identity::bootstrap::{self, BootstrapParams};
-use onestack_core::identity::IdentityService;
-use onestack_core::network::{NetworkConfig, NetworkService};
+mod common;
+
+use common::{ADMIN_PW, DEMO_PW};
+use onestack_core::network::NetworkService;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
-
-const ADMIN_PW: &str = "admin-secret";
-const DEMO_PW: &str = "demo-secret";
 
 struct Cloud {
     identity_url: String,
@@ -25,62 +20,13 @@ struct Cloud {
 }
 
 async fn start() -> Cloud {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = onestack_store::Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .expect("store");
-    let l_id = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let l_net = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let identity_url = format!("http://{}", l_id.local_addr().expect("addr"));
-    let url = format!("http://{}", l_net.local_addr().expect("addr"));
-    bootstrap::run(
-        &store,
-        &BootstrapParams {
-            admin_password: ADMIN_PW.into(),
-            demo_password: DEMO_PW.into(),
-            region: "RegionOne".into(),
-            services: vec![],
-        },
-    )
-    .await
-    .expect("bootstrap");
-    let identity = IdentityService::new(
-        store.clone(),
-        dir.path().join("keys"),
-        Duration::from_secs(3600),
-    )
-    .await
-    .expect("identity");
-    let app = AppState {
-        identity,
-        identity_url: identity_url.clone().into(),
-    };
-    let net = Arc::new(NetworkService::new(store, NetworkConfig::default()));
-    let state = NetworkApiState {
-        app: app.clone(),
-        net: net.clone(),
-        base_url: url.clone().into(),
-    };
-    tokio::spawn(onestack_api::serve(
-        l_id,
-        onestack_api::identity::router(app),
-        std::future::pending(),
-    ));
-    tokio::spawn(onestack_api::serve(
-        l_net,
-        onestack_api::network::router(state),
-        std::future::pending(),
-    ));
+    let cp = common::start().await;
     Cloud {
-        identity_url,
-        url,
+        identity_url: cp.identity,
+        url: cp.network,
         http: reqwest::Client::new(),
-        net,
-        _dir: dir,
+        net: cp.net,
+        _dir: cp.dir,
     }
 }
 

@@ -1,0 +1,136 @@
+//! The control plane the API tests drive: every service's real router (identity, compute,
+//! image, network, block storage, metrics) on its own loopback port over one temporary SQLite
+//! store, bootstrapped with an admin and a demo user. No hypervisor: tests play the agents.
+
+// Each test binary uses its own part of this.
+#![allow(dead_code)]
+
+use onestack_api::compute::ComputeState;
+use onestack_api::image::ImageState;
+use onestack_api::network::NetworkApiState;
+use onestack_api::volume::VolumeApiState;
+use onestack_api::AppState;
+use onestack_core::compute::{ComputeConfig, ComputeService};
+use onestack_core::identity::bootstrap::{self, BootstrapParams};
+use onestack_core::identity::IdentityService;
+use onestack_core::image::ImageService;
+use onestack_core::network::{NetworkConfig, NetworkService};
+use onestack_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const ADMIN_PW: &str = "admin-secret";
+pub const DEMO_PW: &str = "demo-secret";
+pub const AGENT_TOKEN: &str = "agent-secret-for-tests";
+
+pub struct ControlPlane {
+    pub store: Store,
+    pub net: Arc<NetworkService>,
+    /// Base URLs, `http://127.0.0.1:PORT`.
+    pub identity: String,
+    pub compute: String,
+    pub image: String,
+    pub network: String,
+    pub volume: String,
+    pub metrics: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn start() -> ControlPlane {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .expect("store");
+    let mut listeners = Vec::new();
+    for _ in 0..6 {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().expect("addr")))
+        .collect();
+    bootstrap::run(
+        &store,
+        &BootstrapParams {
+            admin_password: ADMIN_PW.into(),
+            demo_password: DEMO_PW.into(),
+            region: "RegionOne".into(),
+            services: vec![],
+        },
+    )
+    .await
+    .expect("bootstrap");
+    let identity = IdentityService::new(
+        store.clone(),
+        dir.path().join("keys"),
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("identity");
+    let app = AppState {
+        identity,
+        identity_url: urls[0].clone().into(),
+    };
+    let images = ImageService::new(store.clone(), dir.path().join("images"), 1 << 40)
+        .await
+        .expect("images");
+    let compute = ComputeService::new(store.clone(), images.clone(), ComputeConfig::default())
+        .await
+        .expect("compute");
+    let volumes = onestack_core::volume::VolumeService::new(
+        store.clone(),
+        images.clone(),
+        dir.path().join("volumes"),
+        onestack_core::volume::VolumeConfig::default(),
+    )
+    .await
+    .expect("volumes");
+    compute.attach_volumes(volumes.clone());
+    let net = Arc::new(NetworkService::new(store.clone(), NetworkConfig::default()));
+    let routers = vec![
+        onestack_api::identity::router(app.clone()),
+        onestack_api::compute::router(ComputeState {
+            app: app.clone(),
+            compute: compute.clone(),
+            images: images.clone(),
+            base_url: urls[1].clone().into(),
+            image_url: urls[2].clone().into(),
+            agent_token: AGENT_TOKEN.into(),
+            http: reqwest::Client::new(),
+        }),
+        onestack_api::image::router(ImageState {
+            app: app.clone(),
+            images,
+            base_url: urls[2].clone().into(),
+        }),
+        onestack_api::network::router(NetworkApiState {
+            app: app.clone(),
+            net: net.clone(),
+            base_url: urls[3].clone().into(),
+        }),
+        onestack_api::volume::router(VolumeApiState {
+            app,
+            volumes,
+            base_url: urls[4].clone().into(),
+        }),
+        onestack_api::metrics::router(onestack_api::metrics::MetricsState { compute }),
+    ];
+    for (l, r) in listeners.into_iter().zip(routers) {
+        tokio::spawn(onestack_api::serve(l, r, std::future::pending()));
+    }
+    ControlPlane {
+        store,
+        net,
+        identity: urls[0].clone(),
+        compute: urls[1].clone(),
+        image: urls[2].clone(),
+        network: urls[3].clone(),
+        volume: urls[4].clone(),
+        metrics: urls[5].clone(),
+        dir,
+    }
+}
