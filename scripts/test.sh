@@ -79,6 +79,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "unit and integration tests"
 cargo test --workspace --quiet 2>&1 | tee "$CACHE/cargo-test.log"
 
+step "the API suite again, on PostgreSQL (a fresh database per test)"
+ONESTACK_TEST_STORE=postgres cargo test -p onestack-api --quiet 2>&1 | tee "$CACHE/cargo-test-pg.log"
+
 step "end-to-end tests (real binary, real openstack CLI)"
 cargo build --quiet -p onestack
 export ONESTACK_BIN="$CARGO_TARGET_DIR/debug/onestack"

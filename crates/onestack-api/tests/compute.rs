@@ -12,6 +12,7 @@ use std::time::Duration;
 
 struct Cloud {
     store: onestack_store::Store,
+    db_url: String,
     identity_url: String,
     image_url: String,
     url: String,
@@ -24,6 +25,7 @@ async fn start() -> Cloud {
     let cp = common::start().await;
     Cloud {
         store: cp.store,
+        db_url: cp.db_url,
         identity_url: cp.identity,
         image_url: cp.image,
         url: cp.compute,
@@ -2150,7 +2152,7 @@ async fn usage_follows_the_record_of_each_change() {
     pause().await;
     // The control plane restarts: the store is opened again (migrations, backfill).
     let reopened =
-        onestack_store::Store::open(&format!("sqlite://{}/t.db", c._dir.path().display()))
+        onestack_store::Store::open(&c.db_url)
             .await
             .expect("reopen");
     drop(reopened);
@@ -2248,7 +2250,7 @@ async fn usage_follows_the_record_of_each_change() {
 
     // The same after another restart of the control plane: nothing is sampled.
     drop(
-        onestack_store::Store::open(&format!("sqlite://{}/t.db", c._dir.path().display()))
+        onestack_store::Store::open(&c.db_url)
             .await
             .expect("reopen"),
     );

@@ -1,6 +1,8 @@
 //! Identity API integration tests: the real router on an ephemeral port over a temporary SQLite
 //! store, driven over HTTP.
 
+mod common;
+
 use onestack_api::AppState;
 use onestack_core::identity::bootstrap::{self, BootstrapParams, ServiceEndpoints};
 use onestack_core::identity::IdentityService;
@@ -21,7 +23,7 @@ struct Cloud {
 
 async fn start_with_ttl(ttl: Duration) -> Cloud {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = onestack_store::Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+    let store = onestack_store::Store::open(&common::store_url(dir.path()).await)
         .await
         .expect("store");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

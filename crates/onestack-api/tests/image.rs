@@ -1,6 +1,8 @@
 //! Image API integration tests: the real identity and image routers on ephemeral ports over a
 //! temporary SQLite store and image directory, driven over HTTP (and raw TCP for broken uploads).
 
+mod common;
+
 use md5::Digest;
 use onestack_api::image::ImageState;
 use onestack_api::AppState;
@@ -27,7 +29,7 @@ struct Cloud {
 }
 
 async fn start_in(dir: tempfile::TempDir, images_dir: PathBuf, size_cap: u64) -> Cloud {
-    let db_url = format!("sqlite://{}/t.db", dir.path().display());
+    let db_url = common::store_url(dir.path()).await;
     let store = onestack_store::Store::open(&db_url).await.expect("store");
     let id_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

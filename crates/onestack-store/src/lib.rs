@@ -23,6 +23,7 @@ mod audit;
 mod compute;
 mod identity;
 mod image;
+mod locks;
 mod migrations;
 mod network;
 mod stats;
@@ -33,6 +34,7 @@ pub use audit::*;
 pub use compute::*;
 pub use identity::*;
 pub use image::*;
+pub use locks::{LockName, StoreLock};
 pub use network::*;
 pub use usage::*;
 pub use volume::*;
@@ -68,11 +70,41 @@ impl From<sqlx::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Creates the empty database `name` on the PostgreSQL server `admin_url` connects to (a database
+/// that allows CREATE DATABASE) and returns its URL. For tests and tooling; `name` is letters,
+/// digits and `_` only, as it cannot be a bound parameter.
+pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(StoreError::BadUrl(format!("database name {name:?}")));
+    }
+    sqlx::any::install_default_drivers();
+    let admin = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(admin_url)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    // The same server and credentials, the new database (any query string is kept).
+    let (base, query) = match admin_url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin_url, String::new()),
+    };
+    let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+    Ok(format!("{server}/{name}{query}"))
+}
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    locks: std::sync::Arc<locks::LocalLocks>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +145,11 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            locks: Default::default(),
+        };
         migrations::apply(&store).await?;
         store.backfill_usage_events().await?;
         Ok(store)

@@ -426,12 +426,35 @@ CREATE INDEX audit_log_target ON audit_log (target)
     ),
 ];
 
+/// The advisory lock (PostgreSQL) under which controllers that start together migrate one at a
+/// time; any fixed number no other OneStack lock uses.
+const MIGRATION_LOCK: i64 = 0x0e57_ac00_0001;
+
 pub(crate) async fn apply(store: &Store) -> Result<()> {
-    sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
-        .execute(store.pool())
-        .await?;
+    let postgres = store.backend() == crate::Backend::Postgres;
+    {
+        let mut tx = store.pool().begin().await?;
+        if postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
     for (version, sql) in STEPS {
         let mut tx = store.pool().begin().await?;
+        if postgres {
+            // Held to the end of this step's transaction: another controller waits, then finds
+            // the step done.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         let done: Option<(i64,)> =
             sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
                 .bind(*version)

@@ -738,6 +738,52 @@ async fn emptied_by_drop_all(s: Store, url: &str) {
     fresh.pool().close().await;
 }
 
+/// Two controllers on one database: a lock one holds, the other cannot take; released — or its
+/// holder's connections gone, as when the process dies — the other takes it.
+async fn locks_across_controllers(url: &str) {
+    let a = Store::open(url).await.expect("a");
+    let b = Store::open(url).await.expect("b");
+    let held = a.lock(LockName::Leader).await.expect("lock");
+    assert!(b.try_lock(LockName::Leader).await.expect("try").is_none());
+    // Another name is another lock.
+    let other = b.try_lock(LockName::Placement).await.expect("try");
+    assert!(other.is_some());
+    drop(other);
+    drop(held);
+    let mut taken = None;
+    for _ in 0..50 {
+        taken = b.try_lock(LockName::Leader).await.expect("try");
+        if taken.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut taken = taken.expect("released to b");
+    assert!(taken.alive().await);
+    // b "dies": the server loses b's session (as when its process is killed), and a, which
+    // was waiting, takes over.
+    let waiter = tokio::spawn({
+        let a = a.clone();
+        async move { a.lock(LockName::Leader).await.map(|_| ()) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "a waits while b holds it");
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+    )
+    .execute(a.pool())
+    .await
+    .expect("terminate b's session");
+    tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("a takes over within seconds")
+        .expect("join")
+        .expect("lock");
+    assert!(!taken.alive().await, "b knows it lost the lock");
+    drop(taken);
+}
+
 #[tokio::test]
 async fn postgresql() {
     let Some(admin_url) = std::env::var("ONESTACK_TEST_POSTGRES_URL")
@@ -773,6 +819,11 @@ async fn postgresql() {
         network_scenario(&s).await;
         volume_scenario(&s).await;
         Store::open(&url).await.expect("migrations are idempotent");
+        // Controllers starting together migrate one at a time.
+        let (x, y) = tokio::join!(Store::open(&url), Store::open(&url));
+        x.expect("x");
+        y.expect("y");
+        locks_across_controllers(&url).await;
         emptied_by_drop_all(s, &url).await;
     }
     sqlx::query(&format!("DROP DATABASE {db}"))

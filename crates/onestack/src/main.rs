@@ -4,6 +4,7 @@ mod agent;
 mod audit;
 mod client;
 mod config;
+mod db;
 mod demo;
 mod doctor;
 mod hostnet;
@@ -40,6 +41,19 @@ struct DataDirArg {
 }
 
 #[derive(Subcommand)]
+enum DbCommand {
+    /// Move this all-in-one cloud's SQLite store into an empty PostgreSQL database (stop the
+    /// cloud first); the configuration then names PostgreSQL and the SQLite file is kept.
+    MigrateFromSqlite {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// postgresql://user:password@host/database
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Bring the cloud up (idempotent): bootstrap, write credentials, start the services.
     Up {
@@ -57,6 +71,10 @@ enum Command {
         /// Print what `up` would do, and what it found on this host; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The state store of a new cloud: postgresql://user:password@host/database (an empty
+        /// database), recorded as `[database] url`. Default: SQLite in the data directory.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Boot the demo server (keypair, server on the demo network, floating IP) and print the
     /// `ssh` command into it.
@@ -218,6 +236,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The state store.
+    Db {
+        #[command(subcommand)]
+        action: DbCommand,
+    },
     /// Guest images.
     Image {
         #[command(subcommand)]
@@ -275,6 +298,7 @@ fn main() -> Result<()> {
                 no_demo,
                 foreground,
                 dry_run,
+                database,
             } => {
                 if dry_run {
                     return doctor::plan(
@@ -290,6 +314,7 @@ fn main() -> Result<()> {
                 ops::up(
                     paths::DataDir::new(dir.data_dir)?,
                     config.as_deref(),
+                    database.as_deref(),
                     foreground,
                     no_demo,
                 )
@@ -415,6 +440,9 @@ fn main() -> Result<()> {
                 client::client_setup(paths::DataDir::new(dir.data_dir)?, &venv, yes)
             }
             Command::RotateKeys { dir } => ops::rotate_keys(paths::DataDir::new(dir.data_dir)?),
+            Command::Db {
+                action: DbCommand::MigrateFromSqlite { dir, to },
+            } => db::migrate_from_sqlite(paths::DataDir::new(dir.data_dir)?, &to).await,
             Command::Audit {
                 dir,
                 since,

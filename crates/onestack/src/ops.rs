@@ -21,8 +21,21 @@ pub fn load_config(dd: &DataDir, explicit: Option<&Path>) -> Result<Config> {
 fn load_config_tracked(dd: &DataDir, explicit: Option<&Path>) -> Result<(Config, bool)> {
     match explicit {
         Some(p) => {
-            let cfg = Config::load(p)?;
-            let text = std::fs::read_to_string(p)?;
+            let mut cfg = Config::load(p)?;
+            let mut text = std::fs::read_to_string(p)?;
+            // The store is part of the cloud: a file that does not name one keeps the one the
+            // data directory records (`up --database`, `db migrate-from-sqlite`).
+            let recorded = dd
+                .config()
+                .exists()
+                .then(|| Config::load(&dd.config()).ok())
+                .flatten()
+                .map(|c| c.database.url)
+                .unwrap_or_default();
+            if cfg.database.url.is_empty() && !recorded.is_empty() {
+                text = crate::db::with_database_url(&text, &recorded)?;
+                cfg.database.url = recorded;
+            }
             let changed = paths::write_private(&dd.config(), &text)?;
             Ok((cfg, changed))
         }
@@ -192,14 +205,30 @@ pub fn step(t0: Instant, msg: &str) {
     println!("[{:>5.1}s] {msg}", t0.elapsed().as_secs_f64());
 }
 
-pub async fn up(dd: DataDir, config: Option<&Path>, foreground: bool, no_demo: bool) -> Result<()> {
+pub async fn up(
+    dd: DataDir,
+    config: Option<&Path>,
+    database: Option<&str>,
+    foreground: bool,
+    no_demo: bool,
+) -> Result<()> {
     let t0 = Instant::now();
     let (host, blockers) = crate::doctor::host_summary(&dd);
     if let Some(b) = blockers.first() {
         bail!("{b}; nothing was changed");
     }
     dd.create()?;
-    let (cfg, config_changed) = load_config_tracked(&dd, config)?;
+    let (mut cfg, mut config_changed) = load_config_tracked(&dd, config)?;
+    if let Some(url) = database {
+        if crate::db::choose_for_up(&dd, &cfg, url)? {
+            cfg = load_config(&dd, None)?;
+            config_changed = true;
+            step(
+                t0,
+                &format!("state store: {}", crate::db::redact(url)),
+            );
+        }
+    }
     if cfg.is_compute_node() {
         // A joined compute host: no store, no bootstrap, only its agent (what boot runs).
         return crate::node::start(&dd, &cfg, t0).await;

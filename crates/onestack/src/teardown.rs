@@ -242,7 +242,7 @@ pub async fn reset(dd: DataDir, config: Option<&Path>, no_demo: bool, yes: bool)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ops::up(dd, config, false, no_demo).await
+    ops::up(dd, config, None, false, no_demo).await
 }
 
 pub async fn uninstall(dd: DataDir, purge: bool, purge_packages: bool, yes: bool) -> Result<()> {

@@ -25,6 +25,8 @@ pub const AGENT_TOKEN: &str = "agent-secret-for-tests";
 
 pub struct ControlPlane {
     pub store: Store,
+    /// What `store` was opened with (to open it again, as a restarted controller would).
+    pub db_url: String,
     pub net: Arc<NetworkService>,
     /// Base URLs, `http://127.0.0.1:PORT`.
     pub identity: String,
@@ -36,11 +38,40 @@ pub struct ControlPlane {
     pub dir: tempfile::TempDir,
 }
 
+/// The store the tests use: SQLite in `dir`, or — with `ONESTACK_TEST_STORE=postgres` — a fresh
+/// database on the PostgreSQL server `ONESTACK_TEST_POSTGRES_URL` names (the test script runs
+/// the whole API suite both ways). The server is the test script's own, removed with it.
+pub async fn store_url(dir: &std::path::Path) -> String {
+    if std::env::var("ONESTACK_TEST_STORE").as_deref() != Ok("postgres") {
+        return format!("sqlite://{}/t.db", dir.display());
+    }
+    let admin = std::env::var("ONESTACK_TEST_POSTGRES_URL")
+        .expect("ONESTACK_TEST_STORE=postgres needs ONESTACK_TEST_POSTGRES_URL");
+    let name = format!("onestack_api_{}", uuid_like());
+    onestack_store::create_postgres_database(&admin, &name)
+        .await
+        .expect("create the test database")
+}
+
+/// A name no other test of any process picks.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
 pub async fn start() -> ControlPlane {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .expect("store");
+    let db_url = store_url(dir.path()).await;
+    let store = Store::open(&db_url).await.expect("store");
     let mut listeners = Vec::new();
     for _ in 0..6 {
         listeners.push(
@@ -124,6 +155,7 @@ pub async fn start() -> ControlPlane {
     }
     ControlPlane {
         store,
+        db_url,
         net,
         identity: urls[0].clone(),
         compute: urls[1].clone(),

@@ -321,7 +321,7 @@ impl ComputeService {
                 "The target host can't be the same one ({source})."
             )));
         }
-        let _guard = self.placement.lock().await;
+        let _guard = self.store.lock(onestack_store::LockName::Placement).await?;
         let hosts: Vec<_> = self
             .store
             .list_hosts()

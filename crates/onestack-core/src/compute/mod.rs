@@ -82,8 +82,6 @@ pub struct ComputeService {
     store: Store,
     images: Arc<ImageService>,
     cfg: ComputeConfig,
-    /// Serializes placement so two creates never book the same capacity.
-    placement: tokio::sync::Mutex<()>,
     /// Wakes long-polling agents when this controller changes desired state.
     changed: tokio::sync::Notify,
     /// Ports, addresses and security groups of servers (absent in control-plane-only tests).
@@ -186,7 +184,6 @@ impl ComputeService {
             store,
             images,
             cfg,
-            placement: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
             network: std::sync::OnceLock::new(),
             volumes: std::sync::OnceLock::new(),
@@ -1268,7 +1265,7 @@ impl ComputeService {
         zone: Option<String>,
         host: Option<String>,
     ) -> CoreResult<()> {
-        let _guard = self.placement.lock().await;
+        let _guard = self.store.lock(onestack_store::LockName::Placement).await?;
         let hosts = self.store.list_hosts().await?;
         let usage = self.store.host_usage().await?;
         let demand = scheduler::Demand {

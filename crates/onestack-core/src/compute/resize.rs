@@ -106,7 +106,7 @@ impl ComputeService {
             CoreError::Conflict(format!("Instance {id} has no host to resize on"))
         })?;
         // The server's host must have room for the growth (placement serialized as for creates).
-        let _guard = self.placement.lock().await;
+        let _guard = self.store.lock(onestack_store::LockName::Placement).await?;
         let hosts = self.store.list_hosts().await?;
         let usage = self.store.host_usage().await?;
         let demand = super::scheduler::Demand {

@@ -1,0 +1,189 @@
+//! API throughput of one controller on its store (SQLite, or PostgreSQL with
+//! `ONESTACK_TEST_STORE=postgres`): reads, network creates and server creates (each placed on
+//! a host, under the placement lock), with 8 clients at once. A benchmark, not a test: ignored
+//! unless asked for — `scripts/bench-api.sh` runs it both ways and prints the ratios.
+
+mod common;
+
+use common::{ADMIN_PW, AGENT_TOKEN, DEMO_PW};
+use onestack_api::compute::AGENT_TOKEN_HEADER;
+use serde_json::{json, Value};
+use std::time::Instant;
+
+const CLIENTS: usize = 8;
+
+async fn token(http: &reqwest::Client, identity: &str, user: &str, pw: &str) -> String {
+    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "domain": {"id": "default"}, "password": pw}}},
+        "scope": {"project": {"name": user, "domain": {"id": "default"}}}}});
+    let r = http
+        .post(format!("{identity}/v3/auth/tokens"))
+        .json(&body)
+        .send()
+        .await
+        .expect("login");
+    r.headers()["x-subject-token"]
+        .to_str()
+        .expect("token")
+        .to_string()
+}
+
+/// `total` calls of `call(i)` spread over CLIENTS tasks; calls per second.
+async fn rate<F, Fut>(total: usize, call: F) -> f64
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = c;
+            while i < total {
+                call(i).await;
+                i += CLIENTS;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    total as f64 / t0.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a benchmark: scripts/bench-api.sh"]
+async fn api_throughput() {
+    let cp = common::start().await;
+    let http = reqwest::Client::new();
+    let demo = token(&http, &cp.identity, "demo", DEMO_PW).await;
+    let admin = token(&http, &cp.identity, "admin", ADMIN_PW).await;
+    let st = http
+        .post(format!("{}/internal/v1/hosts", cp.compute))
+        .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
+        .json(&json!({"host": "h1", "host_ip": "198.18.0.2", "agent_url": "http://198.18.0.2:1",
+            "vcpus": 4096, "memory_mb": 4 << 20, "local_gb": 1 << 20, "cpu_info": {},
+            "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
+            "availability_zone": null}))
+        .send()
+        .await
+        .expect("host")
+        .status();
+    assert!(st.is_success());
+    // Room for the creates.
+    let project: Value = http
+        .get(format!("{}/v3/auth/tokens", cp.identity))
+        .header("x-auth-token", &admin)
+        .header("x-subject-token", &demo)
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let pid = project["token"]["project"]["id"]
+        .as_str()
+        .expect("project")
+        .to_string();
+    let st = http
+        .put(format!("{}/v2.1/os-quota-sets/{pid}", cp.compute))
+        .header("x-auth-token", &admin)
+        .json(&json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}}))
+        .send()
+        .await
+        .expect("quota")
+        .status();
+    assert!(st.is_success());
+    let image: Value = http
+        .post(format!("{}/v2/images", cp.image))
+        .header("x-auth-token", &admin)
+        .json(&json!({"name": "img", "disk_format": "raw", "container_format": "bare",
+                      "visibility": "public"}))
+        .send()
+        .await
+        .expect("image")
+        .json()
+        .await
+        .expect("json");
+    let image_id = image["id"].as_str().expect("id").to_string();
+    let st = http
+        .put(format!("{}/v2/images/{image_id}/file", cp.image))
+        .header("x-auth-token", &admin)
+        .header("content-type", "application/octet-stream")
+        .body(vec![0u8; 1 << 16])
+        .send()
+        .await
+        .expect("upload")
+        .status();
+    assert!(st.is_success());
+
+    let ok = |r: reqwest::Response| assert!(r.status().is_success(), "{}", r.status());
+    let reads = {
+        let (http, url, t) = (http.clone(), cp.compute.clone(), demo.clone());
+        rate(2000, move |_| {
+            let (http, url, t) = (http.clone(), url.clone(), t.clone());
+            async move {
+                ok(http
+                    .get(format!("{url}/v2.1/flavors/detail"))
+                    .header("x-auth-token", t)
+                    .send()
+                    .await
+                    .expect("get"));
+            }
+        })
+        .await
+    };
+    let networks = {
+        let (http, url, t) = (http.clone(), cp.network.clone(), demo.clone());
+        rate(400, move |i| {
+            let (http, url, t) = (http.clone(), url.clone(), t.clone());
+            async move {
+                ok(http
+                    .post(format!("{url}/v2.0/networks"))
+                    .header("x-auth-token", t)
+                    .json(&json!({"network": {"name": format!("n{i}")}}))
+                    .send()
+                    .await
+                    .expect("post"));
+            }
+        })
+        .await
+    };
+    let servers = {
+        let (http, url, t, img) = (http.clone(), cp.compute.clone(), demo.clone(), image_id);
+        rate(400, move |i| {
+            let (http, url, t, img) = (http.clone(), url.clone(), t.clone(), img.clone());
+            async move {
+                ok(http
+                    .post(format!("{url}/v2.1/servers"))
+                    .header("x-auth-token", t)
+                    .json(&json!({"server": {"name": format!("s{i}"), "imageRef": img,
+                                             "flavorRef": "1"}}))
+                    .send()
+                    .await
+                    .expect("post"));
+            }
+        })
+        .await
+    };
+    // Every create was placed, once.
+    let detail: Value = http
+        .get(format!("{}/v2.1/servers/detail?limit=1000", cp.compute))
+        .header("x-auth-token", &demo)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let placed = detail["servers"]
+        .as_array()
+        .map_or(0, |l| l.iter().filter(|s| s["status"] != "ERROR").count());
+    assert_eq!(placed, 400);
+    let backend = std::env::var("ONESTACK_TEST_STORE").unwrap_or_else(|_| "sqlite".into());
+    println!(
+        "BENCH backend={backend} reads_per_s={reads:.0} network_creates_per_s={networks:.0} \
+         server_creates_per_s={servers:.0}"
+    );
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# API throughput of one controller on SQLite and on PostgreSQL (a private server on loopback):
+# reads, network creates and server creates with 8 clients (crates/onestack-api/tests/bench_api.rs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/onestack-ci/target}"
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PGDATA=$(mktemp -d /tmp/onestack-bench-pg.XXXXXX)
+chown postgres "$PGDATA"
+PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+trap 'su postgres -c "$PGBIN/pg_ctl -D $PGDATA -m fast stop" >/dev/null 2>&1 || true; rm -rf "$PGDATA"' EXIT
+su postgres -c "$PGBIN/initdb -D $PGDATA -A trust -U postgres" >/dev/null
+su postgres -c "$PGBIN/pg_ctl -D $PGDATA -w -l $PGDATA/server.log -o '-k $PGDATA -c listen_addresses=127.0.0.1 -p $PGPORT' start" >/dev/null
+run() {
+  cargo test --release -q -p onestack-api --test bench_api -- --ignored --nocapture 2>&1 | grep '^BENCH'
+}
+SQLITE=$(run)
+PG=$(ONESTACK_TEST_STORE=postgres ONESTACK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres" run)
+echo "$SQLITE"
+echo "$PG"
+python3 - "$SQLITE" "$PG" <<'PY'
+import sys
+def parse(line):
+    return {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:]) if k != "backend"}
+s, p = parse(sys.argv[1]), parse(sys.argv[2])
+for k in s:
+    print(f"{k}: SQLite {s[k]:.0f}, PostgreSQL {p[k]:.0f} ({p[k] / s[k]:.2f}x of SQLite)")
+PY
