@@ -59,7 +59,8 @@ def boot_blank(cloud, name):
     if not disk.exists():
         disk.write_bytes(b"\0" * (1 << 20))
         demo(cloud, "image", "create", "--file", str(disk), "--disk-format", "raw", "blank")
-    demo(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "blank", "--wait", name)
+    demo(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "blank", "--network", "private",
+         "--wait", name)
 
 
 def test_a_new_cloud_on_postgresql():
