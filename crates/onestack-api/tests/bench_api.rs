@@ -62,10 +62,12 @@ async fn api_throughput() {
     let st = http
         .post(format!("{}/internal/v1/hosts", cp.compute))
         .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
-        .json(&json!({"host": "h1", "host_ip": "198.18.0.2", "agent_url": "http://198.18.0.2:1",
+        .json(
+            &json!({"host": "h1", "host_ip": "198.18.0.2", "agent_url": "http://198.18.0.2:1",
             "vcpus": 4096, "memory_mb": 4 << 20, "local_gb": 1 << 20, "cpu_info": {},
             "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
-            "availability_zone": null}))
+            "availability_zone": null}),
+        )
         .send()
         .await
         .expect("host")
@@ -98,8 +100,10 @@ async fn api_throughput() {
     let image: Value = http
         .post(format!("{}/v2/images", cp.image))
         .header("x-auth-token", &admin)
-        .json(&json!({"name": "img", "disk_format": "raw", "container_format": "bare",
-                      "visibility": "public"}))
+        .json(
+            &json!({"name": "img", "disk_format": "raw", "container_format": "bare",
+                      "visibility": "public"}),
+        )
         .send()
         .await
         .expect("image")

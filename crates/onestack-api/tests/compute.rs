@@ -2151,10 +2151,9 @@ async fn usage_follows_the_record_of_each_change() {
     windows.push((t, now()));
     pause().await;
     // The control plane restarts: the store is opened again (migrations, backfill).
-    let reopened =
-        onestack_store::Store::open(&c.db_url)
-            .await
-            .expect("reopen");
+    let reopened = onestack_store::Store::open(&c.db_url)
+        .await
+        .expect("reopen");
     drop(reopened);
     pause().await;
     let (st, _, _) = c

@@ -62,7 +62,6 @@ async fn unlock(key: i64, mut c: PoolConnection<Any>) {
 }
 
 impl StoreLock {
-
     /// Whether the lock is still ours (PostgreSQL: its session answers). A leader checks this
     /// before each round of singleton work.
     pub async fn alive(&mut self) -> bool {

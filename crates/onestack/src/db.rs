@@ -87,9 +87,12 @@ async fn tables(src: &Store) -> Result<Vec<String>> {
 /// Whether a column holds integers, from its declared type.
 async fn integer_columns(src: &Store, table: &str) -> Result<Vec<(String, bool)>> {
     // The name comes from sqlite_master, quoted as an identifier.
-    let rows = sqlx::query(&format!("PRAGMA table_info(\"{}\")", table.replace('"', "\"\"")))
-        .fetch_all(src.pool())
-        .await?;
+    let rows = sqlx::query(&format!(
+        "PRAGMA table_info(\"{}\")",
+        table.replace('"', "\"\"")
+    ))
+    .fetch_all(src.pool())
+    .await?;
     rows.iter()
         .map(|r| {
             let name: String = r.try_get("name")?;
@@ -194,10 +197,12 @@ pub async fn migrate_from_sqlite(dd: DataDir, to: &str) -> Result<()> {
     }
     // Checked before it counts: every table holds exactly the source's rows.
     for (t, n) in &counts {
-        let (got,): (i64,) =
-            sqlx::query_as(&format!("SELECT CAST(COUNT(*) AS BIGINT) FROM {}", ident(t)))
-                .fetch_one(&mut *tx)
-                .await?;
+        let (got,): (i64,) = sqlx::query_as(&format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM {}",
+            ident(t)
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
         if got != *n {
             bail!("{t}: {got} rows in the target, {n} in the source; nothing was changed");
         }
@@ -242,7 +247,10 @@ mod tests {
             redact("postgresql://onestack:s3cret@db.example:5432/onestack"),
             "postgresql://onestack:***@db.example:5432/onestack"
         );
-        assert_eq!(redact("postgresql://db/onestack"), "postgresql://db/onestack");
+        assert_eq!(
+            redact("postgresql://db/onestack"),
+            "postgresql://db/onestack"
+        );
         assert_eq!(redact("sqlite:///x.db"), "sqlite:///x.db");
     }
 }

@@ -223,10 +223,7 @@ pub async fn up(
         if crate::db::choose_for_up(&dd, &cfg, url)? {
             cfg = load_config(&dd, None)?;
             config_changed = true;
-            step(
-                t0,
-                &format!("state store: {}", crate::db::redact(url)),
-            );
+            step(t0, &format!("state store: {}", crate::db::redact(url)));
         }
     }
     if cfg.is_compute_node() {

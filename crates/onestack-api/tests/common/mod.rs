@@ -71,6 +71,22 @@ fn uuid_like() -> String {
 pub async fn start() -> ControlPlane {
     let dir = tempfile::tempdir().expect("tempdir");
     let db_url = store_url(dir.path()).await;
+    let keys = dir.path().join("keys");
+    start_on(db_url, keys, dir).await
+}
+
+/// Another controller of `first`'s cloud: its own routers and ports, the same database and token
+/// keys (so a token one issues validates on the other).
+pub async fn second_controller(first: &ControlPlane) -> ControlPlane {
+    let dir = tempfile::tempdir().expect("tempdir");
+    start_on(first.db_url.clone(), first.dir.path().join("keys"), dir).await
+}
+
+async fn start_on(
+    db_url: String,
+    keys: std::path::PathBuf,
+    dir: tempfile::TempDir,
+) -> ControlPlane {
     let store = Store::open(&db_url).await.expect("store");
     let mut listeners = Vec::new();
     for _ in 0..6 {
@@ -95,13 +111,9 @@ pub async fn start() -> ControlPlane {
     )
     .await
     .expect("bootstrap");
-    let identity = IdentityService::new(
-        store.clone(),
-        dir.path().join("keys"),
-        Duration::from_secs(3600),
-    )
-    .await
-    .expect("identity");
+    let identity = IdentityService::new(store.clone(), keys, Duration::from_secs(3600))
+        .await
+        .expect("identity");
     let app = AppState {
         identity,
         identity_url: urls[0].clone().into(),
