@@ -4,23 +4,36 @@ use anyhow::{bail, Context, Result};
 use futures_util::TryStreamExt;
 use onestack_core::compute::proto;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 pub const TOKEN_HEADER: &str = "x-onestack-agent-token";
 
+/// The controllers' internal API. With several controllers (their compute URLs, comma
+/// separated) a call that cannot connect goes to the next one, which then serves the calls
+/// after it too.
 #[derive(Clone)]
 pub struct Controller {
-    base: String,
+    bases: Vec<String>,
+    current: Arc<AtomicUsize>,
     token: String,
     http: reqwest::Client,
 }
 
 impl Controller {
-    /// `base`: the controller's compute URL, e.g. `http://198.18.0.1:8774`.
-    pub fn new(base: &str, token: &str) -> Controller {
+    /// `urls`: the controllers' compute URLs, e.g. `http://198.18.0.1:8774`, comma separated.
+    pub fn new(urls: &str, token: &str) -> Controller {
+        let bases: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| format!("{}/internal/v1", u.trim_end_matches('/')))
+            .collect();
         Controller {
-            base: format!("{}/internal/v1", base.trim_end_matches('/')),
+            bases,
+            current: Arc::new(AtomicUsize::new(0)),
             token: token.to_string(),
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -29,10 +42,56 @@ impl Controller {
         }
     }
 
+    /// The controller calls go to now.
+    pub fn current_url(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
+        self.bases
+            .get(i)
+            .map_or("", |b| b.trim_end_matches("/internal/v1"))
+    }
+
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let i = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
+        let base = self.bases.get(i).map_or("", String::as_str);
         self.http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{base}{path}"))
             .header(TOKEN_HEADER, &self.token)
+    }
+
+    /// Sends `rb`; when its controller cannot be reached, the same request to the next one (a
+    /// request that never connected was never received). Streamed bodies are not repeated.
+    async fn send(&self, rb: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        let mut req = rb.build()?;
+        for _ in 1..self.bases.len() {
+            let Some(again) = req.try_clone() else { break };
+            let url = req.url().to_string();
+            match self.http.execute(req).await {
+                Err(e) if e.is_connect() => {
+                    let Some(from) = self.bases.iter().position(|b| url.starts_with(b.as_str()))
+                    else {
+                        return Err(e);
+                    };
+                    let to = (from + 1) % self.bases.len();
+                    let _ = self.current.compare_exchange(
+                        from,
+                        to,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    tracing::warn!(
+                        from = %self.bases[from], to = %self.bases[to], error = %e,
+                        "controller unreachable; trying the next"
+                    );
+                    req = again;
+                    let moved = url.replacen(&self.bases[from], &self.bases[to], 1);
+                    if let Ok(u) = moved.parse() {
+                        *req.url_mut() = u;
+                    }
+                }
+                other => return other,
+            }
+        }
+        self.http.execute(req).await
     }
 
     async fn check(resp: reqwest::Response, what: &str) -> Result<reqwest::Response> {
@@ -47,10 +106,11 @@ impl Controller {
 
     pub async fn register(&self, r: &proto::RegisterHost) -> Result<proto::Registered> {
         let resp = self
-            .req(reqwest::Method::POST, "/hosts")
-            .json(r)
-            .timeout(Duration::from_secs(15))
-            .send()
+            .send(
+                self.req(reqwest::Method::POST, "/hosts")
+                    .json(r)
+                    .timeout(Duration::from_secs(15)),
+            )
             .await
             .context("register")?;
         Ok(Self::check(resp, "register").await?.json().await?)
@@ -58,9 +118,10 @@ impl Controller {
 
     pub async fn heartbeat(&self, host: &str) -> Result<()> {
         let resp = self
-            .req(reqwest::Method::POST, &format!("/hosts/{host}/heartbeat"))
-            .timeout(Duration::from_secs(10))
-            .send()
+            .send(
+                self.req(reqwest::Method::POST, &format!("/hosts/{host}/heartbeat"))
+                    .timeout(Duration::from_secs(10)),
+            )
             .await
             .context("heartbeat")?;
         Self::check(resp, "heartbeat").await?;
@@ -75,15 +136,16 @@ impl Controller {
         wait: Duration,
     ) -> Result<proto::DesiredState> {
         let resp = self
-            .req(
-                reqwest::Method::GET,
-                &format!(
-                    "/hosts/{host}/desired?after={after}&wait={}",
-                    wait.as_secs()
-                ),
+            .send(
+                self.req(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/hosts/{host}/desired?after={after}&wait={}",
+                        wait.as_secs()
+                    ),
+                )
+                .timeout(wait + Duration::from_secs(15)),
             )
-            .timeout(wait + Duration::from_secs(15))
-            .send()
             .await
             .context("desired state")?;
         Ok(Self::check(resp, "desired state").await?.json().await?)
@@ -98,16 +160,17 @@ impl Controller {
         network_node: bool,
     ) -> Result<onestack_core::network::proto::NetworkState> {
         let resp = self
-            .req(
-                reqwest::Method::GET,
-                &format!(
-                    "/hosts/{host}/network?after={after}&wait={}&network_node={}",
-                    wait.as_secs(),
-                    u8::from(network_node)
-                ),
+            .send(
+                self.req(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/hosts/{host}/network?after={after}&wait={}&network_node={}",
+                        wait.as_secs(),
+                        u8::from(network_node)
+                    ),
+                )
+                .timeout(wait + Duration::from_secs(15)),
             )
-            .timeout(wait + Duration::from_secs(15))
-            .send()
             .await
             .context("network state")?;
         Ok(Self::check(resp, "network state").await?.json().await?)
@@ -116,12 +179,13 @@ impl Controller {
     /// What the server at `ip` on `network_id` may know of itself; None when no server has it.
     pub async fn metadata(&self, network_id: &str, ip: &str) -> Result<Option<proto::ConfigDrive>> {
         let resp = self
-            .req(
-                reqwest::Method::GET,
-                &format!("/metadata/{network_id}/{ip}"),
+            .send(
+                self.req(
+                    reqwest::Method::GET,
+                    &format!("/metadata/{network_id}/{ip}"),
+                )
+                .timeout(Duration::from_secs(10)),
             )
-            .timeout(Duration::from_secs(10))
-            .send()
             .await
             .context("metadata")?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
@@ -132,13 +196,14 @@ impl Controller {
 
     pub async fn report(&self, host: &str, id: &str, r: &proto::Report) -> Result<()> {
         let resp = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/hosts/{host}/instances/{id}/report"),
+            .send(
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("/hosts/{host}/instances/{id}/report"),
+                )
+                .json(r)
+                .timeout(Duration::from_secs(15)),
             )
-            .json(r)
-            .timeout(Duration::from_secs(15))
-            .send()
             .await
             .context("report")?;
         Self::check(resp, "report").await?;
@@ -153,13 +218,14 @@ impl Controller {
         r: &proto::MigrationReport,
     ) -> Result<()> {
         let resp = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/hosts/{host}/instances/{id}/migration"),
+            .send(
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("/hosts/{host}/instances/{id}/migration"),
+                )
+                .json(r)
+                .timeout(Duration::from_secs(15)),
             )
-            .json(r)
-            .timeout(Duration::from_secs(15))
-            .send()
             .await
             .context("migration report")?;
         Self::check(resp, "migration report").await?;
@@ -175,13 +241,14 @@ impl Controller {
         r: &proto::VolumeReport,
     ) -> Result<()> {
         let resp = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/hosts/{host}/instances/{id}/volumes/{volume}"),
+            .send(
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("/hosts/{host}/instances/{id}/volumes/{volume}"),
+                )
+                .json(r)
+                .timeout(Duration::from_secs(15)),
             )
-            .json(r)
-            .timeout(Duration::from_secs(15))
-            .send()
             .await
             .context("volume report")?;
         Self::check(resp, "volume report").await?;
@@ -211,8 +278,7 @@ impl Controller {
     /// Streams an image's data into `dest`.
     pub async fn download_image(&self, id: &str, dest: &Path) -> Result<()> {
         let resp = self
-            .req(reqwest::Method::GET, &format!("/images/{id}/file"))
-            .send()
+            .send(self.req(reqwest::Method::GET, &format!("/images/{id}/file")))
             .await
             .context("image download")?;
         let resp = Self::check(resp, "image download").await?;
@@ -233,14 +299,71 @@ impl Controller {
         let body =
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
         let resp = self
-            .req(reqwest::Method::PUT, &format!("/images/{image_id}/file"))
-            .header(reqwest::header::CONTENT_LENGTH, len)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
+            .send(
+                self.req(reqwest::Method::PUT, &format!("/images/{image_id}/file"))
+                    .header(reqwest::header::CONTENT_LENGTH, len)
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .body(body),
+            )
             .await
             .context("snapshot upload")?;
         Self::check(resp, "snapshot upload").await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// A controller that answers heartbeats, counting them.
+    async fn live() -> (String, Arc<AtomicU64>) {
+        let hits = Arc::new(AtomicU64::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().route(
+            "/internal/v1/hosts/{host}/heartbeat",
+            axum::routing::post(move || {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (url, hits)
+    }
+
+    /// An address nothing listens on.
+    async fn dead() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        drop(l);
+        url
+    }
+
+    #[tokio::test]
+    async fn calls_go_to_the_next_controller_when_one_is_down() {
+        let (up, hits) = live().await;
+        let down = dead().await;
+        let c = Controller::new(&format!("{down}, {up}"), "t");
+        assert_eq!(c.current_url(), down);
+        c.heartbeat("h").await.expect("through the second");
+        assert_eq!(c.current_url(), up);
+        // It stays there: the next call goes straight to it.
+        c.heartbeat("h").await.expect("again");
+        assert_eq!(hits.load(Ordering::Relaxed), 2);
+        // The clones the agent's tasks hold follow.
+        assert_eq!(c.clone().current_url(), up);
+        // With none up, the call fails.
+        let none = Controller::new(&dead().await, "t");
+        assert!(none.heartbeat("h").await.is_err());
     }
 }

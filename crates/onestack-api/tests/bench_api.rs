@@ -97,6 +97,15 @@ async fn api_throughput() {
         .expect("quota")
         .status();
     assert!(st.is_success());
+    let st = http
+        .put(format!("{}/v2.0/quotas/{pid}", cp.network))
+        .header("x-auth-token", &admin)
+        .json(&json!({"quota": {"network": -1}}))
+        .send()
+        .await
+        .expect("network quota")
+        .status();
+    assert!(st.is_success());
     let image: Value = http
         .post(format!("{}/v2/images", cp.image))
         .header("x-auth-token", &admin)
@@ -122,7 +131,7 @@ async fn api_throughput() {
         .status();
     assert!(st.is_success());
 
-    let ok = |r: reqwest::Response| assert!(r.status().is_success(), "{}", r.status());
+    let ok = |r: reqwest::Response| assert!(r.status().is_success(), "{} {}", r.status(), r.url());
     let reads = {
         let (http, url, t) = (http.clone(), cp.compute.clone(), demo.clone());
         rate(2000, move |_| {

@@ -2070,6 +2070,27 @@ async fn quota_sets_are_per_project_and_creates_race_within_them() {
         .await;
     assert_eq!(st, StatusCode::OK, "{body}");
     assert_eq!(body["volumeAttachments"], json!([]));
+    // -1 is no limit: creates go on past any count.
+    let (st, _, _) = c
+        .call(
+            Method::PUT,
+            &qpath,
+            &admin,
+            Some(json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    for _ in 0..3 {
+        let (st, v, _) = c
+            .call(
+                Method::POST,
+                "/v2.1/servers",
+                &demo,
+                Some(server_body(&image, "1")),
+            )
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    }
 }
 
 /// Usage from the usage record over a scripted timeline: create, resize (confirmed), stop,

@@ -1007,15 +1007,17 @@ impl ComputeService {
         let q = self.quota(&project).await?;
         let count = {
             let (n, cores, ram) = self.store.count_live_instances(&project).await?;
+            // A negative limit is no limit (Nova's -1).
+            let within = |used: i64, more: i64, limit: i64| limit < 0 || used + more <= limit;
             let fits = |k: i64| {
-                n + k <= q.instances
-                    && cores + k * flavor.vcpus <= q.cores
-                    && ram + k * flavor.memory_mb <= q.ram_mb
+                within(n, k, q.instances)
+                    && within(cores, k * flavor.vcpus, q.cores)
+                    && within(ram, k * flavor.memory_mb, q.ram_mb)
             };
             if !fits(req.min_count) {
-                let (res, used, limit, req_n) = if n + req.min_count > q.instances {
+                let (res, used, limit, req_n) = if !within(n, req.min_count, q.instances) {
                     ("instances", n, q.instances, req.min_count)
-                } else if cores + req.min_count * flavor.vcpus > q.cores {
+                } else if !within(cores, req.min_count * flavor.vcpus, q.cores) {
                     ("cores", cores, q.cores, req.min_count * flavor.vcpus)
                 } else {
                     ("ram", ram, q.ram_mb, req.min_count * flavor.memory_mb)

@@ -90,13 +90,13 @@ impl ComputeService {
         let q = self.quota(&inst.project_id).await?;
         let (_, cores, ram) = self.store.count_live_instances(&inst.project_id).await?;
         let (dc, dr) = (flavor.vcpus - inst.vcpus, flavor.memory_mb - inst.memory_mb);
-        if dc > 0 && cores + dc > q.cores {
+        if dc > 0 && q.cores >= 0 && cores + dc > q.cores {
             return Err(CoreError::Forbidden(format!(
                 "Quota exceeded for cores: Requested {dc}, but already used {cores} of {} cores",
                 q.cores
             )));
         }
-        if dr > 0 && ram + dr > q.ram_mb {
+        if dr > 0 && q.ram_mb >= 0 && ram + dr > q.ram_mb {
             return Err(CoreError::Forbidden(format!(
                 "Quota exceeded for ram: Requested {dr}, but already used {ram} of {} ram",
                 q.ram_mb
