@@ -56,6 +56,20 @@ where
 #[ignore = "a benchmark: scripts/bench-api.sh"]
 async fn api_throughput() {
     let cp = common::start().await;
+    // With ONESTACK_BENCH_CONTROLLERS=2 (PostgreSQL), a second controller of the same cloud in
+    // this process takes every other call.
+    let two = std::env::var("ONESTACK_BENCH_CONTROLLERS").as_deref() == Ok("2");
+    let second = if two {
+        Some(common::second_controller(&cp).await)
+    } else {
+        None
+    };
+    let pick = |i: usize, a: &str, b: Option<&str>| -> String {
+        match b {
+            Some(b) if i % 2 == 1 => b.to_string(),
+            _ => a.to_string(),
+        }
+    };
     let http = reqwest::Client::new();
     let demo = token(&http, &cp.identity, "demo", DEMO_PW).await;
     let admin = token(&http, &cp.identity, "admin", ADMIN_PW).await;
@@ -132,10 +146,17 @@ async fn api_throughput() {
     assert!(st.is_success());
 
     let ok = |r: reqwest::Response| assert!(r.status().is_success(), "{} {}", r.status(), r.url());
+    let compute_b = second.as_ref().map(|b| b.compute.clone());
+    let network_b = second.as_ref().map(|b| b.network.clone());
     let reads = {
-        let (http, url, t) = (http.clone(), cp.compute.clone(), demo.clone());
-        rate(2000, move |_| {
-            let (http, url, t) = (http.clone(), url.clone(), t.clone());
+        let (http, a, b, t) = (
+            http.clone(),
+            cp.compute.clone(),
+            compute_b.clone(),
+            demo.clone(),
+        );
+        rate(2000, move |i| {
+            let (http, url, t) = (http.clone(), pick(i, &a, b.as_deref()), t.clone());
             async move {
                 ok(http
                     .get(format!("{url}/v2.1/flavors/detail"))
@@ -148,9 +169,9 @@ async fn api_throughput() {
         .await
     };
     let networks = {
-        let (http, url, t) = (http.clone(), cp.network.clone(), demo.clone());
+        let (http, a, b, t) = (http.clone(), cp.network.clone(), network_b, demo.clone());
         rate(400, move |i| {
-            let (http, url, t) = (http.clone(), url.clone(), t.clone());
+            let (http, url, t) = (http.clone(), pick(i, &a, b.as_deref()), t.clone());
             async move {
                 ok(http
                     .post(format!("{url}/v2.0/networks"))
@@ -164,9 +185,20 @@ async fn api_throughput() {
         .await
     };
     let servers = {
-        let (http, url, t, img) = (http.clone(), cp.compute.clone(), demo.clone(), image_id);
+        let (http, a, b, t, img) = (
+            http.clone(),
+            cp.compute.clone(),
+            compute_b,
+            demo.clone(),
+            image_id,
+        );
         rate(400, move |i| {
-            let (http, url, t, img) = (http.clone(), url.clone(), t.clone(), img.clone());
+            let (http, url, t, img) = (
+                http.clone(),
+                pick(i, &a, b.as_deref()),
+                t.clone(),
+                img.clone(),
+            );
             async move {
                 ok(http
                     .post(format!("{url}/v2.1/servers"))
@@ -195,6 +227,11 @@ async fn api_throughput() {
         .map_or(0, |l| l.iter().filter(|s| s["status"] != "ERROR").count());
     assert_eq!(placed, 400);
     let backend = std::env::var("ONESTACK_TEST_STORE").unwrap_or_else(|_| "sqlite".into());
+    let backend = if two {
+        format!("{backend}-2-controllers")
+    } else {
+        backend
+    };
     println!(
         "BENCH backend={backend} reads_per_s={reads:.0} network_creates_per_s={networks:.0} \
          server_creates_per_s={servers:.0}"
