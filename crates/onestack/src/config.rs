@@ -286,12 +286,18 @@ impl Config {
             );
         }
         if self.is_compute_node() {
-            let u = &self.compute.controller_url;
-            let rest = u
-                .strip_prefix("http://")
-                .or_else(|| u.strip_prefix("https://"));
-            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
-                bail!("compute.controller_url = {u:?}: want http://host:port");
+            // One URL, or several controllers' separated by commas.
+            for u in self.controller_urls() {
+                let rest = u
+                    .strip_prefix("http://")
+                    .or_else(|| u.strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                    bail!(
+                        "compute.controller_url = {:?}: want http://host:port (several: \
+                         comma separated)",
+                        self.compute.controller_url
+                    );
+                }
             }
         }
         if !["auto", "kvm", "qemu"].contains(&self.compute.virt_type.as_str()) {
@@ -382,7 +388,18 @@ impl Config {
         !self.compute.controller_url.is_empty()
     }
 
-    /// The compute API the agent reports to: the controller's, or this host's own.
+    /// Each controller's compute API a node was given, in order (empty on a controller).
+    pub fn controller_urls(&self) -> Vec<String> {
+        self.compute
+            .controller_url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// The compute API the agent reports to: the controller's (several comma separated), or
+    /// this host's own.
     pub fn controller_url(&self) -> String {
         if self.is_compute_node() {
             self.compute
@@ -462,6 +479,22 @@ mod tests {
             let e = Config::parse(text).expect_err(text);
             assert!(format!("{e:#}").contains(key), "{text}: {e:#}");
         }
+    }
+
+    #[test]
+    fn a_node_may_name_several_controllers() {
+        let c = Config::parse(
+            "[compute]\ncontroller_url = \"http://198.18.0.1:8774/, http://198.18.0.2:8774\"\n",
+        )
+        .expect("two controllers");
+        assert_eq!(
+            c.controller_urls(),
+            ["http://198.18.0.1:8774", "http://198.18.0.2:8774"]
+        );
+        assert!(c.is_compute_node());
+        let e = Config::parse("[compute]\ncontroller_url = \"http://a:1,ftp://b\"\n")
+            .expect_err("a bad second URL");
+        assert!(format!("{e:#}").contains("controller_url"), "{e:#}");
     }
 
     #[test]

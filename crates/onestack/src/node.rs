@@ -215,16 +215,41 @@ pub async fn wait_until_up(dd: &DataDir, cfg: &Config, host: &str) -> Result<()>
     }
 }
 
+/// Sends `make(base)` to each controller in turn until one can be reached.
+async fn to_a_controller(
+    cfg: &Config,
+    make: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let urls = if cfg.is_compute_node() {
+        cfg.controller_urls()
+    } else {
+        vec![cfg.controller_url()]
+    };
+    let mut last = None;
+    for u in &urls {
+        match make(u).send().await {
+            Err(e) if e.is_connect() => last = Some(e),
+            other => return other,
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None => make("").send().await,
+    }
+}
+
 /// What the controller knows of this node (`GET /internal/v1/hosts/{host}`).
 pub async fn host_state(dd: &DataDir, cfg: &Config, host: &str) -> Result<Value> {
     let token = std::fs::read_to_string(dd.secrets().join("agent-token"))
         .context("no agent credentials in the data directory")?;
-    let resp = http()
-        .get(format!("{}/internal/v1/hosts/{host}", cfg.controller_url(),))
-        .header(AGENT_TOKEN_HEADER, token.trim())
-        .send()
-        .await
-        .context("cannot reach the controller")?;
+    let client = http();
+    let resp = to_a_controller(cfg, |base| {
+        client
+            .get(format!("{base}/internal/v1/hosts/{host}"))
+            .header(AGENT_TOKEN_HEADER, token.trim())
+    })
+    .await
+    .context("cannot reach the controller")?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -259,15 +284,13 @@ pub async fn leave(dd: DataDir, yes: bool) -> Result<()> {
     // The agent would register the host again if it ran on after the delete.
     let was_running = supervisor::running_pid(&dd, "supervisor").is_some();
     ops::down(dd.clone()).await?;
-    let resp = http()
-        .delete(format!(
-            "{}/internal/v1/hosts/{}",
-            cfg.controller_url(),
-            cfg.compute.host
-        ))
-        .header(AGENT_TOKEN_HEADER, &token)
-        .send()
-        .await;
+    let client = http();
+    let resp = to_a_controller(&cfg, |base| {
+        client
+            .delete(format!("{base}/internal/v1/hosts/{}", cfg.compute.host))
+            .header(AGENT_TOKEN_HEADER, &token)
+    })
+    .await;
     match resp {
         Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {
             ops::step(
