@@ -97,31 +97,79 @@ impl KeyRepository {
         Ok(out)
     }
 
+    /// Every key of the directory by index (none when there is no directory).
+    pub fn read_all(&self) -> CoreResult<Vec<(i64, String)>> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for i in self.indices()? {
+            let text = fs::read_to_string(self.dir.join(i.to_string())).map_err(io_err)?;
+            out.push((i as i64, text.trim().to_string()));
+        }
+        Ok(out)
+    }
+
     /// Loads every key, primary first.
     pub fn load(&self) -> CoreResult<TokenCodec> {
-        let mut idx = self.indices()?;
-        // Primary = highest index; 0 (staged) last.
-        idx.sort_unstable_by(|a, b| b.cmp(a));
-        if let Some(pos) = idx.iter().position(|i| *i == 0) {
-            let z = idx.remove(pos);
-            idx.push(z);
-        }
-        let mut keys = Vec::new();
-        for i in idx {
-            let text = fs::read_to_string(self.dir.join(i.to_string())).map_err(io_err)?;
-            let f = Fernet::new(text.trim())
-                .ok_or_else(|| CoreError::Internal(format!("fernet key {i} is malformed")))?;
-            keys.push(f);
-        }
-        if keys.is_empty() {
-            return Err(CoreError::Internal(
-                "the fernet key repository is empty".into(),
-            ));
-        }
-        Ok(TokenCodec {
-            fernet: MultiFernet::new(keys),
-        })
+        codec_of(&self.read_all()?)
     }
+}
+
+/// Keys kept at once: the staged key, the primary and one older (a token outlives one
+/// rotation).
+pub const MAX_ACTIVE_KEYS: usize = 3;
+
+/// The codec of `(index, key)` pairs: the highest index encrypts, every key decrypts.
+pub fn codec_of(keys: &[(i64, String)]) -> CoreResult<TokenCodec> {
+    let mut sorted: Vec<&(i64, String)> = keys.iter().collect();
+    // Primary = highest index; 0 (staged) last.
+    sorted.sort_unstable_by(|a, b| match (a.0, b.0) {
+        (0, 0) => std::cmp::Ordering::Equal,
+        (0, _) => std::cmp::Ordering::Greater,
+        (_, 0) => std::cmp::Ordering::Less,
+        (x, y) => y.cmp(&x),
+    });
+    let mut fernets = Vec::new();
+    for (i, k) in sorted {
+        fernets.push(
+            Fernet::new(k.trim())
+                .ok_or_else(|| CoreError::Internal(format!("fernet key {i} is malformed")))?,
+        );
+    }
+    if fernets.is_empty() {
+        return Err(CoreError::Internal("there are no token keys".into()));
+    }
+    Ok(TokenCodec {
+        fernet: MultiFernet::new(fernets),
+    })
+}
+
+/// Makes sure the store holds token keys: those of `legacy_dir` (a cloud from before keys
+/// lived in the store: its tokens stay valid), else a new primary and staged key.
+pub async fn ensure_in_store(store: &onestack_store::Store, legacy_dir: &Path) -> CoreResult<()> {
+    if !store.token_keys().await?.is_empty() {
+        return Ok(());
+    }
+    let mut keys = KeyRepository::new(legacy_dir).read_all()?;
+    if keys.is_empty() {
+        keys = vec![(0, Fernet::generate_key()), (1, Fernet::generate_key())];
+    }
+    store.init_token_keys(&keys).await?;
+    Ok(())
+}
+
+/// The store's keys as a codec.
+pub async fn load_from_store(store: &onestack_store::Store) -> CoreResult<TokenCodec> {
+    codec_of(&store.token_keys().await?)
+}
+
+/// Rotates the store's keys (every controller loads them on its next refresh).
+pub async fn rotate_in_store(store: &onestack_store::Store) -> CoreResult<()> {
+    store
+        .rotate_token_keys(&Fernet::generate_key(), MAX_ACTIVE_KEYS - 1)
+        .await?;
+    Ok(())
 }
 
 fn write_key(path: &Path) -> CoreResult<()> {

@@ -23,6 +23,7 @@ mod audit;
 mod compute;
 mod identity;
 mod image;
+mod keys;
 mod locks;
 mod migrations;
 mod network;

@@ -17,6 +17,8 @@ pub enum LockName {
     Placement,
     /// The singleton work of the control plane (its leader).
     Leader,
+    /// Writing the token keys (first start, rotation).
+    TokenKeys,
 }
 
 impl LockName {
@@ -24,6 +26,7 @@ impl LockName {
         match self {
             LockName::Placement => 0x0e57_ac00_0002,
             LockName::Leader => 0x0e57_ac00_0003,
+            LockName::TokenKeys => 0x0e57_ac00_0004,
         }
     }
 }

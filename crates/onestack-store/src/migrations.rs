@@ -424,6 +424,15 @@ CREATE INDEX audit_log_time ON audit_log (at_us);
 CREATE INDEX audit_log_target ON audit_log (target)
 "#,
     ),
+    (
+        12,
+        r#"
+CREATE TABLE token_keys (
+    idx BIGINT PRIMARY KEY,
+    key_material TEXT NOT NULL
+)
+"#,
+    ),
 ];
 
 /// The advisory lock (PostgreSQL) under which controllers that start together migrate one at a

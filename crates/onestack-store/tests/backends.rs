@@ -614,6 +614,29 @@ async fn volume_scenario(s: &Store) {
     ));
 }
 
+/// Token keys: written once (a second start keeps them), rotated as Keystone's repository is:
+/// the staged key becomes the primary, a new one is staged, the oldest beyond `keep` go.
+async fn token_keys_scenario(s: &Store) {
+    assert!(s
+        .init_token_keys(&[(0, "k0".into()), (1, "k1".into())])
+        .await
+        .expect("init"));
+    assert!(!s
+        .init_token_keys(&[(0, "x".into())])
+        .await
+        .expect("again"));
+    s.rotate_token_keys("k2", 2).await.expect("rotate");
+    assert_eq!(
+        s.token_keys().await.expect("keys"),
+        [(0, "k2".to_string()), (1, "k1".into()), (2, "k0".into())]
+    );
+    s.rotate_token_keys("k3", 2).await.expect("rotate");
+    assert_eq!(
+        s.token_keys().await.expect("keys"),
+        [(0, "k3".to_string()), (2, "k0".into()), (3, "k2".into())]
+    );
+}
+
 /// The usage record: an event in the same write as each metered change, none for changes
 /// that meter nothing, and a period's query leaves out what was deleted before it.
 async fn usage_scenario(s: &Store) {
@@ -708,6 +731,7 @@ async fn sqlite() {
     scenario(&s).await;
     compute_scenario(&s).await;
     usage_scenario(&s).await;
+    token_keys_scenario(&s).await;
     network_scenario(&s).await;
     volume_scenario(&s).await;
     emptied_by_drop_all(s, &format!("sqlite://{}/t.db", dir.path().display())).await;
@@ -816,6 +840,7 @@ async fn postgresql() {
         scenario(&s).await;
         compute_scenario(&s).await;
         usage_scenario(&s).await;
+        token_keys_scenario(&s).await;
         network_scenario(&s).await;
         volume_scenario(&s).await;
         Store::open(&url).await.expect("migrations are idempotent");

@@ -439,7 +439,9 @@ fn main() -> Result<()> {
             Command::ClientSetup { dir, venv, yes } => {
                 client::client_setup(paths::DataDir::new(dir.data_dir)?, &venv, yes)
             }
-            Command::RotateKeys { dir } => ops::rotate_keys(paths::DataDir::new(dir.data_dir)?),
+            Command::RotateKeys { dir } => {
+                ops::rotate_keys(paths::DataDir::new(dir.data_dir)?).await
+            }
             Command::Db {
                 action: DbCommand::MigrateFromSqlite { dir, to },
             } => db::migrate_from_sqlite(paths::DataDir::new(dir.data_dir)?, &to).await,

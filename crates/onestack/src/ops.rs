@@ -5,7 +5,6 @@ use crate::paths::{self, DataDir, Login};
 use crate::{serve, supervisor, sys};
 use anyhow::{bail, Context, Result};
 use onestack_core::identity::bootstrap::{self, BootstrapParams, ServiceEndpoints};
-use onestack_core::token::KeyRepository;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -275,13 +274,14 @@ pub async fn up(
     let demo_password = dd.secret("demo-password")?;
     // Shared by the controller and its agents; made here so both read the same one.
     dd.secret("agent-token")?;
-    KeyRepository::new(dd.fernet_keys())
-        .ensure(3)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = onestack_store::Store::open(&serve::database_url(&cfg, &dd))
         .await
         .context("cannot open the state store")?;
     step(t0, &format!("state store ready ({:?})", store.backend()));
+    // The token keys, in the store for every controller (an older key directory imported).
+    onestack_core::token::ensure_in_store(&store, &dd.fernet_keys())
+        .await
+        .map_err(|e| anyhow::anyhow!("token keys: {e}"))?;
     let report = bootstrap::run(
         &store,
         &BootstrapParams {
@@ -637,13 +637,24 @@ async fn print_hosts(cfg: &Config, dd: &DataDir) -> bool {
     ok
 }
 
-pub fn rotate_keys(dd: DataDir) -> Result<()> {
-    KeyRepository::new(dd.fernet_keys())
-        .rotate(3)
+pub async fn rotate_keys(dd: DataDir) -> Result<()> {
+    let cfg = load_config(&dd, None)?;
+    if cfg.is_compute_node() {
+        bail!("the token keys are the controllers'; rotate them there");
+    }
+    let store = onestack_store::Store::open(&serve::database_url(&cfg, &dd))
+        .await
+        .context("cannot open the state store")?;
+    onestack_core::token::ensure_in_store(&store, &dd.fernet_keys())
+        .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    onestack_core::token::rotate_in_store(&store)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.pool().close().await;
     println!(
-        "Rotated the token keys in {}; running services load them within 10 s.",
-        dd.fernet_keys().display()
+        "Rotated the token keys in the state store; every controller loads them within 10 s \
+         (tokens stay valid through one rotation)."
     );
     Ok(())
 }

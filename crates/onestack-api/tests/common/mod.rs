@@ -75,11 +75,12 @@ pub async fn start() -> ControlPlane {
     start_on(db_url, keys, dir).await
 }
 
-/// Another controller of `first`'s cloud: its own routers and ports, the same database and token
-/// keys (so a token one issues validates on the other).
+/// Another controller of `first`'s cloud: its own routers, ports and directories, the same
+/// database (and so the same token keys: a token one issues validates on the other).
 pub async fn second_controller(first: &ControlPlane) -> ControlPlane {
     let dir = tempfile::tempdir().expect("tempdir");
-    start_on(first.db_url.clone(), first.dir.path().join("keys"), dir).await
+    let keys = dir.path().join("keys");
+    start_on(first.db_url.clone(), keys, dir).await
 }
 
 async fn start_on(

@@ -13,7 +13,7 @@ pub use admin::*;
 pub use snapshot::{CatalogEndpoint, CatalogService, Snapshot};
 
 use crate::policy::{AuthContext, NamedRef, ProjectScope};
-use crate::token::{new_audit_id, KeyRepository, TokenCodec, TokenPayload};
+use crate::token::{new_audit_id, TokenCodec, TokenPayload};
 use crate::{now_micros, password, CoreError, CoreResult};
 use onestack_store::{Revocation, Store};
 use std::sync::{Arc, RwLock};
@@ -24,7 +24,6 @@ pub const AUTH_FAILED: &str = "The request you have made requires authentication
 
 pub struct IdentityService {
     store: Store,
-    keys: KeyRepository,
     codec: RwLock<Arc<TokenCodec>>,
     snapshot: RwLock<Arc<Snapshot>>,
     refresh_lock: tokio::sync::Mutex<()>,
@@ -72,19 +71,20 @@ pub struct Issued {
 }
 
 impl IdentityService {
-    /// Opens the identity service over `store` with the fernet keys in `key_dir`.
+    /// Opens the identity service over `store`; `key_dir` is where keys were kept before they
+    /// moved into the store (imported when the store has none).
     pub async fn new(
         store: Store,
         key_dir: impl Into<std::path::PathBuf>,
         token_ttl: Duration,
     ) -> CoreResult<Arc<Self>> {
-        let keys = KeyRepository::new(key_dir);
-        keys.ensure(3)?;
-        let codec = keys.load()?;
+        // The keys live in the store, shared by every controller; a key directory from before
+        // is imported once.
+        crate::token::ensure_in_store(&store, &key_dir.into()).await?;
+        let codec = crate::token::load_from_store(&store).await?;
         let snapshot = Snapshot::load(&store).await?;
         Ok(Arc::new(IdentityService {
             store,
-            keys,
             codec: RwLock::new(Arc::new(codec)),
             snapshot: RwLock::new(Arc::new(snapshot)),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -122,7 +122,7 @@ impl IdentityService {
         if let Ok(mut s) = self.snapshot.write() {
             *s = Arc::new(snap);
         }
-        let codec = self.keys.load()?;
+        let codec = crate::token::load_from_store(&self.store).await?;
         if let Ok(mut c) = self.codec.write() {
             *c = Arc::new(codec);
         }
@@ -296,7 +296,7 @@ impl IdentityService {
 
     /// Rotates the fernet keys and loads them.
     pub async fn rotate_keys(&self) -> CoreResult<()> {
-        self.keys.rotate(3)?;
+        crate::token::rotate_in_store(&self.store).await?;
         self.refresh().await
     }
 }
