@@ -12,22 +12,6 @@ use std::time::Instant;
 
 const CLIENTS: usize = 8;
 
-async fn token(http: &reqwest::Client, identity: &str, user: &str, pw: &str) -> String {
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": user, "domain": {"id": "default"}, "password": pw}}},
-        "scope": {"project": {"name": user, "domain": {"id": "default"}}}}});
-    let r = http
-        .post(format!("{identity}/v3/auth/tokens"))
-        .json(&body)
-        .send()
-        .await
-        .expect("login");
-    r.headers()["x-subject-token"]
-        .to_str()
-        .expect("token")
-        .to_string()
-}
-
 /// `total` calls of `call(i)` spread over CLIENTS tasks; calls per second.
 async fn rate<F, Fut>(total: usize, call: F) -> f64
 where
@@ -71,8 +55,8 @@ async fn api_throughput() {
         }
     };
     let http = reqwest::Client::new();
-    let demo = token(&http, &cp.identity, "demo", DEMO_PW).await;
-    let admin = token(&http, &cp.identity, "admin", ADMIN_PW).await;
+    let demo = common::login(&http, &cp.identity, "demo", DEMO_PW).await;
+    let admin = common::login(&http, &cp.identity, "admin", ADMIN_PW).await;
     let st = http
         .post(format!("{}/internal/v1/hosts", cp.compute))
         .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)

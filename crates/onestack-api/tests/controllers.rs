@@ -11,23 +11,6 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-async fn login(http: &reqwest::Client, identity: &str) -> String {
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "demo", "domain": {"id": "default"}, "password": DEMO_PW}}},
-        "scope": {"project": {"name": "demo", "domain": {"id": "default"}}}}});
-    let r = http
-        .post(format!("{identity}/v3/auth/tokens"))
-        .json(&body)
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.headers()["x-subject-token"]
-        .to_str()
-        .expect("token")
-        .to_string()
-}
-
 #[tokio::test]
 async fn two_controllers_share_tokens_and_never_double_book_a_host() {
     if std::env::var("ONESTACK_TEST_STORE").as_deref() != Ok("postgres") {
@@ -37,7 +20,7 @@ async fn two_controllers_share_tokens_and_never_double_book_a_host() {
     let a = common::start().await;
     let b = common::second_controller(&a).await;
     let http = reqwest::Client::new();
-    let token = login(&http, &a.identity).await;
+    let token = common::login(&http, &a.identity, "demo", DEMO_PW).await;
     // Issued by a, good on b.
     let r = http
         .get(format!("{}/v2.1/servers", b.compute))
@@ -124,7 +107,10 @@ async fn two_controllers_share_tokens_and_never_double_book_a_host() {
     assert_eq!((placed, refused), (6, 4));
     let h: Value = http
         .get(format!("{}/v2.1/os-hypervisors/detail", b.compute))
-        .header("x-auth-token", login_admin(&http, &b.identity).await)
+        .header(
+            "x-auth-token",
+            common::login(&http, &b.identity, "admin", common::ADMIN_PW).await,
+        )
         .send()
         .await
         .expect("hypervisors")
@@ -132,20 +118,4 @@ async fn two_controllers_share_tokens_and_never_double_book_a_host() {
         .await
         .expect("json");
     assert_eq!(h["hypervisors"][0]["memory_mb_used"], 6 * 512);
-}
-
-async fn login_admin(http: &reqwest::Client, identity: &str) -> String {
-    let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "admin", "domain": {"id": "default"}, "password": common::ADMIN_PW}}},
-        "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}});
-    let r = http
-        .post(format!("{identity}/v3/auth/tokens"))
-        .json(&body)
-        .send()
-        .await
-        .expect("login");
-    r.headers()["x-subject-token"]
-        .to_str()
-        .expect("token")
-        .to_string()
 }

@@ -621,10 +621,7 @@ async fn token_keys_scenario(s: &Store) {
         .init_token_keys(&[(0, "k0".into()), (1, "k1".into())])
         .await
         .expect("init"));
-    assert!(!s
-        .init_token_keys(&[(0, "x".into())])
-        .await
-        .expect("again"));
+    assert!(!s.init_token_keys(&[(0, "x".into())]).await.expect("again"));
     s.rotate_token_keys("k2", 2).await.expect("rotate");
     assert_eq!(
         s.token_keys().await.expect("keys"),
