@@ -78,14 +78,23 @@ pub async fn request_context(
     if let Some((slot, route, service, action, remote_addr, login)) = entry {
         let status = resp.status();
         let mut target = audit::target_of(&route, &path);
-        if target.is_none() && method == "POST" && status.is_success() {
-            // A create: what it made is in the answer.
+        // A create: what it made is in the answer. Only a small answer whose whole length is
+        // known is read (and handed on unchanged); a stream or a large body is left alone.
+        let small = axum::body::HttpBody::size_hint(resp.body())
+            .exact()
+            .is_some_and(|n| n <= 1 << 20);
+        if target.is_none() && method == "POST" && status.is_success() && small {
             let (parts, body) = resp.into_parts();
-            let bytes = axum::body::to_bytes(body, 1 << 20)
-                .await
-                .unwrap_or_default();
-            target = audit::created_id(&bytes);
-            resp = Response::from_parts(parts, Body::from(bytes));
+            match axum::body::to_bytes(body, 1 << 20).await {
+                Ok(bytes) => {
+                    target = audit::created_id(&bytes);
+                    resp = Response::from_parts(parts, Body::from(bytes));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the answer could not be read for the audit log");
+                    resp = (StatusCode::INTERNAL_SERVER_ERROR, "").into_response();
+                }
+            }
         }
         if login && status.is_success() {
             let token = resp

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{ADMIN_PW, AGENT_TOKEN, DEMO_PW};
-use onestack_api::compute::AGENT_TOKEN_HEADER;
+use common::{ADMIN_PW, DEMO_PW};
 use onestack_store::{AuditQuery, AuditRecord, Store};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -136,21 +135,7 @@ async fn every_mutating_call_leaves_one_audit_record() {
         .expect("user")
         .to_string();
     // A host, so servers are placed.
-    let st = c
-        .http
-        .post(format!("{}/internal/v1/hosts", c.compute))
-        .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
-        .json(
-            &json!({"host": "h1", "host_ip": "198.18.0.2", "agent_url": "http://198.18.0.2:1",
-            "vcpus": 8, "memory_mb": 16384, "local_gb": 100, "cpu_info": {},
-            "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
-            "availability_zone": null}),
-        )
-        .send()
-        .await
-        .expect("register")
-        .status();
-    assert_eq!(st, StatusCode::OK);
+    common::register_host(&c.http, &c.compute, "h1", 8, 16384, 100).await;
 
     let mut seen_ids = HashSet::new();
     let mut checked = 0;

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{ADMIN_PW, AGENT_TOKEN, DEMO_PW};
-use onestack_api::compute::AGENT_TOKEN_HEADER;
+use common::{ADMIN_PW, DEMO_PW};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -57,20 +56,7 @@ async fn api_throughput() {
     let http = reqwest::Client::new();
     let demo = common::login(&http, &cp.identity, "demo", DEMO_PW).await;
     let admin = common::login(&http, &cp.identity, "admin", ADMIN_PW).await;
-    let st = http
-        .post(format!("{}/internal/v1/hosts", cp.compute))
-        .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
-        .json(
-            &json!({"host": "h1", "host_ip": "198.18.0.2", "agent_url": "http://198.18.0.2:1",
-            "vcpus": 4096, "memory_mb": 4 << 20, "local_gb": 1 << 20, "cpu_info": {},
-            "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
-            "availability_zone": null}),
-        )
-        .send()
-        .await
-        .expect("host")
-        .status();
-    assert!(st.is_success());
+    common::register_host(&http, &cp.compute, "h1", 4096, 4 << 20, 1 << 20).await;
     // Room for the creates.
     let project: Value = http
         .get(format!("{}/v3/auth/tokens", cp.identity))
@@ -104,30 +90,7 @@ async fn api_throughput() {
         .expect("network quota")
         .status();
     assert!(st.is_success());
-    let image: Value = http
-        .post(format!("{}/v2/images", cp.image))
-        .header("x-auth-token", &admin)
-        .json(
-            &json!({"name": "img", "disk_format": "raw", "container_format": "bare",
-                      "visibility": "public"}),
-        )
-        .send()
-        .await
-        .expect("image")
-        .json()
-        .await
-        .expect("json");
-    let image_id = image["id"].as_str().expect("id").to_string();
-    let st = http
-        .put(format!("{}/v2/images/{image_id}/file", cp.image))
-        .header("x-auth-token", &admin)
-        .header("content-type", "application/octet-stream")
-        .body(vec![0u8; 1 << 16])
-        .send()
-        .await
-        .expect("upload")
-        .status();
-    assert!(st.is_success());
+    let image_id = common::raw_image(&http, &cp.image, &admin, 1 << 16, true).await;
 
     let ok = |r: reqwest::Response| assert!(r.status().is_success(), "{} {}", r.status(), r.url());
     let compute_b = second.as_ref().map(|b| b.compute.clone());

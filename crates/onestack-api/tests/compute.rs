@@ -83,41 +83,12 @@ impl Cloud {
 
     /// Plays a compute agent: registers a host with the given capacity.
     async fn register_host(&self, host: &str, vcpus: i64, memory_mb: i64, disk_gb: i64) {
-        let resp = self
-            .http
-            .post(format!("{}/internal/v1/hosts", self.url))
-            .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
-            .json(
-                &json!({"host": host, "host_ip": "198.18.0.2", "agent_url": "http://198.18.0.2:1",
-                "vcpus": vcpus, "memory_mb": memory_mb, "local_gb": disk_gb, "cpu_info": {},
-                "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
-                "availability_zone": null}),
-            )
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status(), StatusCode::OK);
+        common::register_host(&self.http, &self.url, host, vcpus, memory_mb, disk_gb).await;
     }
 
     /// An active raw image of `size` bytes, public.
     async fn image(&self, admin: &str, size: usize) -> String {
-        let (st, img, _) = self
-            .call(Method::POST, &format!("{}/v2/images", self.image_url), admin,
-                Some(json!({"name": "img", "disk_format": "raw", "container_format": "bare", "visibility": "public"})))
-            .await;
-        assert_eq!(st, StatusCode::CREATED);
-        let id = img["id"].as_str().expect("id").to_string();
-        let resp = self
-            .http
-            .put(format!("{}/v2/images/{id}/file", self.image_url))
-            .header("x-auth-token", admin)
-            .header("content-type", "application/octet-stream")
-            .body(vec![7u8; size])
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-        id
+        common::raw_image(&self.http, &self.image_url, admin, size, true).await
     }
 }
 

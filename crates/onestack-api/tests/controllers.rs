@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{AGENT_TOKEN, DEMO_PW};
-use onestack_api::compute::AGENT_TOKEN_HEADER;
+use common::DEMO_PW;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -31,41 +30,8 @@ async fn two_controllers_share_tokens_and_never_double_book_a_host() {
     assert_eq!(r.status(), StatusCode::OK);
 
     // Room for exactly six m1.tiny (512 MB each over the 512 MB the host keeps).
-    let st = http
-        .post(format!("{}/internal/v1/hosts", b.compute))
-        .header(AGENT_TOKEN_HEADER, AGENT_TOKEN)
-        .json(
-            &json!({"host": "h1", "host_ip": "198.18.0.2", "agent_url": "http://198.18.0.2:1",
-            "vcpus": 64, "memory_mb": 512 + 6 * 512, "local_gb": 1000, "cpu_info": {},
-            "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
-            "availability_zone": null}),
-        )
-        .send()
-        .await
-        .expect("host")
-        .status();
-    assert_eq!(st, StatusCode::OK);
-    let image: Value = http
-        .post(format!("{}/v2/images", a.image))
-        .header("x-auth-token", &token)
-        .json(&json!({"name": "img", "disk_format": "raw", "container_format": "bare"}))
-        .send()
-        .await
-        .expect("image")
-        .json()
-        .await
-        .expect("json");
-    let image_id = image["id"].as_str().expect("id").to_string();
-    let st = http
-        .put(format!("{}/v2/images/{image_id}/file", b.image))
-        .header("x-auth-token", &token)
-        .header("content-type", "application/octet-stream")
-        .body(vec![0u8; 4096])
-        .send()
-        .await
-        .expect("upload")
-        .status();
-    assert_eq!(st, StatusCode::NO_CONTENT);
+    common::register_host(&http, &b.compute, "h1", 64, 512 + 6 * 512, 1000).await;
+    let image_id = common::raw_image(&http, &a.image, &token, 4096, false).await;
 
     // Ten creates at once (the project's quota), half through each controller.
     let creates = (0..10).map(|i| {

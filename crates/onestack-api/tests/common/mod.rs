@@ -197,3 +197,62 @@ pub async fn login(http: &reqwest::Client, identity: &str, user: &str, password:
         .expect("token")
         .to_string()
 }
+
+/// Plays a compute agent: registers `host` with this capacity on the compute API at `compute`.
+pub async fn register_host(
+    http: &reqwest::Client,
+    compute: &str,
+    host: &str,
+    vcpus: i64,
+    memory_mb: i64,
+    disk_gb: i64,
+) {
+    let st = http
+        .post(format!("{compute}/internal/v1/hosts"))
+        .header(onestack_api::compute::AGENT_TOKEN_HEADER, AGENT_TOKEN)
+        .json(&serde_json::json!({"host": host, "host_ip": "198.18.0.2",
+            "agent_url": "http://198.18.0.2:1", "vcpus": vcpus, "memory_mb": memory_mb,
+            "local_gb": disk_gb, "cpu_info": {}, "hypervisor_type": "QEMU",
+            "hypervisor_version": 7002000, "virt_type": "qemu", "availability_zone": null}))
+        .send()
+        .await
+        .expect("register the host")
+        .status();
+    assert_eq!(st, reqwest::StatusCode::OK, "register {host}");
+}
+
+/// An active raw image of `size` bytes (public when `public`), made with `token`; its id.
+pub async fn raw_image(
+    http: &reqwest::Client,
+    image: &str,
+    token: &str,
+    size: usize,
+    public: bool,
+) -> String {
+    let mut body = serde_json::json!({"name": "img", "disk_format": "raw",
+                                      "container_format": "bare"});
+    if public {
+        body["visibility"] = "public".into();
+    }
+    let r = http
+        .post(format!("{image}/v2/images"))
+        .header("x-auth-token", token)
+        .json(&body)
+        .send()
+        .await
+        .expect("image create");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.expect("image json");
+    let id = v["id"].as_str().expect("image id").to_string();
+    let st = http
+        .put(format!("{image}/v2/images/{id}/file"))
+        .header("x-auth-token", token)
+        .header("content-type", "application/octet-stream")
+        .body(vec![7u8; size])
+        .send()
+        .await
+        .expect("upload")
+        .status();
+    assert_eq!(st, reqwest::StatusCode::NO_CONTENT);
+    id
+}
