@@ -558,41 +558,44 @@ impl Store {
         expires_at: i64,
         now_micros: i64,
         created_at: &str,
+        role: &str,
     ) -> Result<()> {
         sqlx::query("DELETE FROM join_tokens WHERE expires_at < $1")
             .bind(now_micros)
             .execute(self.pool())
             .await?;
         sqlx::query(
-            "INSERT INTO join_tokens (token_hash, expires_at, used_by, created_at) \
-             VALUES ($1, $2, NULL, $3)",
+            "INSERT INTO join_tokens (token_hash, expires_at, used_by, created_at, role) \
+             VALUES ($1, $2, NULL, $3, $4)",
         )
         .bind(token_hash)
         .bind(expires_at)
         .bind(created_at)
+        .bind(role)
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
-    /// Uses up a join token: true once for a valid, unexpired token (one statement, so two
-    /// concurrent joins cannot both succeed), false afterwards or when unknown or expired.
+    /// Uses up a join token: its role (`compute` or `controller`) once for a valid, unexpired
+    /// token (one statement, so two concurrent joins cannot both succeed), None afterwards or
+    /// when unknown or expired.
     pub async fn redeem_join_token(
         &self,
         token_hash: &str,
         host: &str,
         now_micros: i64,
-    ) -> Result<bool> {
-        let r = sqlx::query(
+    ) -> Result<Option<String>> {
+        let role: Option<(String,)> = sqlx::query_as(
             "UPDATE join_tokens SET used_by = $2 \
-             WHERE token_hash = $1 AND used_by IS NULL AND expires_at >= $3",
+             WHERE token_hash = $1 AND used_by IS NULL AND expires_at >= $3 RETURNING role",
         )
         .bind(token_hash)
         .bind(host)
         .bind(now_micros)
-        .execute(self.pool())
+        .fetch_optional(self.pool())
         .await?;
-        Ok(r.rows_affected() == 1)
+        Ok(role.map(|(r,)| r))
     }
 
     // ---- node credentials ----

@@ -21,6 +21,7 @@ macro_rules! row_struct {
 
 mod audit;
 mod compute;
+mod controllers;
 mod identity;
 mod image;
 mod keys;
@@ -33,6 +34,7 @@ mod volume;
 
 pub use audit::*;
 pub use compute::*;
+pub use controllers::*;
 pub use identity::*;
 pub use image::*;
 pub use locks::{LockName, StoreLock};

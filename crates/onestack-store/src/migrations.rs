@@ -433,6 +433,19 @@ CREATE TABLE token_keys (
 )
 "#,
     ),
+    (
+        13,
+        r#"
+CREATE TABLE controllers (
+    name TEXT PRIMARY KEY,
+    endpoints TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    heartbeat_us BIGINT NOT NULL,
+    leader_since_us BIGINT
+);
+ALTER TABLE join_tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'compute'
+"#,
+    ),
 ];
 
 /// The advisory lock (PostgreSQL) under which controllers that start together migrate one at a

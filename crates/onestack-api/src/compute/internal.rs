@@ -161,7 +161,8 @@ async fn join(
             ));
         }
     }
-    onestack_core::compute::join::redeem(s.compute.store(), &body.token, host).await?;
+    let role = onestack_core::compute::join::redeem(s.compute.store(), &body.token, host).await?;
+    let _ = role;
     let credential =
         onestack_core::compute::join::node_credential(s.compute.store(), &s.agent_token, host)
             .await?;

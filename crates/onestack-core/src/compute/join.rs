@@ -11,8 +11,31 @@ fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// A fresh token (32 alphanumerics, ~190 bits) valid for `ttl`.
+/// What a join token lets its holder become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinRole {
+    /// A compute node: its agent's credential.
+    Compute,
+    /// Another controller of the same database: the cloud's shared secrets.
+    Controller,
+}
+
+impl JoinRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Compute => "compute",
+            JoinRole::Controller => "controller",
+        }
+    }
+}
+
+/// A fresh compute-node token (32 alphanumerics, ~190 bits) valid for `ttl`.
 pub async fn issue(store: &Store, ttl: Duration) -> CoreResult<String> {
+    issue_for(store, ttl, JoinRole::Compute).await
+}
+
+/// A fresh token for `role`, valid for `ttl`.
+pub async fn issue_for(store: &Store, ttl: Duration, role: JoinRole) -> CoreResult<String> {
     use rand::distributions::{Alphanumeric, DistString};
     let token = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
     let now = crate::now_micros();
@@ -23,6 +46,7 @@ pub async fn issue(store: &Store, ttl: Duration) -> CoreResult<String> {
             now.saturating_add(ttl_micros),
             now,
             &crate::image::now(),
+            role.as_str(),
         )
         .await?;
     Ok(token)
@@ -76,21 +100,23 @@ pub async fn node_of(store: &Store, shared: &str, given: &str) -> CoreResult<Opt
     Ok(same.then(|| host.to_string()))
 }
 
-/// Uses up `token` for `host`; unknown, used and expired tokens are refused alike.
-pub async fn redeem(store: &Store, token: &str, host: &str) -> CoreResult<()> {
+/// Uses up `token` for `host`, giving the role it was minted for; unknown, used and expired
+/// tokens are refused alike.
+pub async fn redeem(store: &Store, token: &str, host: &str) -> CoreResult<JoinRole> {
     if token.is_empty() || token.len() > 128 {
         return Err(CoreError::Unauthorized("invalid join token".into()));
     }
-    if store
+    match store
         .redeem_join_token(&hash(token), host, crate::now_micros())
         .await?
+        .as_deref()
     {
-        Ok(())
-    } else {
-        Err(CoreError::Unauthorized(
+        Some("controller") => Ok(JoinRole::Controller),
+        Some(_) => Ok(JoinRole::Compute),
+        None => Err(CoreError::Unauthorized(
             "the join token is unknown, expired or already used; mint another with \
              `onestack join-token` on the controller"
                 .into(),
-        ))
+        )),
     }
 }
