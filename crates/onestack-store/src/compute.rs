@@ -2,7 +2,7 @@
 //! hosts, and instances with their metadata. Instance state changes made on behalf of an agent
 //! are conditional on the task the caller expects, so a delete that arrives mid-boot always wins.
 
-use crate::{require_row, Result, Store};
+use crate::{require_row, retry_transient, Result, Store};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use std::collections::{BTreeMap, HashMap};
@@ -318,33 +318,38 @@ impl Store {
     // ---- flavors ----
 
     pub async fn create_flavor(&self, f: &FlavorRecord) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO flavors ({FLAVOR_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
-        ))
-        .bind(&f.id)
-        .bind(&f.name)
-        .bind(f.vcpus)
-        .bind(f.memory_mb)
-        .bind(f.root_gb)
-        .bind(f.ephemeral_gb)
-        .bind(f.swap_mb)
-        .bind(f.is_public as i64)
-        .bind(f.disabled as i64)
-        .bind(&f.description)
-        .bind(&f.created_at)
-        .execute(&mut *tx)
-        .await?;
-        for (k, v) in &f.extra_specs {
-            sqlx::query("INSERT INTO flavor_extra_specs (flavor_id, key, value) VALUES ($1,$2,$3)")
+        retry_transient("create flavor", || async move {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query(&format!(
+                "INSERT INTO flavors ({FLAVOR_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
+            ))
+            .bind(&f.id)
+            .bind(&f.name)
+            .bind(f.vcpus)
+            .bind(f.memory_mb)
+            .bind(f.root_gb)
+            .bind(f.ephemeral_gb)
+            .bind(f.swap_mb)
+            .bind(f.is_public as i64)
+            .bind(f.disabled as i64)
+            .bind(&f.description)
+            .bind(&f.created_at)
+            .execute(&mut *tx)
+            .await?;
+            for (k, v) in &f.extra_specs {
+                sqlx::query(
+                    "INSERT INTO flavor_extra_specs (flavor_id, key, value) VALUES ($1,$2,$3)",
+                )
                 .bind(&f.id)
                 .bind(k)
                 .bind(v)
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn list_flavors(&self) -> Result<Vec<FlavorRecord>> {
@@ -386,20 +391,23 @@ impl Store {
     }
 
     pub async fn delete_flavor(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        for table in ["flavor_extra_specs", "flavor_projects"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE flavor_id = $1"))
+        retry_transient("delete flavor", || async move {
+            let mut tx = self.pool().begin().await?;
+            for table in ["flavor_extra_specs", "flavor_projects"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE flavor_id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let r = sqlx::query("DELETE FROM flavors WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-        }
-        let r = sqlx::query("DELETE FROM flavors WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        require_row(r)?;
-        tx.commit().await?;
-        Ok(())
+            require_row(r)?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn set_flavor_description(&self, id: &str, description: Option<&str>) -> Result<()> {
@@ -417,12 +425,15 @@ impl Store {
         id: &str,
         specs: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        for (k, v) in specs {
-            put_pair(&mut tx, "flavor_extra_specs", "flavor_id", id, k, v).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        retry_transient("set flavor extra specs", || async move {
+            let mut tx = self.pool().begin().await?;
+            for (k, v) in specs {
+                put_pair(&mut tx, "flavor_extra_specs", "flavor_id", id, k, v).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn delete_flavor_extra_spec(&self, id: &str, key: &str) -> Result<()> {
@@ -488,34 +499,37 @@ impl Store {
         k: &KeypairRecord,
         limit: i64,
     ) -> Result<Option<i64>> {
-        let mut tx = self.pool().begin().await?;
-        if limit >= 0 {
-            sqlx::query("UPDATE quota_generation SET value = value + 1 WHERE id = 1")
-                .execute(&mut *tx)
-                .await?;
-            let (n,): (i64,) =
-                sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT) FROM keypairs WHERE user_id = $1")
-                    .bind(&k.user_id)
-                    .fetch_one(&mut *tx)
+        retry_transient("create keypair", || async move {
+            let mut tx = self.pool().begin().await?;
+            if limit >= 0 {
+                sqlx::query("UPDATE quota_generation SET value = value + 1 WHERE id = 1")
+                    .execute(&mut *tx)
                     .await?;
-            if n >= limit {
-                return Ok(Some(n));
+                let (n,): (i64,) =
+                    sqlx::query_as("SELECT CAST(COUNT(*) AS BIGINT) FROM keypairs WHERE user_id = $1")
+                        .bind(&k.user_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                if n >= limit {
+                    return Ok(Some(n));
+                }
             }
-        }
-        sqlx::query(
-            "INSERT INTO keypairs (user_id, name, key_type, public_key, fingerprint, created_at) \
-             VALUES ($1,$2,$3,$4,$5,$6)",
-        )
-        .bind(&k.user_id)
-        .bind(&k.name)
-        .bind(&k.key_type)
-        .bind(&k.public_key)
-        .bind(&k.fingerprint)
-        .bind(&k.created_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(None)
+            sqlx::query(
+                "INSERT INTO keypairs (user_id, name, key_type, public_key, fingerprint, created_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6)",
+            )
+            .bind(&k.user_id)
+            .bind(&k.name)
+            .bind(&k.key_type)
+            .bind(&k.public_key)
+            .bind(&k.fingerprint)
+            .bind(&k.created_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(None)
+        })
+        .await
     }
 
     pub async fn get_keypair(&self, user_id: &str, name: &str) -> Result<KeypairRecord> {
@@ -607,19 +621,24 @@ impl Store {
         nonce: &str,
         created_at: &str,
     ) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM node_credentials WHERE host = $1")
-            .bind(host)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO node_credentials (host, nonce, created_at) VALUES ($1, $2, $3)")
+        retry_transient("put node credential", || async move {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query("DELETE FROM node_credentials WHERE host = $1")
+                .bind(host)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO node_credentials (host, nonce, created_at) VALUES ($1, $2, $3)",
+            )
             .bind(host)
             .bind(nonce)
             .bind(created_at)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn node_credential_nonce(&self, host: &str) -> Result<Option<String>> {
@@ -840,70 +859,92 @@ impl Store {
             })
             .collect();
         let sql = format!("INSERT INTO instances ({cols}) SELECT {}", params.join(","));
+        /// What one attempt came to.
+        enum Outcome {
+            Created(i64),
+            Over(QuotaExceeded),
+            /// Another controller took the number (the UNIQUE index refused it).
+            NumberTaken(crate::StoreError),
+        }
+        let (sql, rec) = (&sql, &*inst);
         let mut attempts = 0;
         loop {
-            let mut tx = self.pool().begin().await?;
-            if let Some(l) = limits {
-                sqlx::query("UPDATE quota_generation SET value = value + 1 WHERE id = 1")
+            // One attempt is one whole transaction, run again when it failed transiently.
+            let outcome = retry_transient("create instance", || async move {
+                let mut tx = self.pool().begin().await?;
+                if let Some(l) = limits {
+                    sqlx::query("UPDATE quota_generation SET value = value + 1 WHERE id = 1")
+                        .execute(&mut *tx)
+                        .await?;
+                    let (n, c, m): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+                        "SELECT CAST(COUNT(*) AS BIGINT), CAST(SUM(vcpus) AS BIGINT), \
+                         CAST(SUM(memory_mb) AS BIGINT) FROM instances \
+                         WHERE project_id = $1 AND deleted = 0",
+                    )
+                    .bind(&rec.project_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let (c, m) = (c.unwrap_or(0), m.unwrap_or(0));
+                    let over = [
+                        ("instances", n, 1, l.instances),
+                        ("cores", c, rec.vcpus, l.cores),
+                        ("ram", m, rec.memory_mb, l.ram_mb),
+                    ]
+                    .into_iter()
+                    .find(|(_, used, want, limit)| *limit >= 0 && used + want > *limit);
+                    if let Some((resource, used, requested, limit)) = over {
+                        return Ok(Outcome::Over(QuotaExceeded {
+                            resource,
+                            used,
+                            requested,
+                            limit,
+                        }));
+                    }
+                }
+                let values = instance_values(rec);
+                let mut q = sqlx::query(sql);
+                for (col, v) in INSTANCE_COLUMNS.iter().zip(&values) {
+                    if *col != "seq" {
+                        q = bind_value(q, v);
+                    }
+                }
+                if let Err(e) = q.execute(&mut *tx).await {
+                    return match crate::StoreError::from(e) {
+                        e @ crate::StoreError::Conflict(_) => Ok(Outcome::NumberTaken(e)),
+                        e => Err(e),
+                    };
+                }
+                let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM instances WHERE id = $1")
+                    .bind(&rec.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                for (k, v) in &rec.metadata {
+                    sqlx::query(
+                        "INSERT INTO instance_metadata (instance_id, key, value) VALUES ($1,$2,$3)",
+                    )
+                    .bind(&rec.id)
+                    .bind(k)
+                    .bind(v)
                     .execute(&mut *tx)
                     .await?;
-                let (n, c, m): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
-                    "SELECT CAST(COUNT(*) AS BIGINT), CAST(SUM(vcpus) AS BIGINT), \
-                     CAST(SUM(memory_mb) AS BIGINT) FROM instances \
-                     WHERE project_id = $1 AND deleted = 0",
-                )
-                .bind(&inst.project_id)
-                .fetch_one(&mut *tx)
-                .await?;
-                let (c, m) = (c.unwrap_or(0), m.unwrap_or(0));
-                let over = [
-                    ("instances", n, 1, l.instances),
-                    ("cores", c, inst.vcpus, l.cores),
-                    ("ram", m, inst.memory_mb, l.ram_mb),
-                ]
-                .into_iter()
-                .find(|(_, used, want, limit)| *limit >= 0 && used + want > *limit);
-                if let Some((resource, used, requested, limit)) = over {
-                    return Ok(Some(QuotaExceeded {
-                        resource,
-                        used,
-                        requested,
-                        limit,
-                    }));
+                }
+                tx.commit().await?;
+                Ok(Outcome::Created(seq))
+            })
+            .await?;
+            match outcome {
+                Outcome::Created(seq) => {
+                    inst.seq = seq;
+                    return Ok(None);
+                }
+                Outcome::Over(q) => return Ok(Some(q)),
+                Outcome::NumberTaken(e) => {
+                    attempts += 1;
+                    if attempts >= 5 {
+                        return Err(e);
+                    }
                 }
             }
-            let values = instance_values(inst);
-            let mut q = sqlx::query(&sql);
-            for (col, v) in INSTANCE_COLUMNS.iter().zip(&values) {
-                if *col != "seq" {
-                    q = bind_value(q, v);
-                }
-            }
-            if let Err(e) = q.execute(&mut *tx).await {
-                let e = crate::StoreError::from(e);
-                attempts += 1;
-                if matches!(e, crate::StoreError::Conflict(_)) && attempts < 5 {
-                    continue;
-                }
-                return Err(e);
-            }
-            let (seq,): (i64,) = sqlx::query_as("SELECT seq FROM instances WHERE id = $1")
-                .bind(&inst.id)
-                .fetch_one(&mut *tx)
-                .await?;
-            inst.seq = seq;
-            for (k, v) in &inst.metadata {
-                sqlx::query(
-                    "INSERT INTO instance_metadata (instance_id, key, value) VALUES ($1,$2,$3)",
-                )
-                .bind(&inst.id)
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            return Ok(None);
         }
     }
 
@@ -1000,79 +1041,82 @@ impl Store {
         if changes.is_empty() {
             return Ok(true);
         }
-        let mut tx = self.pool().begin().await?;
-        // A write first, so SQLite takes its write lock now (rolled back if nothing matches).
-        sqlx::query(
-            "UPDATE compute_hosts SET generation = generation + 1 WHERE host = \
-             (SELECT host FROM instances WHERE id = $1 AND deleted = 0)",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let old_host: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT host FROM instances WHERE id = $1 AND deleted = 0")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((old_host,)) = old_host else {
-            return Ok(false);
-        };
-        let mut sql = String::from("UPDATE instances SET ");
-        let mut n = 1;
-        for (i, (col, _)) in changes.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
+        retry_transient("update instance", || async move {
+            let mut tx = self.pool().begin().await?;
+            // A write first, so SQLite takes its write lock now (rolled back if nothing matches).
+            sqlx::query(
+                "UPDATE compute_hosts SET generation = generation + 1 WHERE host = \
+                 (SELECT host FROM instances WHERE id = $1 AND deleted = 0)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            let old_host: Option<(Option<String>,)> =
+                sqlx::query_as("SELECT host FROM instances WHERE id = $1 AND deleted = 0")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some((old_host,)) = old_host else {
+                return Ok(false);
+            };
+            let mut sql = String::from("UPDATE instances SET ");
+            let mut n = 1;
+            for (i, (col, _)) in changes.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("{col} = ${n}"));
+                n += 1;
             }
-            sql.push_str(&format!("{col} = ${n}"));
+            sql.push_str(&format!(" WHERE id = ${n} AND deleted = 0"));
             n += 1;
-        }
-        sql.push_str(&format!(" WHERE id = ${n} AND deleted = 0"));
-        n += 1;
-        let mut expected: Vec<String> = Vec::new();
-        if let Expect::TaskIn(states) = expect {
-            let mut parts = Vec::new();
-            for s in states {
-                match s {
-                    None => parts.push("task_state IS NULL".to_string()),
-                    Some(v) => {
-                        parts.push(format!("task_state = ${n}"));
-                        n += 1;
-                        expected.push(v.clone());
+            let mut expected: Vec<String> = Vec::new();
+            if let Expect::TaskIn(states) = expect {
+                let mut parts = Vec::new();
+                for s in states {
+                    match s {
+                        None => parts.push("task_state IS NULL".to_string()),
+                        Some(v) => {
+                            parts.push(format!("task_state = ${n}"));
+                            n += 1;
+                            expected.push(v.clone());
+                        }
                     }
                 }
+                if parts.is_empty() {
+                    parts.push("1 = 0".into());
+                }
+                sql.push_str(&format!(" AND ({})", parts.join(" OR ")));
             }
-            if parts.is_empty() {
-                parts.push("1 = 0".into());
+            let mut q = sqlx::query(&sql);
+            for (_, v) in changes {
+                q = bind_value(q, v);
             }
-            sql.push_str(&format!(" AND ({})", parts.join(" OR ")));
-        }
-        let mut q = sqlx::query(&sql);
-        for (_, v) in changes {
-            q = bind_value(q, v);
-        }
-        q = q.bind(id);
-        for e in &expected {
-            q = q.bind(e.as_str());
-        }
-        let r = q.execute(&mut *tx).await?;
-        if r.rows_affected() == 0 {
-            return Ok(false);
-        }
-        let new_host: Option<Option<String>> = changes.iter().find_map(|(c, v)| match (c, v) {
-            (&"host", SqlValue::Text(t)) => Some(t.clone()),
-            _ => None,
-        });
-        if let Some(h) = new_host.flatten().filter(|h| Some(h) != old_host.as_ref()) {
-            bump_generation(&mut *tx, &h).await?;
-        }
-        if changes
-            .iter()
-            .any(|(c, _)| crate::usage::METERED_COLUMNS.contains(c))
-        {
-            crate::usage::record_change(&mut tx, id).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+            q = q.bind(id);
+            for e in &expected {
+                q = q.bind(e.as_str());
+            }
+            let r = q.execute(&mut *tx).await?;
+            if r.rows_affected() == 0 {
+                return Ok(false);
+            }
+            let new_host: Option<Option<String>> = changes.iter().find_map(|(c, v)| match (c, v) {
+                (&"host", SqlValue::Text(t)) => Some(t.clone()),
+                _ => None,
+            });
+            if let Some(h) = new_host.flatten().filter(|h| Some(h) != old_host.as_ref()) {
+                bump_generation(&mut *tx, &h).await?;
+            }
+            if changes
+                .iter()
+                .any(|(c, _)| crate::usage::METERED_COLUMNS.contains(c))
+            {
+                crate::usage::record_change(&mut tx, id).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Replaces (`replace`) or merges instance metadata. NotFound when the instance is gone.
@@ -1083,24 +1127,28 @@ impl Store {
         replace: bool,
         now: &str,
     ) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        let r = sqlx::query("UPDATE instances SET updated_at = $2 WHERE id = $1 AND deleted = 0")
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        require_row(r)?;
-        if replace {
-            sqlx::query("DELETE FROM instance_metadata WHERE instance_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (k, v) in meta {
-            put_pair(&mut tx, "instance_metadata", "instance_id", id, k, v).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        retry_transient("set instance metadata", || async move {
+            let mut tx = self.pool().begin().await?;
+            let r =
+                sqlx::query("UPDATE instances SET updated_at = $2 WHERE id = $1 AND deleted = 0")
+                    .bind(id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            require_row(r)?;
+            if replace {
+                sqlx::query("DELETE FROM instance_metadata WHERE instance_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for (k, v) in meta {
+                put_pair(&mut tx, "instance_metadata", "instance_id", id, k, v).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn delete_instance_metadata_key(&self, id: &str, key: &str) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Identity records: domains, projects, users, roles, implied roles, assignments, the catalog
 //! (regions, services, endpoints) and token revocations.
 
-use crate::{require_row, Result, Store, StoreError};
+use crate::{require_row, retry_transient, Result, Store, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
@@ -219,24 +219,27 @@ impl Store {
 
     /// Deletes a domain with everything it owns, in one transaction.
     pub async fn delete_domain(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for sql in [
-            "DELETE FROM assignments WHERE target_type = 'project' AND target_id IN (SELECT id FROM projects WHERE domain_id = $1)",
-            "DELETE FROM assignments WHERE user_id IN (SELECT id FROM users WHERE domain_id = $1)",
-            "DELETE FROM assignments WHERE target_type = 'domain' AND target_id = $1",
-            "DELETE FROM projects WHERE domain_id = $1",
-            "DELETE FROM users WHERE domain_id = $1",
-        ] {
-            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
-        }
-        require_row(
-            sqlx::query("DELETE FROM domains WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?,
-        )?;
-        tx.commit().await?;
-        Ok(())
+        retry_transient("delete domain", || async move {
+            let mut tx = self.pool.begin().await?;
+            for sql in [
+                "DELETE FROM assignments WHERE target_type = 'project' AND target_id IN (SELECT id FROM projects WHERE domain_id = $1)",
+                "DELETE FROM assignments WHERE user_id IN (SELECT id FROM users WHERE domain_id = $1)",
+                "DELETE FROM assignments WHERE target_type = 'domain' AND target_id = $1",
+                "DELETE FROM projects WHERE domain_id = $1",
+                "DELETE FROM users WHERE domain_id = $1",
+            ] {
+                sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+            }
+            require_row(
+                sqlx::query("DELETE FROM domains WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?,
+            )?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     // ---- projects ----
@@ -302,23 +305,26 @@ impl Store {
     }
 
     pub async fn delete_project(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM assignments WHERE target_type = 'project' AND target_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE users SET default_project_id = NULL WHERE default_project_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        require_row(
-            sqlx::query("DELETE FROM projects WHERE id = $1")
+        retry_transient("delete project", || async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM assignments WHERE target_type = 'project' AND target_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
-                .await?,
-        )?;
-        tx.commit().await?;
-        Ok(())
+                .await?;
+            sqlx::query("UPDATE users SET default_project_id = NULL WHERE default_project_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            require_row(
+                sqlx::query("DELETE FROM projects WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?,
+            )?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     // ---- users ----
@@ -380,19 +386,22 @@ impl Store {
     }
 
     pub async fn delete_user(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM assignments WHERE user_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        require_row(
-            sqlx::query("DELETE FROM users WHERE id = $1")
+        retry_transient("delete user", || async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM assignments WHERE user_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
-                .await?,
-        )?;
-        tx.commit().await?;
-        Ok(())
+                .await?;
+            require_row(
+                sqlx::query("DELETE FROM users WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?,
+            )?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     // ---- roles ----
@@ -433,21 +442,24 @@ impl Store {
     }
 
     pub async fn delete_role(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for sql in [
-            "DELETE FROM assignments WHERE role_id = $1",
-            "DELETE FROM implied_roles WHERE prior_role_id = $1 OR implied_role_id = $1",
-        ] {
-            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
-        }
-        require_row(
-            sqlx::query("DELETE FROM roles WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?,
-        )?;
-        tx.commit().await?;
-        Ok(())
+        retry_transient("delete role", || async move {
+            let mut tx = self.pool.begin().await?;
+            for sql in [
+                "DELETE FROM assignments WHERE role_id = $1",
+                "DELETE FROM implied_roles WHERE prior_role_id = $1 OR implied_role_id = $1",
+            ] {
+                sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+            }
+            require_row(
+                sqlx::query("DELETE FROM roles WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?,
+            )?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     // ---- implied roles ----
@@ -641,19 +653,22 @@ impl Store {
 
     /// Deleting a service deletes its endpoints too, as Keystone does.
     pub async fn delete_service(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM endpoints WHERE service_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        require_row(
-            sqlx::query("DELETE FROM services WHERE id = $1")
+        retry_transient("delete service", || async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM endpoints WHERE service_id = $1")
                 .bind(id)
                 .execute(&mut *tx)
-                .await?,
-        )?;
-        tx.commit().await?;
-        Ok(())
+                .await?;
+            require_row(
+                sqlx::query("DELETE FROM services WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?,
+            )?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn create_endpoint(&self, e: &Endpoint) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Image records (Glance v2): the image row, its free-form properties, its tags and its members.
 //! Status changes that race with uploads are conditional updates, so two writers never both win.
 
-use crate::{require_row, Result, Store};
+use crate::{require_row, retry_transient, Result, Store};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -69,34 +69,37 @@ const IMAGE_COLUMNS: &str = "id, name, owner, status, visibility, protected, os_
 impl Store {
     /// Inserts the image with its properties and tags, all or nothing.
     pub async fn create_image(&self, img: &ImageRecord) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO images ({IMAGE_COLUMNS}) VALUES \
-             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
-        ))
-        .bind(&img.id)
-        .bind(&img.name)
-        .bind(&img.owner)
-        .bind(&img.status)
-        .bind(&img.visibility)
-        .bind(img.protected as i64)
-        .bind(img.os_hidden as i64)
-        .bind(&img.disk_format)
-        .bind(&img.container_format)
-        .bind(img.min_disk)
-        .bind(img.min_ram)
-        .bind(img.size)
-        .bind(img.virtual_size)
-        .bind(&img.checksum)
-        .bind(&img.os_hash_algo)
-        .bind(&img.os_hash_value)
-        .bind(&img.created_at)
-        .bind(&img.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        write_children(&mut tx, img).await?;
-        tx.commit().await?;
-        Ok(())
+        retry_transient("create image", || async move {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query(&format!(
+                "INSERT INTO images ({IMAGE_COLUMNS}) VALUES \
+                 ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
+            ))
+            .bind(&img.id)
+            .bind(&img.name)
+            .bind(&img.owner)
+            .bind(&img.status)
+            .bind(&img.visibility)
+            .bind(img.protected as i64)
+            .bind(img.os_hidden as i64)
+            .bind(&img.disk_format)
+            .bind(&img.container_format)
+            .bind(img.min_disk)
+            .bind(img.min_ram)
+            .bind(img.size)
+            .bind(img.virtual_size)
+            .bind(&img.checksum)
+            .bind(&img.os_hash_algo)
+            .bind(&img.os_hash_value)
+            .bind(&img.created_at)
+            .bind(&img.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            write_children(&mut tx, img).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn get_image(&self, id: &str) -> Result<ImageRecord> {
@@ -154,37 +157,40 @@ impl Store {
     /// Replaces the user-editable metadata (not status, size or hashes, which only uploads and
     /// actions change). Fails with NotFound when the image is gone.
     pub async fn update_image_meta(&self, img: &ImageRecord) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        let r = sqlx::query(
-            "UPDATE images SET name = $2, owner = $3, visibility = $4, protected = $5, \
-             os_hidden = $6, disk_format = $7, container_format = $8, min_disk = $9, \
-             min_ram = $10, updated_at = $11 WHERE id = $1",
-        )
-        .bind(&img.id)
-        .bind(&img.name)
-        .bind(&img.owner)
-        .bind(&img.visibility)
-        .bind(img.protected as i64)
-        .bind(img.os_hidden as i64)
-        .bind(&img.disk_format)
-        .bind(&img.container_format)
-        .bind(img.min_disk)
-        .bind(img.min_ram)
-        .bind(&img.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        require_row(r)?;
-        sqlx::query("DELETE FROM image_properties WHERE image_id = $1")
+        retry_transient("update image", || async move {
+            let mut tx = self.pool().begin().await?;
+            let r = sqlx::query(
+                "UPDATE images SET name = $2, owner = $3, visibility = $4, protected = $5, \
+                 os_hidden = $6, disk_format = $7, container_format = $8, min_disk = $9, \
+                 min_ram = $10, updated_at = $11 WHERE id = $1",
+            )
             .bind(&img.id)
+            .bind(&img.name)
+            .bind(&img.owner)
+            .bind(&img.visibility)
+            .bind(img.protected as i64)
+            .bind(img.os_hidden as i64)
+            .bind(&img.disk_format)
+            .bind(&img.container_format)
+            .bind(img.min_disk)
+            .bind(img.min_ram)
+            .bind(&img.updated_at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM image_tags WHERE image_id = $1")
-            .bind(&img.id)
-            .execute(&mut *tx)
-            .await?;
-        write_children(&mut tx, img).await?;
-        tx.commit().await?;
-        Ok(())
+            require_row(r)?;
+            sqlx::query("DELETE FROM image_properties WHERE image_id = $1")
+                .bind(&img.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM image_tags WHERE image_id = $1")
+                .bind(&img.id)
+                .execute(&mut *tx)
+                .await?;
+            write_children(&mut tx, img).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Moves the image from one of `from` to `to`; false when its status was something else.
@@ -251,20 +257,23 @@ impl Store {
     }
 
     pub async fn delete_image(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        for table in ["image_properties", "image_tags", "image_members"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE image_id = $1"))
+        retry_transient("delete image", || async move {
+            let mut tx = self.pool().begin().await?;
+            for table in ["image_properties", "image_tags", "image_members"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE image_id = $1"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let r = sqlx::query("DELETE FROM images WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-        }
-        let r = sqlx::query("DELETE FROM images WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        require_row(r)?;
-        tx.commit().await?;
-        Ok(())
+            require_row(r)?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn list_image_members(&self, image_id: &str) -> Result<Vec<ImageMember>> {

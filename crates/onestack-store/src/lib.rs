@@ -28,6 +28,7 @@ mod keys;
 mod locks;
 mod migrations;
 mod network;
+mod retry;
 mod stats;
 mod usage;
 mod volume;
@@ -39,6 +40,7 @@ pub use identity::*;
 pub use image::*;
 pub use locks::{LockName, StoreLock};
 pub use network::*;
+pub use retry::{retry_transient, TRANSIENT_ATTEMPTS};
 pub use usage::*;
 pub use volume::*;
 
@@ -53,6 +55,10 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A deadlock, serialization failure or busy database: the transaction did not commit and
+    /// may be run again whole (`retry_transient`); see `is_transient`.
+    #[error("transient database failure: {0}")]
+    Transient(String),
     #[error("database error: {0}")]
     Db(#[source] sqlx::Error),
     #[error("unsupported database url: {0}")]
@@ -65,6 +71,10 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::RowNotFound => StoreError::NotFound,
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 StoreError::Conflict(db.message().to_string())
+            }
+            sqlx::Error::Database(db) if retry::is_transient_db(db.as_ref()) => {
+                let code = db.code().unwrap_or_default();
+                StoreError::Transient(format!("{} (code {code})", db.message()))
             }
             _ => StoreError::Db(e),
         }

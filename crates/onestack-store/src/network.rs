@@ -6,10 +6,18 @@
 //! All writes go through a `NetTx`, which starts by bumping the network generation: that takes
 //! SQLite's write lock (and PostgreSQL's row lock) at once, so network writes are serialized and a
 //! read-check-write inside one transaction cannot race another.
+//!
+//! A write is best run by `Store::net_write`, which runs it again, whole, when its transaction
+//! failed transiently (a deadlock, a busy database): a `NetTx` that saw such a failure never
+//! commits, whatever its caller made of the error.
 
+use crate::retry::{failed_attempt, TRANSIENT_ATTEMPTS};
 use crate::{require_row, Result, Store, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetResource {
@@ -99,7 +107,45 @@ impl Store {
         sqlx::query("UPDATE net_generation SET value = value + 1 WHERE id = 1")
             .execute(&mut *tx)
             .await?;
-        Ok(NetTx { tx })
+        Ok(NetTx {
+            tx,
+            transient: Arc::default(),
+        })
+    }
+
+    /// Runs one network write: `f` gets a new `NetTx` and commits it. When that transaction
+    /// failed transiently (so it did not commit) the whole write runs again on a new one, after
+    /// a short backoff, up to `TRANSIENT_ATTEMPTS` times in all; otherwise `f`'s result is
+    /// returned as is. `f` must do nothing that outlives a rolled-back attempt (no other
+    /// transaction, no side effect outside the database).
+    pub async fn net_write<T, E, F, Fut>(&self, what: &str, mut f: F) -> Result<T, E>
+    where
+        E: From<StoreError> + std::fmt::Display,
+        F: FnMut(NetTx) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let tx = match self.net_tx().await {
+                Ok(tx) => tx,
+                Err(e) if e.is_transient() && attempt < TRANSIENT_ATTEMPTS => {
+                    let wait = failed_attempt(what, attempt, &e);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let transient = tx.transient.clone();
+            match f(tx).await {
+                Err(e) if transient.load(Ordering::SeqCst) && attempt < TRANSIENT_ATTEMPTS => {
+                    let wait = failed_attempt(what, attempt, &e);
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Bumped by every network write; hosts long-poll on it.
@@ -180,108 +226,228 @@ async fn allocations<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 /// One serialized network write. Dropping it without `commit` rolls everything back.
 pub struct NetTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// Set when a statement failed transiently (shared with `net_write`, which retries).
+    transient: Arc<AtomicBool>,
 }
 
 impl NetTx {
+    /// Remembers a transient failure (the transaction must not commit) and passes `r` on.
+    fn seen<T>(transient: &AtomicBool, r: Result<T>) -> Result<T> {
+        if r.as_ref().is_err_and(StoreError::is_transient) {
+            transient.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Commits, unless a statement failed transiently: then it rolls back and fails (on
+    /// PostgreSQL such a transaction is aborted anyway; on SQLite the rest would commit).
     pub async fn commit(self) -> Result<()> {
-        Ok(self.tx.commit().await?)
+        if self.transient.load(Ordering::SeqCst) {
+            return Err(StoreError::Transient(
+                "a statement of this network write failed transiently; rolled back".into(),
+            ));
+        }
+        let r = self.tx.commit().await.map_err(StoreError::from);
+        Self::seen(&self.transient, r)
     }
 
     pub async fn get(&mut self, id: &str) -> Result<NetResource> {
-        get(&mut *self.tx, id).await
+        Self::seen(&self.transient, get(&mut *self.tx, id).await)
     }
 
     pub async fn list(&mut self, f: &NetFilter<'_>) -> Result<Vec<NetResource>> {
-        list(&mut *self.tx, f).await
+        Self::seen(&self.transient, list(&mut *self.tx, f).await)
     }
 
     pub async fn allocations(&mut self, network_id: Option<&str>) -> Result<Vec<IpAllocation>> {
-        allocations(&mut *self.tx, network_id).await
+        Self::seen(
+            &self.transient,
+            allocations(&mut *self.tx, network_id).await,
+        )
     }
 
     /// The next free `seq` of a kind (1-based).
     pub async fn next_seq(&mut self, kind: &str) -> Result<i64> {
-        let (max,): (Option<i64>,) =
-            sqlx::query_as("SELECT MAX(seq) FROM net_resources WHERE kind = $1")
-                .bind(kind)
-                .fetch_one(&mut *self.tx)
-                .await?;
-        Ok(max.unwrap_or(0) + 1)
+        let r = sqlx::query_as("SELECT MAX(seq) FROM net_resources WHERE kind = $1")
+            .bind(kind)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map(|(max,): (Option<i64>,)| max.unwrap_or(0) + 1)
+            .map_err(StoreError::from);
+        Self::seen(&self.transient, r)
     }
 
     pub async fn insert(&mut self, r: &NetResource) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO net_resources ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
-        ))
-        .bind(&r.id)
-        .bind(&r.kind)
-        .bind(&r.project_id)
-        .bind(&r.network_id)
-        .bind(&r.device_id)
-        .bind(&r.name)
-        .bind(&r.unique_key)
-        .bind(r.seq)
-        .bind(&r.body)
-        .bind(r.revision)
-        .bind(&r.created_at)
-        .bind(&r.updated_at)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        let res = insert(&mut self.tx, r).await;
+        Self::seen(&self.transient, res)
     }
 
     /// Replaces the selectable columns and the body of an existing record.
     pub async fn update(&mut self, r: &NetResource) -> Result<()> {
-        let res = sqlx::query(
-            "UPDATE net_resources SET project_id = $2, network_id = $3, device_id = $4, \
-             name = $5, body = $6, revision = $7, updated_at = $8 WHERE id = $1",
-        )
-        .bind(&r.id)
-        .bind(&r.project_id)
-        .bind(&r.network_id)
-        .bind(&r.device_id)
-        .bind(&r.name)
-        .bind(&r.body)
-        .bind(r.revision)
-        .bind(&r.updated_at)
-        .execute(&mut *self.tx)
-        .await?;
-        require_row(res)
+        let res = update(&mut self.tx, r).await;
+        Self::seen(&self.transient, res)
     }
 
     /// Deletes a record and any addresses held by it.
     pub async fn delete(&mut self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM ip_allocations WHERE port_id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        let res = sqlx::query("DELETE FROM net_resources WHERE id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        require_row(res)
+        let res = delete(&mut self.tx, id).await;
+        Self::seen(&self.transient, res)
     }
 
     /// Claims an address; `Conflict` when someone holds it already.
     pub async fn allocate(&mut self, a: &IpAllocation) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO ip_allocations (network_id, ip_address, subnet_id, port_id) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&a.network_id)
-        .bind(&a.ip_address)
-        .bind(&a.subnet_id)
-        .bind(&a.port_id)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        let res = allocate(&mut self.tx, a).await;
+        Self::seen(&self.transient, res)
     }
 
     pub async fn release_port(&mut self, port_id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM ip_allocations WHERE port_id = $1")
-            .bind(port_id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
+        let res = release_port(&mut self.tx, port_id).await;
+        Self::seen(&self.transient, res)
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+async fn insert(tx: &mut Tx, r: &NetResource) -> Result<()> {
+    sqlx::query(&format!(
+        "INSERT INTO net_resources ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+    ))
+    .bind(&r.id)
+    .bind(&r.kind)
+    .bind(&r.project_id)
+    .bind(&r.network_id)
+    .bind(&r.device_id)
+    .bind(&r.name)
+    .bind(&r.unique_key)
+    .bind(r.seq)
+    .bind(&r.body)
+    .bind(r.revision)
+    .bind(&r.created_at)
+    .bind(&r.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn update(tx: &mut Tx, r: &NetResource) -> Result<()> {
+    let res = sqlx::query(
+        "UPDATE net_resources SET project_id = $2, network_id = $3, device_id = $4, \
+         name = $5, body = $6, revision = $7, updated_at = $8 WHERE id = $1",
+    )
+    .bind(&r.id)
+    .bind(&r.project_id)
+    .bind(&r.network_id)
+    .bind(&r.device_id)
+    .bind(&r.name)
+    .bind(&r.body)
+    .bind(r.revision)
+    .bind(&r.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    require_row(res)
+}
+
+async fn delete(tx: &mut Tx, id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM ip_allocations WHERE port_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    let res = sqlx::query("DELETE FROM net_resources WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    require_row(res)
+}
+
+async fn allocate(tx: &mut Tx, a: &IpAllocation) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO ip_allocations (network_id, ip_address, subnet_id, port_id) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&a.network_id)
+    .bind(&a.ip_address)
+    .bind(&a.subnet_id)
+    .bind(&a.port_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn release_port(tx: &mut Tx, port_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM ip_allocations WHERE port_id = $1")
+        .bind(port_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn port(id: &str) -> NetResource {
+        NetResource {
+            id: id.into(),
+            kind: "port".into(),
+            project_id: "p1".into(),
+            network_id: None,
+            device_id: None,
+            name: id.into(),
+            unique_key: None,
+            seq: None,
+            body: "{}".into(),
+            revision: 1,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    /// A write that made something else of a transient failure (here: ignored it, as a caller
+    /// mapping any error of a lookup to "not found" would) cannot commit the rest: the commit
+    /// refuses, and `net_write` runs the write again, whole.
+    #[tokio::test]
+    async fn a_transient_failure_is_never_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&format!("sqlite://{}/n.db", dir.path().display()))
+            .await
+            .expect("open");
+        let g0 = s.net_generation().await.expect("generation");
+        let attempts = &AtomicU32::new(0);
+        let r: Result<()> = s
+            .net_write("test write", |mut tx| async move {
+                let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+                tx.insert(&port(if first { "half" } else { "whole" }))
+                    .await?;
+                if first {
+                    let busy: Result<()> = Err(StoreError::Transient("busy".into()));
+                    let _ = NetTx::seen(&tx.transient, busy);
+                }
+                tx.commit().await
+            })
+            .await;
+        r.expect("second attempt");
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert!(matches!(s.net_get("half").await, Err(StoreError::NotFound)));
+        s.net_get("whole").await.expect("the second attempt's port");
+        assert_eq!(s.net_generation().await.expect("generation"), g0 + 1);
+
+        // Outside `net_write` the refusal is the caller's error; nothing is written.
+        let mut tx = s.net_tx().await.expect("tx");
+        tx.insert(&port("lost")).await.expect("insert");
+        tx.transient.store(true, Ordering::SeqCst);
+        assert!(tx.commit().await.is_err_and(|e| e.is_transient()));
+        assert!(matches!(s.net_get("lost").await, Err(StoreError::NotFound)));
+        // A failure that is not transient is returned as is, once.
+        let attempts = &AtomicU32::new(0);
+        let r: Result<()> = s
+            .net_write("test conflict", |mut tx| async move {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                tx.insert(&port("whole")).await?;
+                tx.commit().await
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict(_))));
+        assert_eq!(attempts.load(Ordering::SeqCst), 1);
     }
 }

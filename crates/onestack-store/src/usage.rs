@@ -2,7 +2,7 @@
 //! resized, moved, stopped or started, deleted). Written in the same transaction as the change
 //! itself, so the record is exactly as durable as the instance and metering never samples.
 
-use crate::{Result, Store};
+use crate::{retry_transient, Result, Store};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
@@ -261,33 +261,38 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         for (id, launched, terminated) in ids {
-            let mut tx = self.pool().begin().await?;
-            let Some(cur) = current(&mut tx, &id).await? else {
-                continue;
-            };
-            if last_event(&mut tx, &id).await?.is_some() {
-                continue;
-            }
-            let launched = parse_timestamp_us(&launched).unwrap_or_else(now_us);
-            // A deleted instance ran until it was deleted (its last state is not kept).
-            let mut live = cur.clone();
-            if cur.deleted {
-                live.vm_state = "active".into();
-            }
-            let first = append(&mut tx, &id, None, "create", &live, launched).await?;
-            if cur.deleted {
-                let at = terminated.as_deref().and_then(parse_timestamp_us);
-                append(
-                    &mut tx,
-                    &id,
-                    Some(&first),
-                    "delete",
-                    &cur,
-                    at.unwrap_or(launched),
-                )
-                .await?;
-            }
-            tx.commit().await?;
+            let (id, launched, terminated) = (&id, &launched, &terminated);
+            retry_transient("backfill usage events", || async move {
+                let mut tx = self.pool().begin().await?;
+                let Some(cur) = current(&mut tx, id).await? else {
+                    return Ok(());
+                };
+                if last_event(&mut tx, id).await?.is_some() {
+                    return Ok(());
+                }
+                let launched = parse_timestamp_us(launched).unwrap_or_else(now_us);
+                // A deleted instance ran until it was deleted (its last state is not kept).
+                let mut live = cur.clone();
+                if cur.deleted {
+                    live.vm_state = "active".into();
+                }
+                let first = append(&mut tx, id, None, "create", &live, launched).await?;
+                if cur.deleted {
+                    let at = terminated.as_deref().and_then(parse_timestamp_us);
+                    append(
+                        &mut tx,
+                        id,
+                        Some(&first),
+                        "delete",
+                        &cur,
+                        at.unwrap_or(launched),
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! the status the caller saw (`WHERE status IN (…)`), so two requests cannot both win a transition.
 
 use crate::Changes;
-use crate::{require_row, Result, Store, StoreError};
+use crate::{require_row, retry_transient, Result, Store, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
@@ -199,57 +199,60 @@ impl Store {
         v: &VolumeRecord,
         limits: VolumeLimits,
     ) -> Result<std::result::Result<(), QuotaRefused>> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE volume_generation SET value = value + 1 WHERE id = 1")
+        retry_transient("create volume", || async move {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query("UPDATE volume_generation SET value = value + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let u = usage(&mut *tx, &v.project_id).await?;
+            if limits.volumes >= 0 && u.volumes + 1 > limits.volumes {
+                return Ok(Err(QuotaRefused::Volumes {
+                    used: u.volumes,
+                    limit: limits.volumes,
+                }));
+            }
+            if limits.gigabytes >= 0 && u.gigabytes() + v.size_gb > limits.gigabytes {
+                return Ok(Err(QuotaRefused::Gigabytes {
+                    used: u.gigabytes(),
+                    limit: limits.gigabytes,
+                }));
+            }
+            sqlx::query(&format!(
+                "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+            ))
+            .bind(&v.id)
+            .bind(&v.project_id)
+            .bind(&v.user_id)
+            .bind(v.name.as_deref())
+            .bind(v.description.as_deref())
+            .bind(v.size_gb)
+            .bind(&v.status)
+            .bind(&v.volume_type)
+            .bind(v.bootable as i64)
+            .bind(&v.availability_zone)
+            .bind(v.source_image_id.as_deref())
+            .bind(v.snapshot_id.as_deref())
+            .bind(v.source_volid.as_deref())
+            .bind(&v.image_metadata)
+            .bind(&v.metadata)
+            .bind(&v.attach_status)
+            .bind(v.attachment_id.as_deref())
+            .bind(v.instance_id.as_deref())
+            .bind(v.attached_host.as_deref())
+            .bind(v.device.as_deref())
+            .bind(v.attached_at.as_deref())
+            .bind(v.boot_index)
+            .bind(v.delete_on_termination as i64)
+            .bind(v.error.as_deref())
+            .bind(&v.created_at)
+            .bind(&v.updated_at)
             .execute(&mut *tx)
             .await?;
-        let u = usage(&mut *tx, &v.project_id).await?;
-        if limits.volumes >= 0 && u.volumes + 1 > limits.volumes {
-            return Ok(Err(QuotaRefused::Volumes {
-                used: u.volumes,
-                limit: limits.volumes,
-            }));
-        }
-        if limits.gigabytes >= 0 && u.gigabytes() + v.size_gb > limits.gigabytes {
-            return Ok(Err(QuotaRefused::Gigabytes {
-                used: u.gigabytes(),
-                limit: limits.gigabytes,
-            }));
-        }
-        sqlx::query(&format!(
-            "INSERT INTO volumes ({VOLUME_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
-        ))
-        .bind(&v.id)
-        .bind(&v.project_id)
-        .bind(&v.user_id)
-        .bind(v.name.as_deref())
-        .bind(v.description.as_deref())
-        .bind(v.size_gb)
-        .bind(&v.status)
-        .bind(&v.volume_type)
-        .bind(v.bootable as i64)
-        .bind(&v.availability_zone)
-        .bind(v.source_image_id.as_deref())
-        .bind(v.snapshot_id.as_deref())
-        .bind(v.source_volid.as_deref())
-        .bind(&v.image_metadata)
-        .bind(&v.metadata)
-        .bind(&v.attach_status)
-        .bind(v.attachment_id.as_deref())
-        .bind(v.instance_id.as_deref())
-        .bind(v.attached_host.as_deref())
-        .bind(v.device.as_deref())
-        .bind(v.attached_at.as_deref())
-        .bind(v.boot_index)
-        .bind(v.delete_on_termination as i64)
-        .bind(v.error.as_deref())
-        .bind(&v.created_at)
-        .bind(&v.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
+        .await
     }
 
     pub async fn get_volume(&self, id: &str) -> Result<VolumeRecord> {
@@ -312,13 +315,16 @@ impl Store {
         changes: &Changes,
         wake_host: Option<&str>,
     ) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        let done = update_if(&mut tx, "volumes", id, statuses, changes).await?;
-        if let Some(h) = wake_host.filter(|_| done) {
-            crate::compute::bump_generation(&mut *tx, h).await?;
-        }
-        tx.commit().await?;
-        Ok(done)
+        retry_transient("update volume", || async move {
+            let mut tx = self.pool().begin().await?;
+            let done = update_if(&mut tx, "volumes", id, statuses, changes).await?;
+            if let Some(h) = wake_host.filter(|_| done) {
+                crate::compute::bump_generation(&mut *tx, h).await?;
+            }
+            tx.commit().await?;
+            Ok(done)
+        })
+        .await
     }
 
     /// Extends a volume within the gigabytes quota, if it is in one of `statuses`.
@@ -330,28 +336,31 @@ impl Store {
         gigabytes_limit: i64,
         changes: &Changes,
     ) -> Result<std::result::Result<bool, QuotaRefused>> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE volume_generation SET value = value + 1 WHERE id = 1")
-            .execute(&mut *tx)
-            .await?;
-        let v: VolumeRecord = sqlx::query_as(&format!(
-            "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        let u = usage(&mut *tx, &v.project_id).await?;
-        let grow = new_size - v.size_gb;
-        if gigabytes_limit >= 0 && grow > 0 && u.gigabytes() + grow > gigabytes_limit {
-            return Ok(Err(QuotaRefused::Gigabytes {
-                used: u.gigabytes(),
-                limit: gigabytes_limit,
-            }));
-        }
-        let done = update_if(&mut tx, "volumes", id, statuses, changes).await?;
-        tx.commit().await?;
-        Ok(Ok(done))
+        retry_transient("extend volume", || async move {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query("UPDATE volume_generation SET value = value + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let v: VolumeRecord = sqlx::query_as(&format!(
+                "SELECT {VOLUME_COLUMNS} FROM volumes WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            let u = usage(&mut *tx, &v.project_id).await?;
+            let grow = new_size - v.size_gb;
+            if gigabytes_limit >= 0 && grow > 0 && u.gigabytes() + grow > gigabytes_limit {
+                return Ok(Err(QuotaRefused::Gigabytes {
+                    used: u.gigabytes(),
+                    limit: gigabytes_limit,
+                }));
+            }
+            let done = update_if(&mut tx, "volumes", id, statuses, changes).await?;
+            tx.commit().await?;
+            Ok(Ok(done))
+        })
+        .await
     }
 
     /// Deletes the record (the volume manager removed its data first).
@@ -370,42 +379,45 @@ impl Store {
         s: &SnapshotRecord,
         limits: VolumeLimits,
     ) -> Result<std::result::Result<(), QuotaRefused>> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE volume_generation SET value = value + 1 WHERE id = 1")
+        retry_transient("create snapshot", || async move {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query("UPDATE volume_generation SET value = value + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            let u = usage(&mut *tx, &s.project_id).await?;
+            if limits.snapshots >= 0 && u.snapshots + 1 > limits.snapshots {
+                return Ok(Err(QuotaRefused::Snapshots {
+                    used: u.snapshots,
+                    limit: limits.snapshots,
+                }));
+            }
+            if limits.gigabytes >= 0 && u.gigabytes() + s.size_gb > limits.gigabytes {
+                return Ok(Err(QuotaRefused::Gigabytes {
+                    used: u.gigabytes(),
+                    limit: limits.gigabytes,
+                }));
+            }
+            sqlx::query(&format!(
+                "INSERT INTO volume_snapshots ({SNAPSHOT_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .bind(&s.id)
+            .bind(&s.project_id)
+            .bind(&s.user_id)
+            .bind(&s.volume_id)
+            .bind(s.name.as_deref())
+            .bind(s.description.as_deref())
+            .bind(s.size_gb)
+            .bind(&s.status)
+            .bind(&s.metadata)
+            .bind(&s.created_at)
+            .bind(&s.updated_at)
             .execute(&mut *tx)
             .await?;
-        let u = usage(&mut *tx, &s.project_id).await?;
-        if limits.snapshots >= 0 && u.snapshots + 1 > limits.snapshots {
-            return Ok(Err(QuotaRefused::Snapshots {
-                used: u.snapshots,
-                limit: limits.snapshots,
-            }));
-        }
-        if limits.gigabytes >= 0 && u.gigabytes() + s.size_gb > limits.gigabytes {
-            return Ok(Err(QuotaRefused::Gigabytes {
-                used: u.gigabytes(),
-                limit: limits.gigabytes,
-            }));
-        }
-        sqlx::query(&format!(
-            "INSERT INTO volume_snapshots ({SNAPSHOT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(&s.id)
-        .bind(&s.project_id)
-        .bind(&s.user_id)
-        .bind(&s.volume_id)
-        .bind(s.name.as_deref())
-        .bind(s.description.as_deref())
-        .bind(s.size_gb)
-        .bind(&s.status)
-        .bind(&s.metadata)
-        .bind(&s.created_at)
-        .bind(&s.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+            tx.commit().await?;
+            Ok(Ok(()))
+        })
+        .await
     }
 
     pub async fn get_snapshot(&self, id: &str) -> Result<SnapshotRecord> {
@@ -464,10 +476,13 @@ impl Store {
         statuses: &[&str],
         changes: &Changes,
     ) -> Result<bool> {
-        let mut tx = self.pool().begin().await?;
-        let done = update_if(&mut tx, "volume_snapshots", id, statuses, changes).await?;
-        tx.commit().await?;
-        Ok(done)
+        retry_transient("update snapshot", || async move {
+            let mut tx = self.pool().begin().await?;
+            let done = update_if(&mut tx, "volume_snapshots", id, statuses, changes).await?;
+            tx.commit().await?;
+            Ok(done)
+        })
+        .await
     }
 
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
@@ -491,22 +506,25 @@ impl Store {
     }
 
     pub async fn set_quota_limit(&self, project: &str, resource: &str, limit: i64) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM quota_limits WHERE project_id = $1 AND resource = $2")
+        retry_transient("set quota limit", || async move {
+            let mut tx = self.pool().begin().await?;
+            sqlx::query("DELETE FROM quota_limits WHERE project_id = $1 AND resource = $2")
+                .bind(project)
+                .bind(resource)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO quota_limits (project_id, resource, hard_limit) VALUES ($1, $2, $3)",
+            )
             .bind(project)
             .bind(resource)
+            .bind(limit)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO quota_limits (project_id, resource, hard_limit) VALUES ($1, $2, $3)",
-        )
-        .bind(project)
-        .bind(resource)
-        .bind(limit)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Removes a project's overrides whose resource starts with `prefix` (one service's).

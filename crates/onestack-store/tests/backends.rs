@@ -853,3 +853,299 @@ async fn postgresql() {
         .await
         .expect("drop");
 }
+
+// ---- transient failures (deadlocks) are retried, whole --------------------------------------
+
+fn retry_host(name: &str) -> HostRecord {
+    HostRecord {
+        id: format!("id-{name}"),
+        num: 0,
+        host: name.into(),
+        host_ip: "198.18.0.9".into(),
+        agent_url: "http://198.18.0.9:8775".into(),
+        vcpus: 4,
+        memory_mb: 4096,
+        local_gb: 100,
+        cpu_info: "{}".into(),
+        hypervisor_type: "QEMU".into(),
+        hypervisor_version: 7002000,
+        virt_type: "qemu".into(),
+        availability_zone: "nova".into(),
+        enabled: true,
+        disabled_reason: None,
+        forced_down: false,
+        last_seen: 1,
+        generation: 1,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn retry_instance(id: &str, host: &str) -> InstanceRecord {
+    InstanceRecord {
+        id: id.into(),
+        seq: 0,
+        name: id.into(),
+        project_id: "p1".into(),
+        user_id: "u1".into(),
+        image_id: "img".into(),
+        flavor_id: "f1".into(),
+        flavor_name: "m1.test".into(),
+        vcpus: 1,
+        memory_mb: 256,
+        root_gb: 1,
+        ephemeral_gb: 0,
+        swap_mb: 0,
+        flavor_extra_specs: "{}".into(),
+        key_name: None,
+        key_data: None,
+        user_data: None,
+        config_drive: false,
+        availability_zone: None,
+        host: Some(host.into()),
+        node: Some(host.into()),
+        reservation_id: "r-1".into(),
+        launch_index: 0,
+        hostname: id.into(),
+        vm_state: "active".into(),
+        task_state: None,
+        power_state: 1,
+        locked: false,
+        locked_by: None,
+        description: None,
+        access_ipv4: String::new(),
+        access_ipv6: String::new(),
+        security_groups: "[]".into(),
+        requested_networks: "null".into(),
+        fault_code: None,
+        fault_message: None,
+        fault_details: None,
+        fault_created: None,
+        snapshot_image_id: None,
+        backup_rotation: None,
+        old_flavor: None,
+        migration_host: None,
+        migration_info: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+        launched_at: None,
+        terminated_at: None,
+        deleted: false,
+        metadata: Default::default(),
+    }
+}
+
+const DEADLOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until `n` sessions of this database wait for a lock.
+async fn lock_waiters(s: &Store, n: i64) {
+    let deadline = tokio::time::Instant::now() + DEADLOCK_WAIT;
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(s.pool())
+        .await
+        .expect("pg_stat_activity");
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waiting} of {n} sessions wait for a lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A session of its own (not the store's pool), the third party that sets the deadlocks up.
+async fn blocker(url: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    let mut c = sqlx::AnyConnection::connect(url).await.expect("connect");
+    // Its own deadlock checks come late (where allowed: a superuser setting), so that the
+    // store's transaction, which waits first, is the one PostgreSQL aborts.
+    let _ = sqlx::query("SET deadlock_timeout = '20s'")
+        .execute(&mut c)
+        .await;
+    c
+}
+
+/// Two servers move between two hosts in opposite directions at once. Each `update_instance`
+/// locks its old host, then its server, then its new host: they deadlock (40P01), PostgreSQL
+/// aborts one, and the store runs that one again, whole. Both moves succeed and each host's
+/// generation goes up by exactly two (one bump per move, none from the aborted attempt).
+async fn deadlocked_instance_updates(s: &Store, url: &str) {
+    use sqlx::Connection;
+    for h in ["dl-h1", "dl-h2"] {
+        s.upsert_host(&retry_host(h)).await.expect("host");
+    }
+    for (id, host) in [("dl-x", "dl-h1"), ("dl-y", "dl-h2")] {
+        s.create_instance(&mut retry_instance(id, host))
+            .await
+            .expect("instance");
+    }
+    let generations = || async {
+        (
+            s.get_host_by_name("dl-h1").await.expect("h1").generation,
+            s.get_host_by_name("dl-h2").await.expect("h2").generation,
+        )
+    };
+    let before = generations().await;
+    // A third session holds both servers' rows: each move takes its old host's row, then waits.
+    let mut third = blocker(url).await;
+    sqlx::query("BEGIN")
+        .execute(&mut third)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT id FROM instances WHERE id IN ('dl-x', 'dl-y') FOR UPDATE")
+        .execute(&mut third)
+        .await
+        .expect("lock the servers");
+    let moving = |id: &'static str, to: &'static str| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.update_instance(id, &Expect::Any, &vec![("host", to.into())])
+                .await
+        })
+    };
+    let x = moving("dl-x", "dl-h2");
+    let y = moving("dl-y", "dl-h1");
+    lock_waiters(s, 2).await;
+    // Both hold their old host; released, each goes on to the other's: a deadlock.
+    sqlx::query("COMMIT")
+        .execute(&mut third)
+        .await
+        .expect("release");
+    let (x, y) = tokio::time::timeout(DEADLOCK_WAIT, async { (x.await, y.await) })
+        .await
+        .expect("the deadlock is resolved");
+    assert!(x
+        .expect("join")
+        .expect("x moved, retried if it was the victim"));
+    assert!(y
+        .expect("join")
+        .expect("y moved, retried if it was the victim"));
+    third.close().await.expect("close");
+    let x = s.get_instance("dl-x").await.expect("x");
+    let y = s.get_instance("dl-y").await.expect("y");
+    assert_eq!(x.host.as_deref(), Some("dl-h2"));
+    assert_eq!(y.host.as_deref(), Some("dl-h1"));
+    assert_eq!(generations().await, (before.0 + 2, before.1 + 2));
+}
+
+/// A network write deadlocks with another session on its first attempt (40P01; the write is
+/// PostgreSQL's victim, as it waited first): `net_write` runs it again on a new transaction, and
+/// the result is that of exactly one write.
+async fn deadlocked_network_write(s: &Store, url: &str) {
+    use sqlx::Connection;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let port = NetResource {
+        id: "dl-port".into(),
+        kind: "port".into(),
+        project_id: "p1".into(),
+        network_id: None,
+        device_id: None,
+        name: "before".into(),
+        unique_key: None,
+        seq: None,
+        body: "{}".into(),
+        revision: 1,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+    };
+    let mut tx = s.net_tx().await.expect("tx");
+    tx.insert(&port).await.expect("port");
+    tx.commit().await.expect("commit");
+    let g0 = s.net_generation().await.expect("generation");
+
+    let mut third = blocker(url).await;
+    sqlx::query("BEGIN")
+        .execute(&mut third)
+        .await
+        .expect("begin");
+    sqlx::query("UPDATE net_resources SET name = name WHERE id = 'dl-port'")
+        .execute(&mut third)
+        .await
+        .expect("lock the port");
+    let attempts = std::sync::Arc::new(AtomicU32::new(0));
+    let write = tokio::spawn({
+        let (s, attempts) = (s.clone(), attempts.clone());
+        async move {
+            let attempts = &attempts;
+            s.net_write("rename port", |mut tx| async move {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                // Holds the network generation (its first statement), then waits for the port.
+                let mut p = tx.get("dl-port").await?;
+                p.name = "after".into();
+                p.revision += 1;
+                tx.update(&p).await?;
+                tx.commit().await
+            })
+            .await
+        }
+    });
+    lock_waiters(s, 1).await;
+    // The other session now wants the generation the write holds: a deadlock.
+    tokio::time::timeout(
+        DEADLOCK_WAIT,
+        sqlx::query("UPDATE net_generation SET value = value WHERE id = 1").execute(&mut third),
+    )
+    .await
+    .expect("the deadlock is resolved")
+    .expect("the other session is not the victim");
+    sqlx::query("COMMIT")
+        .execute(&mut third)
+        .await
+        .expect("commit");
+    third.close().await.expect("close");
+    tokio::time::timeout(DEADLOCK_WAIT, write)
+        .await
+        .expect("the write ends")
+        .expect("join")
+        .expect("the write succeeds on its second attempt");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    let got = s.net_get("dl-port").await.expect("port");
+    assert_eq!((got.name.as_str(), got.revision), ("after", 2));
+    assert_eq!(s.net_generation().await.expect("generation"), g0 + 1);
+}
+
+#[tokio::test]
+async fn postgresql_deadlocks_are_retried() {
+    let Some(admin_url) = std::env::var("ONESTACK_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("ONESTACK_TEST_POSTGRES_URL not set: deadlock retries not exercised");
+        return;
+    };
+    let db = format!("onestack_retry_{}", std::process::id());
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&admin_url)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute(&admin)
+        .await
+        .expect("drop");
+    let url = create_postgres_database(&admin_url, &db)
+        .await
+        .expect("create");
+    let s = Store::open(&url).await.expect("open");
+    deadlocked_instance_updates(&s, &url).await;
+    deadlocked_network_write(&s, &url).await;
+    s.pool().close().await;
+    // A connection the pool was still giving back may linger: end it, then drop.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db)
+    .execute(&admin)
+    .await
+    .expect("end the test's sessions");
+    sqlx::query(&format!("DROP DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .expect("drop");
+}
