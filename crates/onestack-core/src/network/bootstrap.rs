@@ -127,9 +127,16 @@ impl NetworkService {
                 .await?;
             created.push("router router1".to_string());
             // The original OneStack opened ping and SSH in the default group.
-            let mut tx = self.tx().await?;
-            let sg = self.ensure_default_sg(&mut tx, demo).await?;
-            self.commit(tx).await?;
+            let sg = self
+                .write(
+                    "default security group of the demo project",
+                    |mut tx| async move {
+                        let sg = self.ensure_default_sg(&mut tx, demo).await?;
+                        self.commit(tx).await?;
+                        Ok(sg)
+                    },
+                )
+                .await?;
             for rule in [
                 json!({"security_group_id": sg, "direction": "ingress", "protocol": "icmp", "remote_ip_prefix": "0.0.0.0/0"}),
                 json!({"security_group_id": sg, "direction": "ingress", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": "0.0.0.0/0"}),

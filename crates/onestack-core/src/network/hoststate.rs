@@ -359,8 +359,8 @@ impl NetworkService {
 
     /// Wakes the agents after the set of hosts changed (their tunnels follow it).
     pub async fn hosts_changed(&self) -> CoreResult<()> {
-        let tx = self.tx().await?;
-        self.commit(tx).await
+        self.write("hosts changed", |tx| async move { self.commit(tx).await })
+            .await
     }
 
     /// The server behind a metadata request: the compute port on `network_id` holding

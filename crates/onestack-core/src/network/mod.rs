@@ -2,7 +2,9 @@
 //! its policy and IP allocation, and what each host must build of it (`proto`).
 //!
 //! Every write runs in one serialized store transaction (`NetTx`), so checks such as "this address
-//! is free" or "no port uses this network" hold when the write commits.
+//! is free" or "no port uses this network" hold when the write commits. Writes go through
+//! `NetworkService::write`, which runs a write again, whole, when its transaction failed
+//! transiently.
 
 pub mod bootstrap;
 pub mod fields;
@@ -270,6 +272,18 @@ impl NetworkService {
         Ok(())
     }
 
+    /// Runs one network write: `f` gets a new transaction and commits it (`self.commit`). When
+    /// the transaction failed transiently (a deadlock, a busy database) nothing of it committed,
+    /// and the whole write runs again on a new one (`Store::net_write`), so `f` reads and
+    /// checks everything afresh. `f` must do nothing that outlives a rolled-back attempt.
+    pub(crate) async fn write<T, F, Fut>(&self, what: &str, f: F) -> CoreResult<T>
+    where
+        F: FnMut(NetTx) -> Fut,
+        Fut: std::future::Future<Output = CoreResult<T>>,
+    {
+        self.store.net_write(what, f).await
+    }
+
     pub(crate) async fn fetch<T: DeserializeOwned>(
         &self,
         tx: &mut NetTx,
@@ -449,26 +463,31 @@ impl NetworkService {
                 "Invalid input for operation: Requested MTU is too big, maximum is {max_mtu}."
             )));
         }
-        let mut tx = self.tx().await?;
-        self.check_quota(&mut tx, NETWORK, &project_id, 1).await?;
-        let seq = tx.next_seq(NETWORK).await.map_err(internal)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let n = Network {
-            id: id.clone(),
-            name: f.string("name", 255)?.unwrap_or_default(),
-            description: f.string("description", 255)?.unwrap_or_default(),
-            project_id: project_id.clone(),
-            admin_state_up: f.boolean("admin_state_up")?.unwrap_or(true),
-            shared,
-            external,
-            mtu,
-            port_security_enabled: f.boolean("port_security_enabled")?.unwrap_or(true),
-            zone: (seq % 65_000) as u16 + 1,
-        };
-        let mut row = new_row(NETWORK, &id, &project_id, Some(&id), None, &n.name, &n)?;
-        row.seq = Some(seq);
-        tx.insert(&row).await.map_err(store_err)?;
-        self.commit(tx).await?;
+        let (f, project_id) = (&f, &project_id);
+        let id = self
+            .write("create network", |mut tx| async move {
+                self.check_quota(&mut tx, NETWORK, project_id, 1).await?;
+                let seq = tx.next_seq(NETWORK).await.map_err(internal)?;
+                let id = uuid::Uuid::new_v4().to_string();
+                let n = Network {
+                    id: id.clone(),
+                    name: f.string("name", 255)?.unwrap_or_default(),
+                    description: f.string("description", 255)?.unwrap_or_default(),
+                    project_id: project_id.clone(),
+                    admin_state_up: f.boolean("admin_state_up")?.unwrap_or(true),
+                    shared,
+                    external,
+                    mtu,
+                    port_security_enabled: f.boolean("port_security_enabled")?.unwrap_or(true),
+                    zone: (seq % 65_000) as u16 + 1,
+                };
+                let mut row = new_row(NETWORK, &id, project_id, Some(&id), None, &n.name, &n)?;
+                row.seq = Some(seq);
+                tx.insert(&row).await.map_err(store_err)?;
+                self.commit(tx).await?;
+                Ok(id)
+            })
+            .await?;
         self.show_network(ctx, &id).await
     }
 
@@ -541,78 +560,84 @@ impl NetworkService {
                 "is_default",
             ],
         )?;
-        let mut tx = self.tx().await?;
-        let mut n = self.visible_network(&mut tx, ctx, id).await?;
-        if !owns(ctx, &n.val.project_id) {
-            return Err(forbidden("update_network"));
-        }
-        if let Some(v) = f.string("name", 255)? {
-            n.val.name = v;
-        }
-        if let Some(v) = f.string("description", 255)? {
-            n.val.description = v;
-        }
-        if let Some(v) = f.boolean("admin_state_up")? {
-            n.val.admin_state_up = v;
-        }
-        if let Some(v) = f.boolean("port_security_enabled")? {
-            n.val.port_security_enabled = v;
-        }
-        if let Some(v) = f.integer("mtu", 68, 9000)? {
-            let max_mtu = self.cfg.max_mtu(n.val.external);
-            if v as u32 > max_mtu {
-                return Err(fields::bad(format!(
-                    "Invalid input for operation: Requested MTU is too big, maximum is {max_mtu}."
-                )));
+        let f = &f;
+        self.write("update network", |mut tx| async move {
+            let mut n = self.visible_network(&mut tx, ctx, id).await?;
+            if !owns(ctx, &n.val.project_id) {
+                return Err(forbidden("update_network"));
             }
-            n.val.mtu = v as u32;
-        }
-        for (key, slot) in [
-            ("shared", &mut n.val.shared),
-            ("router:external", &mut n.val.external),
-        ] {
-            if let Some(v) = f.boolean(key)? {
-                if v != *slot && !ctx.is_admin() {
-                    return Err(forbidden(&format!("update_network:{key}")));
+            if let Some(v) = f.string("name", 255)? {
+                n.val.name = v;
+            }
+            if let Some(v) = f.string("description", 255)? {
+                n.val.description = v;
+            }
+            if let Some(v) = f.boolean("admin_state_up")? {
+                n.val.admin_state_up = v;
+            }
+            if let Some(v) = f.boolean("port_security_enabled")? {
+                n.val.port_security_enabled = v;
+            }
+            if let Some(v) = f.integer("mtu", 68, 9000)? {
+                let max_mtu = self.cfg.max_mtu(n.val.external);
+                if v as u32 > max_mtu {
+                    return Err(fields::bad(format!(
+                        "Invalid input for operation: Requested MTU is too big, maximum is {max_mtu}."
+                    )));
                 }
-                *slot = v;
+                n.val.mtu = v as u32;
             }
-        }
-        let row = updated_row(&n.row, &n.val, &n.val.name, None)?;
-        tx.update(&row).await.map_err(store_err)?;
-        self.commit(tx).await?;
+            for (key, slot) in [
+                ("shared", &mut n.val.shared),
+                ("router:external", &mut n.val.external),
+            ] {
+                if let Some(v) = f.boolean(key)? {
+                    if v != *slot && !ctx.is_admin() {
+                        return Err(forbidden(&format!("update_network:{key}")));
+                    }
+                    *slot = v;
+                }
+            }
+            let row = updated_row(&n.row, &n.val, &n.val.name, None)?;
+            tx.update(&row).await.map_err(store_err)?;
+            self.commit(tx).await?;
+            Ok(())
+        })
+        .await?;
         self.show_network(ctx, id).await
     }
 
     pub async fn delete_network(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         require_writer(ctx, "delete_network")?;
-        let mut tx = self.tx().await?;
-        let n = self.visible_network(&mut tx, ctx, id).await?;
-        if !owns(ctx, &n.val.project_id) {
-            return Err(forbidden("delete_network"));
-        }
-        let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).network(id)).await?;
-        if ports.iter().any(|p| p.val.device_owner != OWNER_DHCP) {
-            return Err(typed(
-                409,
-                "NetworkInUse",
-                format!(
-                    "Unable to complete operation on network {id}. There are one or more ports still in use on the network."
-                ),
-            ));
-        }
-        for p in &ports {
-            tx.delete(&p.val.id).await.map_err(internal)?;
-        }
-        let subnets = tx
-            .list(&NetFilter::of(SUBNET).network(id))
-            .await
-            .map_err(internal)?;
-        for s in subnets {
-            tx.delete(&s.id).await.map_err(internal)?;
-        }
-        tx.delete(id).await.map_err(internal)?;
-        self.commit(tx).await
+        self.write("delete network", |mut tx| async move {
+            let n = self.visible_network(&mut tx, ctx, id).await?;
+            if !owns(ctx, &n.val.project_id) {
+                return Err(forbidden("delete_network"));
+            }
+            let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).network(id)).await?;
+            if ports.iter().any(|p| p.val.device_owner != OWNER_DHCP) {
+                return Err(typed(
+                    409,
+                    "NetworkInUse",
+                    format!(
+                        "Unable to complete operation on network {id}. There are one or more ports still in use on the network."
+                    ),
+                ));
+            }
+            for p in &ports {
+                tx.delete(&p.val.id).await.map_err(internal)?;
+            }
+            let subnets = tx
+                .list(&NetFilter::of(SUBNET).network(id))
+                .await
+                .map_err(internal)?;
+            for s in subnets {
+                tx.delete(&s.id).await.map_err(internal)?;
+            }
+            tx.delete(id).await.map_err(internal)?;
+            self.commit(tx).await
+        })
+        .await
     }
 }
 

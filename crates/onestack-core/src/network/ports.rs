@@ -115,11 +115,16 @@ impl NetworkService {
             fields::bad("Failed to parse request. Required attribute 'network_id' not specified")
         })?;
         let project_id = owner_for_create(ctx, &f)?;
-        let mut tx = self.tx().await?;
+        let (f, project_id, network_id) = (&f, &project_id, &network_id);
         let id = self
-            .create_port_tx(&mut tx, ctx, &project_id, &network_id, &f, false)
+            .write("create port", |mut tx| async move {
+                let id = self
+                    .create_port_tx(&mut tx, ctx, project_id, network_id, f, false)
+                    .await?;
+                self.commit(tx).await?;
+                Ok(id)
+            })
             .await?;
-        self.commit(tx).await?;
         self.show_port(ctx, &id).await
     }
 
@@ -345,102 +350,108 @@ impl NetworkService {
                 )));
             }
         }
-        let mut tx = self.tx().await?;
-        let mut p: Rec<Port> = self.fetch(&mut tx, PORT, id).await?;
-        let net: Rec<Network> = self.fetch(&mut tx, NETWORK, &p.val.network_id).await?;
-        if !Self::can_see_port(ctx, &p.val, Some(&net.val)) {
-            return Err(not_found(PORT, id));
-        }
-        if f.has("binding:host_id") && !ctx.is_admin() {
-            return Err(forbidden("update_port:binding:host_id"));
-        }
-        if let Some(v) = f.string("name", 255)? {
-            p.val.name = v;
-        }
-        if let Some(v) = f.string("description", 255)? {
-            p.val.description = v;
-        }
-        if let Some(v) = f.boolean("admin_state_up")? {
-            p.val.admin_state_up = v;
-        }
-        if let Some(v) = f.string("device_id", 255)? {
-            p.val.device_id = v;
-        }
-        if let Some(v) = f.string("device_owner", 255)? {
-            p.val.device_owner = v;
-        }
-        if let Some(v) = f.string("binding:host_id", 255)? {
-            p.val.host = v;
-        }
-        if let Some(m) = f.string("mac_address", 64)? {
-            if m.to_lowercase() != p.val.mac_address {
+        let f = &f;
+        self.write("update port", |mut tx| async move {
+            let mut p: Rec<Port> = self.fetch(&mut tx, PORT, id).await?;
+            let net: Rec<Network> = self.fetch(&mut tx, NETWORK, &p.val.network_id).await?;
+            if !Self::can_see_port(ctx, &p.val, Some(&net.val)) {
+                return Err(not_found(PORT, id));
+            }
+            if f.has("binding:host_id") && !ctx.is_admin() {
+                return Err(forbidden("update_port:binding:host_id"));
+            }
+            if let Some(v) = f.string("name", 255)? {
+                p.val.name = v;
+            }
+            if let Some(v) = f.string("description", 255)? {
+                p.val.description = v;
+            }
+            if let Some(v) = f.boolean("admin_state_up")? {
+                p.val.admin_state_up = v;
+            }
+            if let Some(v) = f.string("device_id", 255)? {
+                p.val.device_id = v;
+            }
+            if let Some(v) = f.string("device_owner", 255)? {
+                p.val.device_owner = v;
+            }
+            if let Some(v) = f.string("binding:host_id", 255)? {
+                p.val.host = v;
+            }
+            if let Some(m) = f.string("mac_address", 64)? {
+                if m.to_lowercase() != p.val.mac_address {
+                    return Err(typed(
+                        409,
+                        "PortBound",
+                        "Cannot update the MAC address of a port.",
+                    ));
+                }
+            }
+            if let Some(reqs) = parse_fixed_ips(f)? {
+                tx.release_port(id).await.map_err(internal)?;
+                p.val.fixed_ips = self
+                    .allocate_fixed_ips(&mut tx, &net.val, id, Some(reqs))
+                    .await?;
+            }
+            if let Some(v) = f.boolean("port_security_enabled")? {
+                p.val.port_security_enabled = v;
+            }
+            if let Some(pairs) = parse_pairs(f, &p.val.mac_address)? {
+                p.val.allowed_address_pairs = pairs;
+            }
+            if let Some(groups) = f.string_list("security_groups")? {
+                self.check_groups(&mut tx, ctx, &p.val.project_id, &groups)
+                    .await?;
+                p.val.security_groups = groups;
+            }
+            if !p.val.port_security_enabled
+                && (!p.val.security_groups.is_empty() || !p.val.allowed_address_pairs.is_empty())
+            {
                 return Err(typed(
                     409,
-                    "PortBound",
-                    "Cannot update the MAC address of a port.",
+                    "PortSecurityPortHasSecurityGroup",
+                    "Port has security group associated. Cannot disable port security or IP address until security group is removed",
                 ));
             }
-        }
-        if let Some(reqs) = parse_fixed_ips(&f)? {
-            tx.release_port(id).await.map_err(internal)?;
-            p.val.fixed_ips = self
-                .allocate_fixed_ips(&mut tx, &net.val, id, Some(reqs))
-                .await?;
-        }
-        if let Some(v) = f.boolean("port_security_enabled")? {
-            p.val.port_security_enabled = v;
-        }
-        if let Some(pairs) = parse_pairs(&f, &p.val.mac_address)? {
-            p.val.allowed_address_pairs = pairs;
-        }
-        if let Some(groups) = f.string_list("security_groups")? {
-            self.check_groups(&mut tx, ctx, &p.val.project_id, &groups)
-                .await?;
-            p.val.security_groups = groups;
-        }
-        if !p.val.port_security_enabled
-            && (!p.val.security_groups.is_empty() || !p.val.allowed_address_pairs.is_empty())
-        {
-            return Err(typed(
-                409,
-                "PortSecurityPortHasSecurityGroup",
-                "Port has security group associated. Cannot disable port security or IP address until security group is removed",
-            ));
-        }
-        let row = updated_row(&p.row, &p.val, &p.val.name, Some(&p.val.device_id))?;
-        tx.update(&row).await.map_err(store_err)?;
-        self.commit(tx).await?;
+            let row = updated_row(&p.row, &p.val, &p.val.name, Some(&p.val.device_id))?;
+            tx.update(&row).await.map_err(store_err)?;
+            self.commit(tx).await?;
+            Ok(())
+        })
+        .await?;
         self.show_port(ctx, id).await
     }
 
     pub async fn delete_port(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         require_writer(ctx, "delete_port")?;
-        let mut tx = self.tx().await?;
-        let p: Rec<Port> = self.fetch(&mut tx, PORT, id).await?;
-        let net: Option<Rec<Network>> = self.fetch(&mut tx, NETWORK, &p.val.network_id).await.ok();
-        if !Self::can_see_port(ctx, &p.val, net.as_ref().map(|n| &n.val)) {
-            return Err(not_found(PORT, id));
-        }
-        if [
-            OWNER_ROUTER_INTERFACE,
-            OWNER_ROUTER_GATEWAY,
-            OWNER_FLOATINGIP,
-            OWNER_DHCP,
-        ]
-        .contains(&p.val.device_owner.as_str())
-            && !(ctx.is_admin() && p.val.device_owner == OWNER_DHCP)
-        {
-            return Err(typed(
-                409,
-                "ServicePortInUse",
-                format!(
-                    "Port {id} cannot be deleted directly via the port API: has device owner {}.",
-                    p.val.device_owner
-                ),
-            ));
-        }
-        self.delete_port_tx(&mut tx, id).await?;
-        self.commit(tx).await
+        self.write("delete port", |mut tx| async move {
+            let p: Rec<Port> = self.fetch(&mut tx, PORT, id).await?;
+            let net: Option<Rec<Network>> = self.fetch(&mut tx, NETWORK, &p.val.network_id).await.ok();
+            if !Self::can_see_port(ctx, &p.val, net.as_ref().map(|n| &n.val)) {
+                return Err(not_found(PORT, id));
+            }
+            if [
+                OWNER_ROUTER_INTERFACE,
+                OWNER_ROUTER_GATEWAY,
+                OWNER_FLOATINGIP,
+                OWNER_DHCP,
+            ]
+            .contains(&p.val.device_owner.as_str())
+                && !(ctx.is_admin() && p.val.device_owner == OWNER_DHCP)
+            {
+                return Err(typed(
+                    409,
+                    "ServicePortInUse",
+                    format!(
+                        "Port {id} cannot be deleted directly via the port API: has device owner {}.",
+                        p.val.device_owner
+                    ),
+                ));
+            }
+            self.delete_port_tx(&mut tx, id).await?;
+            self.commit(tx).await
+        })
+        .await
     }
 
     /// Deletes a port, disassociating any floating IP that pointed at it.
@@ -486,74 +497,78 @@ impl NetworkService {
         groups: &[String],
     ) -> CoreResult<Vec<Port>> {
         let project_id = ctx_project(ctx)?;
-        let mut tx = self.tx().await?;
-        let mut group_ids = Vec::new();
-        for g in groups {
-            group_ids.push(self.resolve_group(&mut tx, &project_id, g).await?);
-        }
-        let mut ids = Vec::new();
-        for (network, port, fixed_ip) in requests {
-            if let Some(port_id) = port {
-                let mut p: Rec<Port> = self.fetch(&mut tx, PORT, port_id).await.map_err(|_| {
-                    typed(
-                        400,
-                        "PortNotFound",
-                        format!("Port {port_id} could not be found."),
-                    )
-                })?;
-                if !owns(ctx, &p.val.project_id) {
-                    return Err(typed(
-                        400,
-                        "PortNotFound",
-                        format!("Port {port_id} could not be found."),
-                    ));
+        let project_id = &project_id;
+        self.write("allocate server ports", |mut tx| async move {
+            let mut group_ids = Vec::new();
+            for g in groups {
+                group_ids.push(self.resolve_group(&mut tx, project_id, g).await?);
+            }
+            let mut ids = Vec::new();
+            for (network, port, fixed_ip) in requests {
+                if let Some(port_id) = port {
+                    let mut p: Rec<Port> =
+                        self.fetch(&mut tx, PORT, port_id).await.map_err(|_| {
+                            typed(
+                                400,
+                                "PortNotFound",
+                                format!("Port {port_id} could not be found."),
+                            )
+                        })?;
+                    if !owns(ctx, &p.val.project_id) {
+                        return Err(typed(
+                            400,
+                            "PortNotFound",
+                            format!("Port {port_id} could not be found."),
+                        ));
+                    }
+                    if !p.val.device_id.is_empty() || !p.val.device_owner.is_empty() {
+                        return Err(typed(
+                            409,
+                            "PortInUse",
+                            format!("Port {port_id} is still in use."),
+                        ));
+                    }
+                    p.val.device_id = server_id.to_string();
+                    p.val.device_owner = OWNER_COMPUTE.into();
+                    let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
+                    tx.update(&row).await.map_err(store_err)?;
+                    ids.push(port_id.clone());
+                    continue;
                 }
-                if !p.val.device_id.is_empty() || !p.val.device_owner.is_empty() {
-                    return Err(typed(
-                        409,
-                        "PortInUse",
-                        format!("Port {port_id} is still in use."),
-                    ));
+                let Some(network_id) = network else {
+                    return Err(fields::bad("A network or a port is required."));
+                };
+                let mut body = Map::new();
+                body.insert("device_id".into(), json!(server_id));
+                body.insert("device_owner".into(), json!(OWNER_COMPUTE));
+                if let Some(ip) = fixed_ip {
+                    body.insert("fixed_ips".into(), json!([{"ip_address": ip}]));
                 }
-                p.val.device_id = server_id.to_string();
-                p.val.device_owner = OWNER_COMPUTE.into();
-                let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
-                tx.update(&row).await.map_err(store_err)?;
-                ids.push(port_id.clone());
-                continue;
+                if !groups.is_empty() {
+                    body.insert("security_groups".into(), json!(group_ids));
+                }
+                let f = Fields::new(&body, PORT_FIELDS)?;
+                let id = self
+                    .create_port_tx(&mut tx, ctx, project_id, network_id, &f, true)
+                    .await
+                    .map_err(|e| match e {
+                        CoreError::Typed {
+                            status: 404,
+                            kind,
+                            message,
+                        } => typed(400, kind, message),
+                        other => other,
+                    })?;
+                ids.push(id);
             }
-            let Some(network_id) = network else {
-                return Err(fields::bad("A network or a port is required."));
-            };
-            let mut body = Map::new();
-            body.insert("device_id".into(), json!(server_id));
-            body.insert("device_owner".into(), json!(OWNER_COMPUTE));
-            if let Some(ip) = fixed_ip {
-                body.insert("fixed_ips".into(), json!([{"ip_address": ip}]));
+            let mut out = Vec::new();
+            for id in &ids {
+                out.push(self.fetch::<Port>(&mut tx, PORT, id).await?.val);
             }
-            if !groups.is_empty() {
-                body.insert("security_groups".into(), json!(group_ids));
-            }
-            let f = Fields::new(&body, PORT_FIELDS)?;
-            let id = self
-                .create_port_tx(&mut tx, ctx, &project_id, network_id, &f, true)
-                .await
-                .map_err(|e| match e {
-                    CoreError::Typed {
-                        status: 404,
-                        kind,
-                        message,
-                    } => typed(400, kind, message),
-                    other => other,
-                })?;
-            ids.push(id);
-        }
-        let mut out = Vec::new();
-        for id in &ids {
-            out.push(self.fetch::<Port>(&mut tx, PORT, id).await?.val);
-        }
-        self.commit(tx).await?;
-        Ok(out)
+            self.commit(tx).await?;
+            Ok(out)
+        })
+        .await
     }
 
     /// Binds a server's ports to the host it was placed on.
@@ -563,28 +578,32 @@ impl NetworkService {
         server_id: &str,
         target: Option<&str>,
     ) -> CoreResult<()> {
-        let mut tx = self.tx().await?;
-        let ports: Vec<Rec<Port>> =
-            Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
-        for mut p in ports {
-            p.val.migrating_to = target.unwrap_or_default().to_string();
-            let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
-            tx.update(&row).await.map_err(store_err)?;
-        }
-        self.commit(tx).await
+        self.write("set migration binding", |mut tx| async move {
+            let ports: Vec<Rec<Port>> =
+                Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
+            for mut p in ports {
+                p.val.migrating_to = target.unwrap_or_default().to_string();
+                let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
+                tx.update(&row).await.map_err(store_err)?;
+            }
+            self.commit(tx).await
+        })
+        .await
     }
 
     pub async fn bind_server_ports(&self, server_id: &str, host: &str) -> CoreResult<()> {
-        let mut tx = self.tx().await?;
-        let ports: Vec<Rec<Port>> =
-            Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
-        for mut p in ports {
-            p.val.migrating_to = String::new();
-            p.val.host = host.to_string();
-            let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
-            tx.update(&row).await.map_err(store_err)?;
-        }
-        self.commit(tx).await
+        self.write("bind server ports", |mut tx| async move {
+            let ports: Vec<Rec<Port>> =
+                Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
+            for mut p in ports {
+                p.val.migrating_to = String::new();
+                p.val.host = host.to_string();
+                let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
+                tx.update(&row).await.map_err(store_err)?;
+            }
+            self.commit(tx).await
+        })
+        .await
     }
 
     /// A server's ports, in creation order.
@@ -599,24 +618,26 @@ impl NetworkService {
 
     /// When a server is gone: deletes the ports compute made, frees the ones the user gave.
     pub async fn release_server_ports(&self, server_id: &str) -> CoreResult<()> {
-        let mut tx = self.tx().await?;
-        let ports: Vec<Rec<Port>> =
-            Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
-        for mut p in ports
-            .into_iter()
-            .filter(|p| p.val.device_owner.starts_with("compute:"))
-        {
-            if p.val.compute_owned {
-                self.delete_port_tx(&mut tx, &p.val.id).await?;
-            } else {
-                p.val.device_id.clear();
-                p.val.device_owner.clear();
-                p.val.host.clear();
-                let row = updated_row(&p.row, &p.val, &p.val.name, None)?;
-                tx.update(&row).await.map_err(store_err)?;
+        self.write("release server ports", |mut tx| async move {
+            let ports: Vec<Rec<Port>> =
+                Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
+            for mut p in ports
+                .into_iter()
+                .filter(|p| p.val.device_owner.starts_with("compute:"))
+            {
+                if p.val.compute_owned {
+                    self.delete_port_tx(&mut tx, &p.val.id).await?;
+                } else {
+                    p.val.device_id.clear();
+                    p.val.device_owner.clear();
+                    p.val.host.clear();
+                    let row = updated_row(&p.row, &p.val, &p.val.name, None)?;
+                    tx.update(&row).await.map_err(store_err)?;
+                }
             }
-        }
-        self.commit(tx).await
+            self.commit(tx).await
+        })
+        .await
     }
 
     /// Nova's `addresses` for servers: network name → fixed and floating addresses.

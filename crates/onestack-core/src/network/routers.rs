@@ -127,23 +127,28 @@ impl NetworkService {
                 return Err(fields::bad(format!("'{k}' routers are not supported.")));
             }
         }
-        let mut tx = self.tx().await?;
-        self.check_quota(&mut tx, ROUTER, &project_id, 1).await?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut r = Router {
-            id: id.clone(),
-            name: f.string("name", 255)?.unwrap_or_default(),
-            description: f.string("description", 255)?.unwrap_or_default(),
-            project_id: project_id.clone(),
-            admin_state_up: f.boolean("admin_state_up")?.unwrap_or(true),
-            gateway: None,
-        };
-        self.set_gateway(&mut tx, ctx, &mut r, f.object("external_gateway_info")?)
+        let (f, project_id) = (&f, &project_id);
+        let id = self
+            .write("create router", |mut tx| async move {
+                self.check_quota(&mut tx, ROUTER, project_id, 1).await?;
+                let id = uuid::Uuid::new_v4().to_string();
+                let mut r = Router {
+                    id: id.clone(),
+                    name: f.string("name", 255)?.unwrap_or_default(),
+                    description: f.string("description", 255)?.unwrap_or_default(),
+                    project_id: project_id.clone(),
+                    admin_state_up: f.boolean("admin_state_up")?.unwrap_or(true),
+                    gateway: None,
+                };
+                self.set_gateway(&mut tx, ctx, &mut r, f.object("external_gateway_info")?)
+                    .await?;
+                tx.insert(&new_row(ROUTER, &id, project_id, None, None, &r.name, &r)?)
+                    .await
+                    .map_err(store_err)?;
+                self.commit(tx).await?;
+                Ok(id)
+            })
             .await?;
-        tx.insert(&new_row(ROUTER, &id, &project_id, None, None, &r.name, &r)?)
-            .await
-            .map_err(store_err)?;
-        self.commit(tx).await?;
         self.show_router(ctx, &id).await
     }
 
@@ -207,55 +212,63 @@ impl NetworkService {
         if f.list("routes")?.is_some_and(|r| !r.is_empty()) {
             return Err(fields::bad("Extra routes are not supported."));
         }
-        let mut tx = self.tx().await?;
-        let mut r = self.visible_router(&mut tx, ctx, id).await?;
-        if let Some(v) = f.string("name", 255)? {
-            r.val.name = v;
-        }
-        if let Some(v) = f.string("description", 255)? {
-            r.val.description = v;
-        }
-        if let Some(v) = f.boolean("admin_state_up")? {
-            r.val.admin_state_up = v;
-        }
-        if f.has("external_gateway_info") {
-            let info = f.object("external_gateway_info")?.filter(|m| !m.is_empty());
-            self.set_gateway(&mut tx, ctx, &mut r.val, info).await?;
-        }
-        let row = updated_row(&r.row, &r.val, &r.val.name, None)?;
-        tx.update(&row).await.map_err(store_err)?;
-        self.commit(tx).await?;
+        let f = &f;
+        self.write("update router", |mut tx| async move {
+            let mut r = self.visible_router(&mut tx, ctx, id).await?;
+            if let Some(v) = f.string("name", 255)? {
+                r.val.name = v;
+            }
+            if let Some(v) = f.string("description", 255)? {
+                r.val.description = v;
+            }
+            if let Some(v) = f.boolean("admin_state_up")? {
+                r.val.admin_state_up = v;
+            }
+            if f.has("external_gateway_info") {
+                let info = f.object("external_gateway_info")?.filter(|m| !m.is_empty());
+                self.set_gateway(&mut tx, ctx, &mut r.val, info).await?;
+            }
+            let row = updated_row(&r.row, &r.val, &r.val.name, None)?;
+            tx.update(&row).await.map_err(store_err)?;
+            self.commit(tx).await?;
+            Ok(())
+        })
+        .await?;
         self.show_router(ctx, id).await
     }
 
     pub async fn delete_router(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         require_writer(ctx, "delete_router")?;
-        let mut tx = self.tx().await?;
-        let r = self.visible_router(&mut tx, ctx, id).await?;
-        let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
-        if ports
-            .iter()
-            .any(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
-        {
-            return Err(typed(
-                409,
-                "RouterInUse",
-                format!("Router {id} still has ports"),
-            ));
-        }
-        let fips: Vec<Rec<FloatingIp>> = Self::all_tx(&mut tx, NetFilter::of(FLOATINGIP)).await?;
-        if fips.iter().any(|f| f.val.router_id.as_deref() == Some(id)) {
-            return Err(typed(
-                409,
-                "RouterInUse",
-                format!("Router {id} still has floating IPs"),
-            ));
-        }
-        if let Some(gw) = &r.val.gateway {
-            self.delete_port_tx(&mut tx, &gw.port_id).await?;
-        }
-        tx.delete(id).await.map_err(internal)?;
-        self.commit(tx).await
+        self.write("delete router", |mut tx| async move {
+            let r = self.visible_router(&mut tx, ctx, id).await?;
+            let ports: Vec<Rec<Port>> =
+                Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
+            if ports
+                .iter()
+                .any(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
+            {
+                return Err(typed(
+                    409,
+                    "RouterInUse",
+                    format!("Router {id} still has ports"),
+                ));
+            }
+            let fips: Vec<Rec<FloatingIp>> =
+                Self::all_tx(&mut tx, NetFilter::of(FLOATINGIP)).await?;
+            if fips.iter().any(|f| f.val.router_id.as_deref() == Some(id)) {
+                return Err(typed(
+                    409,
+                    "RouterInUse",
+                    format!("Router {id} still has floating IPs"),
+                ));
+            }
+            if let Some(gw) = &r.val.gateway {
+                self.delete_port_tx(&mut tx, &gw.port_id).await?;
+            }
+            tx.delete(id).await.map_err(internal)?;
+            self.commit(tx).await
+        })
+        .await
     }
 
     /// `PUT /routers/{id}/add_router_interface` with a subnet (the port takes the subnet's
@@ -276,77 +289,80 @@ impl NetworkService {
                 "Bad router request: Either subnet_id or port_id must be specified.",
             ));
         }
-        let mut tx = self.tx().await?;
-        let router = self.visible_router(&mut tx, ctx, id).await?;
-        let existing: Vec<Rec<Port>> =
-            Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
-        let attached: Vec<String> = existing
-            .iter()
-            .filter(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
-            .flat_map(|p| p.val.fixed_ips.iter().map(|f| f.subnet_id.clone()))
-            .collect();
-        let port = match (subnet_id, port_id) {
-            (Some(sid), _) => {
-                let s: Rec<Subnet> = self.fetch(&mut tx, SUBNET, &sid).await?;
-                let net: Rec<Network> = self.fetch(&mut tx, NETWORK, &s.val.network_id).await?;
-                if !Self::can_see_subnet(ctx, &s.val, Some(&net.val)) {
-                    return Err(not_found(SUBNET, &sid));
-                }
-                let Some(gw) = s.val.gateway_ip.clone() else {
-                    return Err(typed(
-                        400,
-                        "BadRequest",
-                        format!("Bad router request: Subnet {sid} does not have a gateway IP."),
-                    ));
-                };
-                self.check_interface_subnet(&mut tx, &attached, &s.val)
-                    .await?;
-                let pid = self
-                    .create_service_port(
-                        &mut tx,
-                        ctx,
-                        &router.val.project_id,
-                        &s.val.network_id,
-                        id,
-                        OWNER_ROUTER_INTERFACE,
-                        Some(json!([{"subnet_id": sid, "ip_address": gw}])),
-                    )
-                    .await?;
-                self.fetch::<Port>(&mut tx, PORT, &pid).await?
-            }
-            (None, Some(pid)) => {
-                let mut p: Rec<Port> = self.fetch(&mut tx, PORT, &pid).await?;
-                if !owns(ctx, &p.val.project_id) {
-                    return Err(not_found(PORT, &pid));
-                }
-                if !p.val.device_id.is_empty() {
-                    return Err(typed(409, "PortInUse", format!("Unable to complete operation on port {pid} for network {}. Port already has an attached device {}.", p.val.network_id, p.val.device_id)));
-                }
-                if p.val.fixed_ips.is_empty() {
-                    return Err(typed(
-                        400,
-                        "BadRequest",
-                        "Bad router request: Router port must have at least one fixed IP.",
-                    ));
-                }
-                for fip in &p.val.fixed_ips {
-                    let s: Rec<Subnet> = self.fetch(&mut tx, SUBNET, &fip.subnet_id).await?;
+        let (subnet_id, port_id) = (&subnet_id, &port_id);
+        self.write("add router interface", |mut tx| async move {
+            let router = self.visible_router(&mut tx, ctx, id).await?;
+            let existing: Vec<Rec<Port>> =
+                Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
+            let attached: Vec<String> = existing
+                .iter()
+                .filter(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
+                .flat_map(|p| p.val.fixed_ips.iter().map(|f| f.subnet_id.clone()))
+                .collect();
+            let port = match (subnet_id, port_id) {
+                (Some(sid), _) => {
+                    let s: Rec<Subnet> = self.fetch(&mut tx, SUBNET, sid).await?;
+                    let net: Rec<Network> = self.fetch(&mut tx, NETWORK, &s.val.network_id).await?;
+                    if !Self::can_see_subnet(ctx, &s.val, Some(&net.val)) {
+                        return Err(not_found(SUBNET, sid));
+                    }
+                    let Some(gw) = s.val.gateway_ip.clone() else {
+                        return Err(typed(
+                            400,
+                            "BadRequest",
+                            format!("Bad router request: Subnet {sid} does not have a gateway IP."),
+                        ));
+                    };
                     self.check_interface_subnet(&mut tx, &attached, &s.val)
                         .await?;
+                    let pid = self
+                        .create_service_port(
+                            &mut tx,
+                            ctx,
+                            &router.val.project_id,
+                            &s.val.network_id,
+                            id,
+                            OWNER_ROUTER_INTERFACE,
+                            Some(json!([{"subnet_id": sid, "ip_address": gw}])),
+                        )
+                        .await?;
+                    self.fetch::<Port>(&mut tx, PORT, &pid).await?
                 }
-                p.val.device_id = id.to_string();
-                p.val.device_owner = OWNER_ROUTER_INTERFACE.into();
-                p.val.security_groups.clear();
-                p.val.allowed_address_pairs.clear();
-                p.val.port_security_enabled = false;
-                let row = updated_row(&p.row, &p.val, &p.val.name, Some(id))?;
-                tx.update(&row).await.map_err(store_err)?;
-                p
-            }
-            (None, None) => return Err(fields::bad("subnet_id or port_id is required")),
-        };
-        self.commit(tx).await?;
-        Ok(interface_info(id, &router.val.project_id, &port.val))
+                (None, Some(pid)) => {
+                    let mut p: Rec<Port> = self.fetch(&mut tx, PORT, pid).await?;
+                    if !owns(ctx, &p.val.project_id) {
+                        return Err(not_found(PORT, pid));
+                    }
+                    if !p.val.device_id.is_empty() {
+                        return Err(typed(409, "PortInUse", format!("Unable to complete operation on port {pid} for network {}. Port already has an attached device {}.", p.val.network_id, p.val.device_id)));
+                    }
+                    if p.val.fixed_ips.is_empty() {
+                        return Err(typed(
+                            400,
+                            "BadRequest",
+                            "Bad router request: Router port must have at least one fixed IP.",
+                        ));
+                    }
+                    for fip in &p.val.fixed_ips {
+                        let s: Rec<Subnet> = self.fetch(&mut tx, SUBNET, &fip.subnet_id).await?;
+                        self.check_interface_subnet(&mut tx, &attached, &s.val)
+                            .await?;
+                    }
+                    p.val.device_id = id.to_string();
+                    p.val.device_owner = OWNER_ROUTER_INTERFACE.into();
+                    p.val.security_groups.clear();
+                    p.val.allowed_address_pairs.clear();
+                    p.val.port_security_enabled = false;
+                    let row = updated_row(&p.row, &p.val, &p.val.name, Some(id))?;
+                    tx.update(&row).await.map_err(store_err)?;
+                    p
+                }
+                (None, None) => return Err(fields::bad("subnet_id or port_id is required")),
+            };
+            self.commit(tx).await?;
+            Ok(interface_info(id, &router.val.project_id, &port.val))
+        })
+        .await
     }
 
     /// A router joins each subnet once, and its subnets must not overlap.
@@ -385,59 +401,62 @@ impl NetworkService {
         require_writer(ctx, "remove_router_interface")?;
         let f = Fields::new(body, &["subnet_id", "port_id"])?;
         let (subnet_id, port_id) = (f.string("subnet_id", 64)?, f.string("port_id", 64)?);
-        let mut tx = self.tx().await?;
-        let router = self.visible_router(&mut tx, ctx, id).await?;
-        let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
-        let port = ports
-            .into_iter()
-            .filter(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
-            .find(|p| {
-                port_id.as_deref().is_some_and(|pid| pid == p.val.id)
-                    || subnet_id
-                        .as_deref()
-                        .is_some_and(|sid| p.val.fixed_ips.iter().any(|f| f.subnet_id == sid))
-            })
-            .ok_or_else(|| match (&port_id, &subnet_id) {
-                (Some(pid), _) => typed(
-                    404,
-                    "RouterInterfaceNotFound",
-                    format!("Router {id} does not have an interface with id {pid}"),
-                ),
-                (None, Some(sid)) => typed(
-                    404,
-                    "RouterInterfaceNotFoundForSubnet",
-                    format!("Router {id} has no interface on subnet {sid}"),
-                ),
-                (None, None) => fields::bad(
-                    "Bad router request: Either subnet_id or port_id must be specified.",
-                ),
-            })?;
-        let fips: Vec<Rec<FloatingIp>> = Self::all_tx(&mut tx, NetFilter::of(FLOATINGIP)).await?;
-        let subnets: Vec<&str> = port
-            .val
-            .fixed_ips
-            .iter()
-            .map(|f| f.subnet_id.as_str())
-            .collect();
-        for fip in fips
-            .iter()
-            .filter(|f| f.val.router_id.as_deref() == Some(id))
-        {
-            if let Some(pid) = &fip.val.port_id {
-                let target: Rec<Port> = self.fetch(&mut tx, PORT, pid).await?;
-                if target
-                    .val
-                    .fixed_ips
-                    .iter()
-                    .any(|f| subnets.contains(&f.subnet_id.as_str()))
-                {
-                    return Err(typed(409, "RouterInterfaceInUseByFloatingIP", format!("Router interface for subnet {} on router {id} cannot be deleted, as it is required by one or more floating IPs.", subnets.join(","))));
+        let (subnet_id, port_id) = (&subnet_id, &port_id);
+        self.write("remove router interface", |mut tx| async move {
+            let router = self.visible_router(&mut tx, ctx, id).await?;
+            let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
+            let port = ports
+                .into_iter()
+                .filter(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
+                .find(|p| {
+                    port_id.as_deref().is_some_and(|pid| pid == p.val.id)
+                        || subnet_id
+                            .as_deref()
+                            .is_some_and(|sid| p.val.fixed_ips.iter().any(|f| f.subnet_id == sid))
+                })
+                .ok_or_else(|| match (&port_id, &subnet_id) {
+                    (Some(pid), _) => typed(
+                        404,
+                        "RouterInterfaceNotFound",
+                        format!("Router {id} does not have an interface with id {pid}"),
+                    ),
+                    (None, Some(sid)) => typed(
+                        404,
+                        "RouterInterfaceNotFoundForSubnet",
+                        format!("Router {id} has no interface on subnet {sid}"),
+                    ),
+                    (None, None) => fields::bad(
+                        "Bad router request: Either subnet_id or port_id must be specified.",
+                    ),
+                })?;
+            let fips: Vec<Rec<FloatingIp>> = Self::all_tx(&mut tx, NetFilter::of(FLOATINGIP)).await?;
+            let subnets: Vec<&str> = port
+                .val
+                .fixed_ips
+                .iter()
+                .map(|f| f.subnet_id.as_str())
+                .collect();
+            for fip in fips
+                .iter()
+                .filter(|f| f.val.router_id.as_deref() == Some(id))
+            {
+                if let Some(pid) = &fip.val.port_id {
+                    let target: Rec<Port> = self.fetch(&mut tx, PORT, pid).await?;
+                    if target
+                        .val
+                        .fixed_ips
+                        .iter()
+                        .any(|f| subnets.contains(&f.subnet_id.as_str()))
+                    {
+                        return Err(typed(409, "RouterInterfaceInUseByFloatingIP", format!("Router interface for subnet {} on router {id} cannot be deleted, as it is required by one or more floating IPs.", subnets.join(","))));
+                    }
                 }
             }
-        }
-        tx.delete(&port.val.id).await.map_err(internal)?;
-        self.commit(tx).await?;
-        Ok(interface_info(id, &router.val.project_id, &port.val))
+            tx.delete(&port.val.id).await.map_err(internal)?;
+            self.commit(tx).await?;
+            Ok(interface_info(id, &router.val.project_id, &port.val))
+        })
+        .await
     }
 
     // ---- floating IPs -----------------------------------------------------------------------
@@ -563,79 +582,83 @@ impl NetworkService {
         if f.has("floating_ip_address") && !ctx.is_admin() {
             return Err(forbidden("create_floatingip:floating_ip_address"));
         }
-        let mut tx = self.tx().await?;
-        let network: Rec<Network> = self.fetch(&mut tx, NETWORK, &network_id).await?;
-        if !network.val.external {
-            return Err(typed(
-                400,
-                "BadRequest",
-                format!(
-                    "Bad floatingip request: Network {network_id} is not a valid external network."
-                ),
-            ));
-        }
-        self.check_quota(&mut tx, FLOATINGIP, &project_id, 1)
-            .await?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let fixed_ips = match (
-            f.string("floating_ip_address", 64)?,
-            f.string("subnet_id", 64)?,
-        ) {
-            (Some(ip), Some(sid)) => Some(json!([{"ip_address": ip, "subnet_id": sid}])),
-            (Some(ip), None) => Some(json!([{"ip_address": ip}])),
-            (None, Some(sid)) => Some(json!([{"subnet_id": sid}])),
-            (None, None) => None,
-        };
-        let fport_id = self
-            .create_service_port(
+        let (f, project_id, network_id) = (&f, &project_id, &network_id);
+        let id = self.write("create floating IP", |mut tx| async move {
+            let network: Rec<Network> = self.fetch(&mut tx, NETWORK, network_id).await?;
+            if !network.val.external {
+                return Err(typed(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "Bad floatingip request: Network {network_id} is not a valid external network."
+                    ),
+                ));
+            }
+            self.check_quota(&mut tx, FLOATINGIP, project_id, 1)
+                .await?;
+            let id = uuid::Uuid::new_v4().to_string();
+            let fixed_ips = match (
+                f.string("floating_ip_address", 64)?,
+                f.string("subnet_id", 64)?,
+            ) {
+                (Some(ip), Some(sid)) => Some(json!([{"ip_address": ip, "subnet_id": sid}])),
+                (Some(ip), None) => Some(json!([{"ip_address": ip}])),
+                (None, Some(sid)) => Some(json!([{"subnet_id": sid}])),
+                (None, None) => None,
+            };
+            let fport_id = self
+                .create_service_port(
+                    &mut tx,
+                    ctx,
+                    "",
+                    network_id,
+                    &id,
+                    OWNER_FLOATINGIP,
+                    fixed_ips,
+                )
+                .await?;
+            let fport: Rec<Port> = self.fetch(&mut tx, PORT, &fport_id).await?;
+            let address = fport
+                .val
+                .ipv4s()
+                .next()
+                .map(str::to_string)
+                .ok_or_else(|| internal("floating port without address"))?;
+            let mut fip = FloatingIp {
+                id: id.clone(),
+                description: f.string("description", 255)?.unwrap_or_default(),
+                project_id: project_id.clone(),
+                floating_network_id: network_id.clone(),
+                floating_ip_address: address,
+                floating_port_id: fport_id,
+                port_id: None,
+                fixed_ip_address: None,
+                router_id: None,
+            };
+            let port_id = f.nullable_string("port_id", 64)?.flatten();
+            self.associate(
                 &mut tx,
                 ctx,
-                "",
-                &network_id,
-                &id,
-                OWNER_FLOATINGIP,
-                fixed_ips,
+                &mut fip,
+                port_id.as_deref(),
+                f.string("fixed_ip_address", 64)?,
             )
             .await?;
-        let fport: Rec<Port> = self.fetch(&mut tx, PORT, &fport_id).await?;
-        let address = fport
-            .val
-            .ipv4s()
-            .next()
-            .map(str::to_string)
-            .ok_or_else(|| internal("floating port without address"))?;
-        let mut fip = FloatingIp {
-            id: id.clone(),
-            description: f.string("description", 255)?.unwrap_or_default(),
-            project_id: project_id.clone(),
-            floating_network_id: network_id.clone(),
-            floating_ip_address: address,
-            floating_port_id: fport_id,
-            port_id: None,
-            fixed_ip_address: None,
-            router_id: None,
-        };
-        let port_id = f.nullable_string("port_id", 64)?.flatten();
-        self.associate(
-            &mut tx,
-            ctx,
-            &mut fip,
-            port_id.as_deref(),
-            f.string("fixed_ip_address", 64)?,
-        )
+            tx.insert(&new_row(
+                FLOATINGIP,
+                &id,
+                project_id,
+                Some(network_id),
+                fip.port_id.as_deref(),
+                "",
+                &fip,
+            )?)
+            .await
+            .map_err(store_err)?;
+            self.commit(tx).await?;
+            Ok(id)
+        })
         .await?;
-        tx.insert(&new_row(
-            FLOATINGIP,
-            &id,
-            &project_id,
-            Some(&network_id),
-            fip.port_id.as_deref(),
-            "",
-            &fip,
-        )?)
-        .await
-        .map_err(store_err)?;
-        self.commit(tx).await?;
         self.show_floatingip(ctx, &id).await
     }
 
@@ -685,42 +708,48 @@ impl NetworkService {
                 "qos_policy_id",
             ],
         )?;
-        let mut tx = self.tx().await?;
-        let mut fip: Rec<FloatingIp> = self.fetch(&mut tx, FLOATINGIP, id).await?;
-        if !owns(ctx, &fip.val.project_id) {
-            return Err(not_found(FLOATINGIP, id));
-        }
-        if let Some(d) = f.string("description", 255)? {
-            fip.val.description = d;
-        }
-        if f.has("port_id") {
-            let port_id = f.nullable_string("port_id", 64)?.flatten();
-            self.associate(
-                &mut tx,
-                ctx,
-                &mut fip.val,
-                port_id.as_deref(),
-                f.string("fixed_ip_address", 64)?,
-            )
-            .await?;
-        }
-        let row = updated_row(&fip.row, &fip.val, "", fip.val.port_id.as_deref())?;
-        tx.update(&row).await.map_err(store_err)?;
-        self.commit(tx).await?;
+        let f = &f;
+        self.write("update floating IP", |mut tx| async move {
+            let mut fip: Rec<FloatingIp> = self.fetch(&mut tx, FLOATINGIP, id).await?;
+            if !owns(ctx, &fip.val.project_id) {
+                return Err(not_found(FLOATINGIP, id));
+            }
+            if let Some(d) = f.string("description", 255)? {
+                fip.val.description = d;
+            }
+            if f.has("port_id") {
+                let port_id = f.nullable_string("port_id", 64)?.flatten();
+                self.associate(
+                    &mut tx,
+                    ctx,
+                    &mut fip.val,
+                    port_id.as_deref(),
+                    f.string("fixed_ip_address", 64)?,
+                )
+                .await?;
+            }
+            let row = updated_row(&fip.row, &fip.val, "", fip.val.port_id.as_deref())?;
+            tx.update(&row).await.map_err(store_err)?;
+            self.commit(tx).await?;
+            Ok(())
+        })
+        .await?;
         self.show_floatingip(ctx, id).await
     }
 
     pub async fn delete_floatingip(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         require_writer(ctx, "delete_floatingip")?;
-        let mut tx = self.tx().await?;
-        let fip: Rec<FloatingIp> = self.fetch(&mut tx, FLOATINGIP, id).await?;
-        if !owns(ctx, &fip.val.project_id) {
-            return Err(not_found(FLOATINGIP, id));
-        }
-        self.delete_port_tx(&mut tx, &fip.val.floating_port_id)
-            .await?;
-        tx.delete(id).await.map_err(internal)?;
-        self.commit(tx).await
+        self.write("delete floating IP", |mut tx| async move {
+            let fip: Rec<FloatingIp> = self.fetch(&mut tx, FLOATINGIP, id).await?;
+            if !owns(ctx, &fip.val.project_id) {
+                return Err(not_found(FLOATINGIP, id));
+            }
+            self.delete_port_tx(&mut tx, &fip.val.floating_port_id)
+                .await?;
+            tx.delete(id).await.map_err(internal)?;
+            self.commit(tx).await
+        })
+        .await
     }
 }
 

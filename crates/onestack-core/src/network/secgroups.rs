@@ -150,46 +150,51 @@ impl NetworkService {
         if f.boolean("stateful")? == Some(false) {
             return Err(fields::bad("Stateless security groups are not supported."));
         }
-        let mut tx = self.tx().await?;
-        self.ensure_default_sg(&mut tx, &project_id).await?;
-        self.check_quota(&mut tx, SECURITY_GROUP, &project_id, 1)
+        let (f, project_id, name) = (&f, &project_id, &name);
+        let id = self
+            .write("create security group", |mut tx| async move {
+                self.ensure_default_sg(&mut tx, project_id).await?;
+                self.check_quota(&mut tx, SECURITY_GROUP, project_id, 1)
+                    .await?;
+                let id = uuid::Uuid::new_v4().to_string();
+                let g = SecurityGroup {
+                    id: id.clone(),
+                    name: name.clone(),
+                    description: f.string("description", 255)?.unwrap_or_default(),
+                    project_id: project_id.clone(),
+                    stateful: true,
+                };
+                tx.insert(&new_row(
+                    SECURITY_GROUP,
+                    &id,
+                    project_id,
+                    None,
+                    None,
+                    name,
+                    &g,
+                )?)
+                .await
+                .map_err(store_err)?;
+                for ethertype in ["IPv4", "IPv6"] {
+                    let r = SecurityGroupRule {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        project_id: project_id.clone(),
+                        security_group_id: id.clone(),
+                        direction: "egress".into(),
+                        ethertype: ethertype.into(),
+                        protocol: None,
+                        port_range_min: None,
+                        port_range_max: None,
+                        remote_ip_prefix: None,
+                        remote_group_id: None,
+                        description: String::new(),
+                    };
+                    self.insert_rule(&mut tx, &r).await?;
+                }
+                self.commit(tx).await?;
+                Ok(id)
+            })
             .await?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let g = SecurityGroup {
-            id: id.clone(),
-            name: name.clone(),
-            description: f.string("description", 255)?.unwrap_or_default(),
-            project_id: project_id.clone(),
-            stateful: true,
-        };
-        tx.insert(&new_row(
-            SECURITY_GROUP,
-            &id,
-            &project_id,
-            None,
-            None,
-            &name,
-            &g,
-        )?)
-        .await
-        .map_err(store_err)?;
-        for ethertype in ["IPv4", "IPv6"] {
-            let r = SecurityGroupRule {
-                id: uuid::Uuid::new_v4().to_string(),
-                project_id: project_id.clone(),
-                security_group_id: id.clone(),
-                direction: "egress".into(),
-                ethertype: ethertype.into(),
-                protocol: None,
-                port_range_min: None,
-                port_range_max: None,
-                remote_ip_prefix: None,
-                remote_group_id: None,
-                description: String::new(),
-            };
-            self.insert_rule(&mut tx, &r).await?;
-        }
-        self.commit(tx).await?;
         self.show_security_group(ctx, &id).await
     }
 
@@ -211,9 +216,12 @@ impl NetworkService {
     pub async fn list_security_groups(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
         if let Some(p) = ctx.project_id() {
             if ctx.is_admin() || ctx.has_role("member") {
-                let mut tx = self.tx().await?;
-                self.ensure_default_sg(&mut tx, p).await?;
-                self.commit(tx).await?;
+                self.write("ensure default security group", |mut tx| async move {
+                    self.ensure_default_sg(&mut tx, p).await?;
+                    self.commit(tx).await?;
+                    Ok(())
+                })
+                .await?;
             }
         }
         let groups: Vec<Rec<SecurityGroup>> = self.all(NetFilter::of(SECURITY_GROUP)).await?;
@@ -241,73 +249,79 @@ impl NetworkService {
     ) -> CoreResult<Value> {
         require_writer(ctx, "update_security_group")?;
         let f = Fields::new(body, &["name", "description", "stateful"])?;
-        let mut tx = self.tx().await?;
-        let mut g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, id).await?;
-        if !owns(ctx, &g.val.project_id) {
-            return Err(not_found(SECURITY_GROUP, id));
-        }
-        if let Some(name) = f.string("name", 255)? {
-            if g.val.name == "default" && name != "default" {
-                return Err(typed(
-                    409,
-                    "SecurityGroupCannotUpdateDefault",
-                    "Updating default security group not allowed.",
-                ));
+        let f = &f;
+        self.write("update security group", |mut tx| async move {
+            let mut g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, id).await?;
+            if !owns(ctx, &g.val.project_id) {
+                return Err(not_found(SECURITY_GROUP, id));
             }
-            g.val.name = name;
-        }
-        if let Some(d) = f.string("description", 255)? {
-            g.val.description = d;
-        }
-        let row = updated_row(&g.row, &g.val, &g.val.name, None)?;
-        tx.update(&row).await.map_err(store_err)?;
-        self.commit(tx).await?;
+            if let Some(name) = f.string("name", 255)? {
+                if g.val.name == "default" && name != "default" {
+                    return Err(typed(
+                        409,
+                        "SecurityGroupCannotUpdateDefault",
+                        "Updating default security group not allowed.",
+                    ));
+                }
+                g.val.name = name;
+            }
+            if let Some(d) = f.string("description", 255)? {
+                g.val.description = d;
+            }
+            let row = updated_row(&g.row, &g.val, &g.val.name, None)?;
+            tx.update(&row).await.map_err(store_err)?;
+            self.commit(tx).await?;
+            Ok(())
+        })
+        .await?;
         self.show_security_group(ctx, id).await
     }
 
     pub async fn delete_security_group(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         require_writer(ctx, "delete_security_group")?;
-        let mut tx = self.tx().await?;
-        let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, id).await?;
-        if !owns(ctx, &g.val.project_id) {
-            return Err(not_found(SECURITY_GROUP, id));
-        }
-        if g.val.name == "default" && !ctx.is_admin() {
-            return Err(typed(
-                409,
-                "SecurityGroupCannotRemoveDefault",
-                "Removing default security group not allowed.",
-            ));
-        }
-        let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT)).await?;
-        if ports
-            .iter()
-            .any(|p| p.val.security_groups.iter().any(|s| s == id))
-        {
-            return Err(typed(
-                409,
-                "SecurityGroupInUse",
-                format!("Security Group {id} in use."),
-            ));
-        }
-        let rules = tx
-            .list(&NetFilter::of(SECURITY_GROUP_RULE))
-            .await
-            .map_err(internal)?;
-        for r in rules {
-            let rule: Rec<SecurityGroupRule> = decode(r)?;
-            if rule.val.security_group_id == id {
-                tx.delete(&rule.val.id).await.map_err(internal)?;
-            } else if rule.val.remote_group_id.as_deref() == Some(id) {
+        self.write("delete security group", |mut tx| async move {
+            let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, id).await?;
+            if !owns(ctx, &g.val.project_id) {
+                return Err(not_found(SECURITY_GROUP, id));
+            }
+            if g.val.name == "default" && !ctx.is_admin() {
+                return Err(typed(
+                    409,
+                    "SecurityGroupCannotRemoveDefault",
+                    "Removing default security group not allowed.",
+                ));
+            }
+            let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT)).await?;
+            if ports
+                .iter()
+                .any(|p| p.val.security_groups.iter().any(|s| s == id))
+            {
                 return Err(typed(
                     409,
                     "SecurityGroupInUse",
                     format!("Security Group {id} in use."),
                 ));
             }
-        }
-        tx.delete(id).await.map_err(internal)?;
-        self.commit(tx).await
+            let rules = tx
+                .list(&NetFilter::of(SECURITY_GROUP_RULE))
+                .await
+                .map_err(internal)?;
+            for r in rules {
+                let rule: Rec<SecurityGroupRule> = decode(r)?;
+                if rule.val.security_group_id == id {
+                    tx.delete(&rule.val.id).await.map_err(internal)?;
+                } else if rule.val.remote_group_id.as_deref() == Some(id) {
+                    return Err(typed(
+                        409,
+                        "SecurityGroupInUse",
+                        format!("Security Group {id} in use."),
+                    ));
+                }
+            }
+            tx.delete(id).await.map_err(internal)?;
+            self.commit(tx).await
+        })
+        .await
     }
 
     pub async fn create_security_group_rule(
@@ -443,47 +457,60 @@ impl NetworkService {
         {
             return Err(fields::bad("Address groups are not supported."));
         }
-        let mut tx = self.tx().await?;
-        let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, &sg_id).await?;
-        if !owns(ctx, &g.val.project_id) {
-            return Err(not_found(SECURITY_GROUP, &sg_id));
-        }
-        if let Some(rg) = &remote_group_id {
-            let r: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, rg).await?;
-            if !owns(ctx, &r.val.project_id) {
-                return Err(not_found(SECURITY_GROUP, rg));
-            }
-        }
-        self.check_quota(&mut tx, SECURITY_GROUP_RULE, &g.val.project_id, 1)
+        let (f, sg_id, direction, ethertype, protocol, remote_ip_prefix, remote_group_id) = (
+            &f,
+            &sg_id,
+            &direction,
+            &ethertype,
+            &protocol,
+            &remote_ip_prefix,
+            &remote_group_id,
+        );
+        let rule_id = self
+            .write("create security group rule", |mut tx| async move {
+                let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, sg_id).await?;
+                if !owns(ctx, &g.val.project_id) {
+                    return Err(not_found(SECURITY_GROUP, sg_id));
+                }
+                if let Some(rg) = &remote_group_id {
+                    let r: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, rg).await?;
+                    if !owns(ctx, &r.val.project_id) {
+                        return Err(not_found(SECURITY_GROUP, rg));
+                    }
+                }
+                self.check_quota(&mut tx, SECURITY_GROUP_RULE, &g.val.project_id, 1)
+                    .await?;
+                let rule = SecurityGroupRule {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    project_id: g.val.project_id.clone(),
+                    security_group_id: sg_id.clone(),
+                    direction: direction.clone(),
+                    ethertype: ethertype.clone(),
+                    protocol: protocol.clone(),
+                    port_range_min: min.map(|v| v as u16),
+                    port_range_max: max.map(|v| v as u16),
+                    remote_ip_prefix: remote_ip_prefix.clone(),
+                    remote_group_id: remote_group_id.clone(),
+                    description: f.string("description", 255)?.unwrap_or_default(),
+                };
+                let existing: Vec<Rec<SecurityGroupRule>> =
+                    Self::all_tx(&mut tx, NetFilter::of(SECURITY_GROUP_RULE).device(sg_id)).await?;
+                if let Some(dup) = existing.iter().find(|r| r.val.same_as(&rule)) {
+                    return Err(typed(
+                        409,
+                        "SecurityGroupRuleExists",
+                        format!(
+                            "Security group rule already exists. Rule id is {}.",
+                            dup.val.id
+                        ),
+                    ));
+                }
+                self.insert_rule(&mut tx, &rule).await?;
+                self.commit(tx).await?;
+                Ok(rule.id)
+            })
             .await?;
-        let rule = SecurityGroupRule {
-            id: uuid::Uuid::new_v4().to_string(),
-            project_id: g.val.project_id.clone(),
-            security_group_id: sg_id.clone(),
-            direction,
-            ethertype,
-            protocol,
-            port_range_min: min.map(|v| v as u16),
-            port_range_max: max.map(|v| v as u16),
-            remote_ip_prefix,
-            remote_group_id,
-            description: f.string("description", 255)?.unwrap_or_default(),
-        };
-        let existing: Vec<Rec<SecurityGroupRule>> =
-            Self::all_tx(&mut tx, NetFilter::of(SECURITY_GROUP_RULE).device(&sg_id)).await?;
-        if let Some(dup) = existing.iter().find(|r| r.val.same_as(&rule)) {
-            return Err(typed(
-                409,
-                "SecurityGroupRuleExists",
-                format!(
-                    "Security group rule already exists. Rule id is {}.",
-                    dup.val.id
-                ),
-            ));
-        }
-        self.insert_rule(&mut tx, &rule).await?;
-        self.commit(tx).await?;
-        self.show_security_group_rule(ctx, &rule.id).await
+        self.show_security_group_rule(ctx, &rule_id).await
     }
 
     pub async fn show_security_group_rule(&self, ctx: &AuthContext, id: &str) -> CoreResult<Value> {
@@ -520,13 +547,15 @@ impl NetworkService {
 
     pub async fn delete_security_group_rule(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         require_writer(ctx, "delete_security_group_rule")?;
-        let mut tx = self.tx().await?;
-        let r: Rec<SecurityGroupRule> = self.fetch(&mut tx, SECURITY_GROUP_RULE, id).await?;
-        if !owns(ctx, &r.val.project_id) {
-            return Err(not_found(SECURITY_GROUP_RULE, id));
-        }
-        tx.delete(id).await.map_err(internal)?;
-        self.commit(tx).await
+        self.write("delete security group rule", |mut tx| async move {
+            let r: Rec<SecurityGroupRule> = self.fetch(&mut tx, SECURITY_GROUP_RULE, id).await?;
+            if !owns(ctx, &r.val.project_id) {
+                return Err(not_found(SECURITY_GROUP_RULE, id));
+            }
+            tx.delete(id).await.map_err(internal)?;
+            self.commit(tx).await
+        })
+        .await
     }
 
     // ---- quotas -----------------------------------------------------------------------------
@@ -607,59 +636,65 @@ impl NetworkService {
         let f = Fields::new(body, &allowed)?;
         let check_limit =
             f.boolean("check_limit")?.unwrap_or(false) && !f.boolean("force")?.unwrap_or(false);
-        let mut tx = self.tx().await?;
-        let id = format!("quota-{project_id}");
-        let existing = match tx.get(&id).await {
-            Ok(row) => Some(row),
-            Err(StoreError::NotFound) => None,
-            Err(e) => return Err(internal(e)),
-        };
-        let mut limits: Map<String, Value> = existing
-            .as_ref()
-            .and_then(|r| serde_json::from_str(&r.body).ok())
-            .unwrap_or_default();
-        for k in &keys {
-            if let Some(v) = f.integer(k, -1, i64::from(i32::MAX))? {
-                if check_limit && v >= 0 {
-                    let used = tx
-                        .list(&NetFilter::of(k).project(project_id))
-                        .await
-                        .map_err(internal)?
-                        .len() as i64;
-                    if v < used {
-                        return Err(typed(
-                            400,
-                            "InvalidQuotaValue",
-                            format!("Change would make usage less than 0 for the following resources: {k}"),
-                        ));
+        let (f, keys) = (&f, &keys);
+        self.write("update quota", |mut tx| async move {
+            let id = format!("quota-{project_id}");
+            let existing = match tx.get(&id).await {
+                Ok(row) => Some(row),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(internal(e)),
+            };
+            let mut limits: Map<String, Value> = existing
+                .as_ref()
+                .and_then(|r| serde_json::from_str(&r.body).ok())
+                .unwrap_or_default();
+            for k in keys {
+                if let Some(v) = f.integer(k, -1, i64::from(i32::MAX))? {
+                    if check_limit && v >= 0 {
+                        let used = tx
+                            .list(&NetFilter::of(k).project(project_id))
+                            .await
+                            .map_err(internal)?
+                            .len() as i64;
+                        if v < used {
+                            return Err(typed(
+                                400,
+                                "InvalidQuotaValue",
+                                format!("Change would make usage less than 0 for the following resources: {k}"),
+                            ));
+                        }
                     }
+                    limits.insert((*k).into(), json!(v));
                 }
-                limits.insert((*k).into(), json!(v));
             }
-        }
-        let body = Value::Object(limits);
-        match existing {
-            Some(row) => {
-                let row = updated_row(&row, &body, "", None)?;
-                tx.update(&row).await.map_err(store_err)?;
+            let body = Value::Object(limits);
+            match existing {
+                Some(row) => {
+                    let row = updated_row(&row, &body, "", None)?;
+                    tx.update(&row).await.map_err(store_err)?;
+                }
+                None => {
+                    let row = new_row(QUOTA, &id, project_id, None, None, "", &body)?;
+                    tx.insert(&row).await.map_err(store_err)?;
+                }
             }
-            None => {
-                let row = new_row(QUOTA, &id, project_id, None, None, "", &body)?;
-                tx.insert(&row).await.map_err(store_err)?;
-            }
-        }
-        self.commit(tx).await?;
+            self.commit(tx).await?;
+            Ok(())
+        })
+        .await?;
         self.quota(ctx, project_id, false).await
     }
 
     pub async fn reset_quota(&self, ctx: &AuthContext, project_id: &str) -> CoreResult<()> {
         ctx.require_admin("delete_quota")?;
-        let mut tx = self.tx().await?;
-        match tx.delete(&format!("quota-{project_id}")).await {
-            Ok(()) | Err(StoreError::NotFound) => {}
-            Err(e) => return Err(internal(e)),
-        }
-        self.commit(tx).await
+        self.write("reset quota", |mut tx| async move {
+            match tx.delete(&format!("quota-{project_id}")).await {
+                Ok(()) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(internal(e)),
+            }
+            self.commit(tx).await
+        })
+        .await
     }
 }
 
@@ -726,43 +761,45 @@ impl NetworkService {
         group: &str,
         add: bool,
     ) -> CoreResult<String> {
-        let mut tx = self.tx().await?;
-        let gid = self
-            .resolve_group(&mut tx, project_id, group)
-            .await
-            .map_err(|e| match e {
-                CoreError::Typed { message, kind, .. } => typed(404, kind, message),
-                other => other,
-            })?;
-        let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, &gid).await?;
-        let ports: Vec<Rec<Port>> =
-            Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
-        let mut touched = false;
-        for mut p in ports
-            .into_iter()
-            .filter(|p| p.val.device_owner.starts_with("compute:"))
-        {
-            let has = p.val.security_groups.contains(&gid);
-            if add && !has && p.val.port_security_enabled {
-                p.val.security_groups.push(gid.clone());
-            } else if !add && has {
-                p.val.security_groups.retain(|x| x != &gid);
-            } else {
-                continue;
+        self.write("change server group", |mut tx| async move {
+            let gid = self
+                .resolve_group(&mut tx, project_id, group)
+                .await
+                .map_err(|e| match e {
+                    CoreError::Typed { message, kind, .. } => typed(404, kind, message),
+                    other => other,
+                })?;
+            let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, &gid).await?;
+            let ports: Vec<Rec<Port>> =
+                Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
+            let mut touched = false;
+            for mut p in ports
+                .into_iter()
+                .filter(|p| p.val.device_owner.starts_with("compute:"))
+            {
+                let has = p.val.security_groups.contains(&gid);
+                if add && !has && p.val.port_security_enabled {
+                    p.val.security_groups.push(gid.clone());
+                } else if !add && has {
+                    p.val.security_groups.retain(|x| x != &gid);
+                } else {
+                    continue;
+                }
+                touched = true;
+                let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
+                tx.update(&row).await.map_err(store_err)?;
             }
-            touched = true;
-            let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
-            tx.update(&row).await.map_err(store_err)?;
-        }
-        if !add && !touched {
-            return Err(typed(
-                404,
-                "SecurityGroupNotFound",
-                format!("Security group {group} not associated with the instance {server_id}"),
-            ));
-        }
-        self.commit(tx).await?;
-        Ok(g.val.name)
+            if !add && !touched {
+                return Err(typed(
+                    404,
+                    "SecurityGroupNotFound",
+                    format!("Security group {group} not associated with the instance {server_id}"),
+                ));
+            }
+            self.commit(tx).await?;
+            Ok(g.val.name)
+        })
+        .await
     }
 }
 

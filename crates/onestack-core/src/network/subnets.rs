@@ -143,52 +143,56 @@ impl NetworkService {
             Some(p) => ipam::validate_pools(net, gateway, &p).map_err(fields::bad)?,
             None => ipam::default_pools(net, gateway),
         };
-        let mut tx = self.tx().await?;
-        let network = self.visible_network(&mut tx, ctx, &network_id).await?;
-        if !owns(ctx, &network.val.project_id) {
-            return Err(forbidden("create_subnet"));
-        }
-        let project_id = owner_for_create(ctx, &f)?;
-        self.check_quota(&mut tx, SUBNET, &project_id, 1).await?;
-        let siblings: Vec<Rec<Subnet>> =
-            Self::all_tx(&mut tx, NetFilter::of(SUBNET).network(&network_id)).await?;
-        for s in &siblings {
-            if let Ok(other) = ipam::parse_cidr(&s.val.cidr) {
-                if ipam::overlaps(net, other) {
-                    return Err(fields::bad(format!(
-                        "Invalid input for operation: Requested subnet with cidr: {net} for network: {network_id} overlaps with another subnet."
-                    )));
+        let (f, network_id, pools) = (&f, &network_id, &pools);
+        let id = self.write("create subnet", |mut tx| async move {
+            let network = self.visible_network(&mut tx, ctx, network_id).await?;
+            if !owns(ctx, &network.val.project_id) {
+                return Err(forbidden("create_subnet"));
+            }
+            let project_id = owner_for_create(ctx, f)?;
+            self.check_quota(&mut tx, SUBNET, &project_id, 1).await?;
+            let siblings: Vec<Rec<Subnet>> =
+                Self::all_tx(&mut tx, NetFilter::of(SUBNET).network(network_id)).await?;
+            for s in &siblings {
+                if let Ok(other) = ipam::parse_cidr(&s.val.cidr) {
+                    if ipam::overlaps(net, other) {
+                        return Err(fields::bad(format!(
+                            "Invalid input for operation: Requested subnet with cidr: {net} for network: {network_id} overlaps with another subnet."
+                        )));
+                    }
                 }
             }
-        }
-        let id = uuid::Uuid::new_v4().to_string();
-        let s = Subnet {
-            id: id.clone(),
-            name: f.string("name", 255)?.unwrap_or_default(),
-            description: f.string("description", 255)?.unwrap_or_default(),
-            project_id: project_id.clone(),
-            network_id: network_id.clone(),
-            ip_version: 4,
-            cidr: net.to_string(),
-            gateway_ip: gateway.map(|g| g.to_string()),
-            enable_dhcp: f.boolean("enable_dhcp")?.unwrap_or(true),
-            allocation_pools: pools,
-            dns_nameservers: parse_dns(&f)?.unwrap_or_default(),
-            host_routes: parse_routes(&f)?.unwrap_or_default(),
-        };
-        tx.insert(&new_row(
-            SUBNET,
-            &id,
-            &project_id,
-            Some(&network_id),
-            None,
-            &s.name,
-            &s,
-        )?)
-        .await
-        .map_err(store_err)?;
-        self.sync_dhcp_port(&mut tx, &network.val).await?;
-        self.commit(tx).await?;
+            let id = uuid::Uuid::new_v4().to_string();
+            let s = Subnet {
+                id: id.clone(),
+                name: f.string("name", 255)?.unwrap_or_default(),
+                description: f.string("description", 255)?.unwrap_or_default(),
+                project_id: project_id.clone(),
+                network_id: network_id.clone(),
+                ip_version: 4,
+                cidr: net.to_string(),
+                gateway_ip: gateway.map(|g| g.to_string()),
+                enable_dhcp: f.boolean("enable_dhcp")?.unwrap_or(true),
+                allocation_pools: pools.clone(),
+                dns_nameservers: parse_dns(f)?.unwrap_or_default(),
+                host_routes: parse_routes(f)?.unwrap_or_default(),
+            };
+            tx.insert(&new_row(
+                SUBNET,
+                &id,
+                &project_id,
+                Some(network_id),
+                None,
+                &s.name,
+                &s,
+            )?)
+            .await
+            .map_err(store_err)?;
+            self.sync_dhcp_port(&mut tx, &network.val).await?;
+            self.commit(tx).await?;
+            Ok(id)
+        })
+        .await?;
         self.show_subnet(ctx, &id).await
     }
 
@@ -239,88 +243,94 @@ impl NetworkService {
                 "dns_publish_fixed_ip",
             ],
         )?;
-        let mut tx = self.tx().await?;
-        let mut s: Rec<Subnet> = self.fetch(&mut tx, SUBNET, id).await?;
-        if !owns(ctx, &s.val.project_id) {
-            return Err(not_found(SUBNET, id));
-        }
-        let net = ipam::parse_cidr(&s.val.cidr).map_err(internal)?;
-        if let Some(v) = f.string("name", 255)? {
-            s.val.name = v;
-        }
-        if let Some(v) = f.string("description", 255)? {
-            s.val.description = v;
-        }
-        if let Some(v) = f.boolean("enable_dhcp")? {
-            s.val.enable_dhcp = v;
-        }
-        if let Some(v) = parse_dns(&f)? {
-            s.val.dns_nameservers = v;
-        }
-        if let Some(v) = parse_routes(&f)? {
-            s.val.host_routes = v;
-        }
-        if let Some(g) = f.nullable_string("gateway_ip", 64)? {
-            let gw = match g {
-                None => None,
-                Some(g) => {
-                    let ip = ipam::parse_ip(&g).map_err(fields::bad)?;
-                    if !ipam::is_host_address(net, ip)
-                        || ipam::in_pools(&s.val.allocation_pools, ip)
-                    {
-                        return Err(fields::bad(format!(
-                            "Invalid input for operation: Gateway ip {g} conflicts with allocation pool or is outside the subnet."
-                        )));
+        let f = &f;
+        self.write("update subnet", |mut tx| async move {
+            let mut s: Rec<Subnet> = self.fetch(&mut tx, SUBNET, id).await?;
+            if !owns(ctx, &s.val.project_id) {
+                return Err(not_found(SUBNET, id));
+            }
+            let net = ipam::parse_cidr(&s.val.cidr).map_err(internal)?;
+            if let Some(v) = f.string("name", 255)? {
+                s.val.name = v;
+            }
+            if let Some(v) = f.string("description", 255)? {
+                s.val.description = v;
+            }
+            if let Some(v) = f.boolean("enable_dhcp")? {
+                s.val.enable_dhcp = v;
+            }
+            if let Some(v) = parse_dns(f)? {
+                s.val.dns_nameservers = v;
+            }
+            if let Some(v) = parse_routes(f)? {
+                s.val.host_routes = v;
+            }
+            if let Some(g) = f.nullable_string("gateway_ip", 64)? {
+                let gw = match g {
+                    None => None,
+                    Some(g) => {
+                        let ip = ipam::parse_ip(&g).map_err(fields::bad)?;
+                        if !ipam::is_host_address(net, ip)
+                            || ipam::in_pools(&s.val.allocation_pools, ip)
+                        {
+                            return Err(fields::bad(format!(
+                                "Invalid input for operation: Gateway ip {g} conflicts with allocation pool or is outside the subnet."
+                            )));
+                        }
+                        Some(ip)
                     }
-                    Some(ip)
-                }
-            };
-            s.val.gateway_ip = gw.map(|g| g.to_string());
-        }
-        if let Some(p) = parse_pools(&f)? {
-            let gw = s
-                .val
-                .gateway_ip
-                .as_deref()
-                .and_then(|g| g.parse::<Ipv4Addr>().ok());
-            s.val.allocation_pools = ipam::validate_pools(net, gw, &p).map_err(fields::bad)?;
-        }
-        let row = updated_row(&s.row, &s.val, &s.val.name, None)?;
-        tx.update(&row).await.map_err(store_err)?;
-        let network: Rec<Network> = self.fetch(&mut tx, NETWORK, &s.val.network_id).await?;
-        self.sync_dhcp_port(&mut tx, &network.val).await?;
-        self.commit(tx).await?;
+                };
+                s.val.gateway_ip = gw.map(|g| g.to_string());
+            }
+            if let Some(p) = parse_pools(f)? {
+                let gw = s
+                    .val
+                    .gateway_ip
+                    .as_deref()
+                    .and_then(|g| g.parse::<Ipv4Addr>().ok());
+                s.val.allocation_pools = ipam::validate_pools(net, gw, &p).map_err(fields::bad)?;
+            }
+            let row = updated_row(&s.row, &s.val, &s.val.name, None)?;
+            tx.update(&row).await.map_err(store_err)?;
+            let network: Rec<Network> = self.fetch(&mut tx, NETWORK, &s.val.network_id).await?;
+            self.sync_dhcp_port(&mut tx, &network.val).await?;
+            self.commit(tx).await?;
+            Ok(())
+        })
+        .await?;
         self.show_subnet(ctx, id).await
     }
 
     pub async fn delete_subnet(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
         require_writer(ctx, "delete_subnet")?;
-        let mut tx = self.tx().await?;
-        let s: Rec<Subnet> = self.fetch(&mut tx, SUBNET, id).await?;
-        let network: Rec<Network> = self.fetch(&mut tx, NETWORK, &s.val.network_id).await?;
-        if !owns(ctx, &s.val.project_id) {
-            return Err(if Self::can_see_network(ctx, &network.val) {
-                forbidden("delete_subnet")
-            } else {
-                not_found(SUBNET, id)
-            });
-        }
-        let ports: Vec<Rec<Port>> =
-            Self::all_tx(&mut tx, NetFilter::of(PORT).network(&s.val.network_id)).await?;
-        if ports.iter().any(|p| {
-            p.val.device_owner != OWNER_DHCP && p.val.fixed_ips.iter().any(|f| f.subnet_id == id)
-        }) {
-            return Err(typed(
-                409,
-                "SubnetInUse",
-                format!(
-                    "Unable to complete operation on subnet {id}: One or more ports have an IP allocation from this subnet."
-                ),
-            ));
-        }
-        tx.delete(id).await.map_err(internal)?;
-        self.sync_dhcp_port(&mut tx, &network.val).await?;
-        self.commit(tx).await
+        self.write("delete subnet", |mut tx| async move {
+            let s: Rec<Subnet> = self.fetch(&mut tx, SUBNET, id).await?;
+            let network: Rec<Network> = self.fetch(&mut tx, NETWORK, &s.val.network_id).await?;
+            if !owns(ctx, &s.val.project_id) {
+                return Err(if Self::can_see_network(ctx, &network.val) {
+                    forbidden("delete_subnet")
+                } else {
+                    not_found(SUBNET, id)
+                });
+            }
+            let ports: Vec<Rec<Port>> =
+                Self::all_tx(&mut tx, NetFilter::of(PORT).network(&s.val.network_id)).await?;
+            if ports.iter().any(|p| {
+                p.val.device_owner != OWNER_DHCP && p.val.fixed_ips.iter().any(|f| f.subnet_id == id)
+            }) {
+                return Err(typed(
+                    409,
+                    "SubnetInUse",
+                    format!(
+                        "Unable to complete operation on subnet {id}: One or more ports have an IP allocation from this subnet."
+                    ),
+                ));
+            }
+            tx.delete(id).await.map_err(internal)?;
+            self.sync_dhcp_port(&mut tx, &network.val).await?;
+            self.commit(tx).await
+        })
+        .await
     }
 
     /// Keeps the network's DHCP port in step with its DHCP-enabled subnets: one address in each,
