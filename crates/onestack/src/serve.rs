@@ -44,6 +44,14 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     let images = ImageService::new(store.clone(), dd.images(), cfg.image.size_cap)
         .await
         .context("cannot start the image service")?;
+    // Image data on every controller: copy what is missing here from the others (on demand and
+    // every 30 s), drop the files of deleted images. See onestack_core::image::replicate.
+    images.enable_replication(
+        crate::agent::local_host(&cfg),
+        dd.secret("agent-token")?,
+        onestack_api::image::HttpPeers::new(),
+    );
+    images.spawn_replicator(Duration::from_secs(30));
     let network = Arc::new(NetworkService::new(store.clone(), network_config(&cfg)));
     let compute = ComputeService::new(
         store,

@@ -342,16 +342,34 @@ struct ImagePath {
     id: String,
 }
 
+#[derive(Deserialize)]
+struct ImageFileQuery {
+    /// `1`: another controller copying the data (`image::replicate`); answer from this
+    /// controller's own directory only.
+    local: Option<String>,
+}
+
+/// An image's data, for an agent or (with `?local=1`) a peer controller copying it. An agent's
+/// request is served even when the data is on another controller only (it is copied here
+/// first); a peer's never makes this controller ask a third, so two controllers missing a file
+/// do not ask each other in turn. A peer holding the shared secret may copy a deactivated image.
 async fn image_file(
     State(s): State<ComputeState>,
     Path(p): Path<ImagePath>,
+    Query(q): Query<ImageFileQuery>,
+    node: Option<axum::Extension<NodeIdentity>>,
 ) -> ApiResult<Response> {
     let img = s.images.get_system(&p.id).await?;
-    if img.status != "active" {
+    let local_only = q.local.as_deref() == Some("1");
+    let peer = local_only && node.is_none();
+    if !(img.status == "active" || (peer && img.status == "deactivated")) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("Image {} is not active.", p.id),
         ));
+    }
+    if !local_only {
+        s.images.ensure_local(&img).await?;
     }
     let f = tokio::fs::File::open(s.images.data_path(&p.id))
         .await

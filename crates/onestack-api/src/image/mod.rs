@@ -4,7 +4,10 @@
 mod data;
 mod images;
 mod members;
+mod peer;
 mod schemas;
+
+pub use peer::HttpPeers;
 
 use crate::error::ErrorFlavor;
 use crate::AppState;

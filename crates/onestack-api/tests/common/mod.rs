@@ -28,6 +28,8 @@ pub struct ControlPlane {
     /// What `store` was opened with (to open it again, as a restarted controller would).
     pub db_url: String,
     pub net: Arc<NetworkService>,
+    /// The image service behind `image` (and the internal API's image routes).
+    pub images: Arc<ImageService>,
     /// Base URLs, `http://127.0.0.1:PORT`.
     pub identity: String,
     pub compute: String,
@@ -122,6 +124,7 @@ async fn start_on(
     let images = ImageService::new(store.clone(), dir.path().join("images"), 1 << 40)
         .await
         .expect("images");
+    let image_service = images.clone();
     let compute = ComputeService::new(store.clone(), images.clone(), ComputeConfig::default())
         .await
         .expect("compute");
@@ -170,6 +173,7 @@ async fn start_on(
         store,
         db_url,
         net,
+        images: image_service,
         identity: urls[0].clone(),
         compute: urls[1].clone(),
         image: urls[2].clone(),
@@ -255,4 +259,30 @@ pub async fn raw_image(
         .status();
     assert_eq!(st, reqwest::StatusCode::NO_CONTENT);
     id
+}
+
+/// Beats controller `name`'s heartbeat (compute API at `compute`) every second, as a
+/// controller's cluster loop would, until the task is aborted.
+pub fn beat_as_controller(store: &Store, name: &str, compute: &str) -> tokio::task::JoinHandle<()> {
+    let (store, name) = (store.clone(), name.to_string());
+    let endpoints = serde_json::json!({ "compute": compute }).to_string();
+    tokio::spawn(async move {
+        loop {
+            let now = chrono::Utc::now().timestamp_micros();
+            store
+                .controller_heartbeat(&name, &endpoints, "test", now, false)
+                .await
+                .expect("controller heartbeat");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Makes `cp` controller `name` of its cloud for image replication: it copies missing image
+/// data from the other controllers over HTTP, and beats its heartbeat so they find it.
+pub fn replicate_images(cp: &ControlPlane, name: &str) -> tokio::task::JoinHandle<()> {
+    assert!(cp
+        .images
+        .enable_replication(name, AGENT_TOKEN, onestack_api::image::HttpPeers::new()));
+    beat_as_controller(&cp.store, name, &cp.compute)
 }

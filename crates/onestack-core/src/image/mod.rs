@@ -7,6 +7,7 @@
 //! only with the `member` role; `reader` is read-only.
 
 pub mod inspect;
+pub mod replicate;
 pub mod schema;
 pub mod upload;
 
@@ -33,6 +34,8 @@ pub struct ImageService {
     store: Store,
     dir: PathBuf,
     size_cap: u64,
+    /// Set by `enable_replication` (see `replicate`): copy missing data from other controllers.
+    replication: std::sync::OnceLock<Arc<replicate::Replication>>,
 }
 
 /// List parameters, already parsed from the query string.
@@ -112,6 +115,7 @@ impl ImageService {
             store,
             dir,
             size_cap,
+            replication: std::sync::OnceLock::new(),
         }))
     }
 
@@ -508,8 +512,12 @@ impl ImageService {
                     .into(),
             ));
         }
-        let path =
-            (img.status == "active" || img.status == "deactivated").then(|| self.data_path(id));
+        let has_data = img.status == "active" || img.status == "deactivated";
+        if has_data {
+            // Another controller may have received the upload: copy its data here first.
+            self.ensure_local(&img).await?;
+        }
+        let path = has_data.then(|| self.data_path(id));
         Ok(Download { image: img, path })
     }
 
