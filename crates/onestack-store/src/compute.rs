@@ -591,25 +591,27 @@ impl Store {
         Ok(())
     }
 
-    /// Uses up a join token: its role (`compute` or `controller`) once for a valid, unexpired
-    /// token (one statement, so two concurrent joins cannot both succeed), None afterwards or
-    /// when unknown or expired.
+    /// Uses up a join token minted for `role`: true once for a valid, unexpired token (one
+    /// statement, so two concurrent joins cannot both succeed), false afterwards or when
+    /// unknown, expired or for another role.
     pub async fn redeem_join_token(
         &self,
         token_hash: &str,
         host: &str,
         now_micros: i64,
-    ) -> Result<Option<String>> {
-        let role: Option<(String,)> = sqlx::query_as(
+        role: &str,
+    ) -> Result<bool> {
+        let r = sqlx::query(
             "UPDATE join_tokens SET used_by = $2 \
-             WHERE token_hash = $1 AND used_by IS NULL AND expires_at >= $3 RETURNING role",
+             WHERE token_hash = $1 AND used_by IS NULL AND expires_at >= $3 AND role = $4",
         )
         .bind(token_hash)
         .bind(host)
         .bind(now_micros)
-        .fetch_optional(self.pool())
+        .bind(role)
+        .execute(self.pool())
         .await?;
-        Ok(role.map(|(r,)| r))
+        Ok(r.rows_affected() == 1)
     }
 
     // ---- node credentials ----

@@ -118,7 +118,11 @@ mod tests {
             .expect("a again");
         let all = store.list_controllers().await.expect("list");
         assert_eq!(all.len(), 2);
-        assert_eq!(all[0].leader_since_us, Some(10), "leadership keeps its start");
+        assert_eq!(
+            all[0].leader_since_us,
+            Some(10),
+            "leadership keeps its start"
+        );
         assert_eq!(all[1].leader_since_us, None);
         assert_eq!(all[0].heartbeat_us, 12);
         // b takes over: a's mark goes in the same step.

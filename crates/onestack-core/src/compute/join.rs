@@ -100,23 +100,25 @@ pub async fn node_of(store: &Store, shared: &str, given: &str) -> CoreResult<Opt
     Ok(same.then(|| host.to_string()))
 }
 
-/// Uses up `token` for `host`, giving the role it was minted for; unknown, used and expired
+/// Uses up `token`, minted for `role`, for `host`; unknown, used, expired and other-role
 /// tokens are refused alike.
-pub async fn redeem(store: &Store, token: &str, host: &str) -> CoreResult<JoinRole> {
+pub async fn redeem(store: &Store, token: &str, host: &str, role: JoinRole) -> CoreResult<()> {
     if token.is_empty() || token.len() > 128 {
         return Err(CoreError::Unauthorized("invalid join token".into()));
     }
-    match store
-        .redeem_join_token(&hash(token), host, crate::now_micros())
+    if store
+        .redeem_join_token(&hash(token), host, crate::now_micros(), role.as_str())
         .await?
-        .as_deref()
     {
-        Some("controller") => Ok(JoinRole::Controller),
-        Some(_) => Ok(JoinRole::Compute),
-        None => Err(CoreError::Unauthorized(
-            "the join token is unknown, expired or already used; mint another with \
-             `onestack join-token` on the controller"
-                .into(),
-        )),
+        Ok(())
+    } else {
+        let mint = match role {
+            JoinRole::Compute => "`onestack join-token`",
+            JoinRole::Controller => "`onestack join-token --role controller`",
+        };
+        Err(CoreError::Unauthorized(format!(
+            "the join token is unknown, expired or already used, or was minted for another \
+             role; mint another with {mint} on the controller"
+        )))
     }
 }
