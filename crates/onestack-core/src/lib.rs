@@ -1,6 +1,7 @@
 //! OneStack's domain logic, free of HTTP: identity (users, projects, roles, tokens), password
 //! hashing, and the authorization context every API call carries.
 
+pub mod cluster;
 pub mod compute;
 pub mod error;
 pub mod fsutil;

@@ -9,6 +9,7 @@ pub mod metadata;
 pub mod migrate;
 pub mod proto;
 pub mod quota;
+pub mod recovery;
 pub mod resize;
 pub mod scheduler;
 pub mod state;
@@ -220,7 +221,7 @@ impl ComputeService {
         &self.store
     }
 
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.changed.notify_waiters();
     }
 
@@ -1261,13 +1262,22 @@ impl ComputeService {
     }
 
     /// Places one instance: host + `spawning`, or ERROR with NoValidHost.
-    async fn schedule(
+    pub(crate) async fn schedule(
         &self,
         inst: &mut InstanceRecord,
         zone: Option<String>,
         host: Option<String>,
     ) -> CoreResult<()> {
         let _guard = self.store.lock(onestack_store::LockName::Placement).await?;
+        // Under the lock, as the store has it: the leader's recovery and a create still running
+        // never both place one server.
+        let current = self.store.get_instance(&inst.id).await?;
+        if current.host.is_some()
+            || current.task_state.as_deref() != Some(TaskState::Scheduling.as_str())
+        {
+            *inst = current;
+            return Ok(());
+        }
         let hosts = self.store.list_hosts().await?;
         let usage = self.store.host_usage().await?;
         let demand = scheduler::Demand {

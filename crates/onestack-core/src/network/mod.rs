@@ -11,6 +11,7 @@ pub mod fields;
 pub mod hoststate;
 pub mod ipam;
 pub mod model;
+mod orphans;
 pub mod ports;
 pub mod proto;
 pub mod routers;
