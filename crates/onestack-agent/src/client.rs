@@ -5,21 +5,25 @@ use futures_util::TryStreamExt;
 use onestack_core::compute::proto;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 pub const TOKEN_HEADER: &str = "x-onestack-agent-token";
 
 /// The controllers' internal API. With several controllers (their compute URLs, comma
-/// separated) a call that cannot connect goes to the next one, which then serves the calls
-/// after it too.
+/// separated, plus those the controllers name in their heartbeat answers) a call that cannot
+/// connect goes to the next one, which then serves the calls after it too.
 #[derive(Clone)]
 pub struct Controller {
-    bases: Vec<String>,
+    bases: Arc<RwLock<Vec<String>>>,
     current: Arc<AtomicUsize>,
     token: String,
     http: reqwest::Client,
+}
+
+fn internal_base(url: &str) -> String {
+    format!("{}/internal/v1", url.trim().trim_end_matches('/'))
 }
 
 impl Controller {
@@ -29,10 +33,10 @@ impl Controller {
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
-            .map(|u| format!("{}/internal/v1", u.trim_end_matches('/')))
+            .map(internal_base)
             .collect();
         Controller {
-            bases,
+            bases: Arc::new(RwLock::new(bases)),
             current: Arc::new(AtomicUsize::new(0)),
             token: token.to_string(),
             http: reqwest::Client::builder()
@@ -42,17 +46,45 @@ impl Controller {
         }
     }
 
+    fn bases(&self) -> Vec<String> {
+        self.bases.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds controllers this agent did not know (another controller joined the cloud); the
+    /// configured ones keep their place and the current one stays current.
+    pub fn learn(&self, urls: &[String]) {
+        let mut bases = self.bases.write().unwrap_or_else(|e| e.into_inner());
+        for u in urls {
+            let b = internal_base(u);
+            if !u.trim().is_empty() && !bases.contains(&b) {
+                tracing::info!(controller = %u, "learned of another controller");
+                bases.push(b);
+            }
+        }
+    }
+
+    /// Every controller this agent knows, by compute URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.bases()
+            .iter()
+            .map(|b| b.trim_end_matches("/internal/v1").to_string())
+            .collect()
+    }
+
     /// The controller calls go to now.
-    pub fn current_url(&self) -> &str {
-        let i = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
-        self.bases
+    pub fn current_url(&self) -> String {
+        let bases = self.bases();
+        let i = self.current.load(Ordering::Relaxed) % bases.len().max(1);
+        bases
             .get(i)
             .map_or("", |b| b.trim_end_matches("/internal/v1"))
+            .to_string()
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let i = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
-        let base = self.bases.get(i).map_or("", String::as_str);
+        let bases = self.bases();
+        let i = self.current.load(Ordering::Relaxed) % bases.len().max(1);
+        let base = bases.get(i).map_or("", String::as_str);
         self.http
             .request(method, format!("{base}{path}"))
             .header(TOKEN_HEADER, &self.token)
@@ -62,16 +94,16 @@ impl Controller {
     /// request that never connected was never received). Streamed bodies are not repeated.
     async fn send(&self, rb: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
         let mut req = rb.build()?;
-        for _ in 1..self.bases.len() {
+        let bases = self.bases();
+        for _ in 1..bases.len() {
             let Some(again) = req.try_clone() else { break };
             let url = req.url().to_string();
             match self.http.execute(req).await {
                 Err(e) if e.is_connect() => {
-                    let Some(from) = self.bases.iter().position(|b| url.starts_with(b.as_str()))
-                    else {
+                    let Some(from) = bases.iter().position(|b| url.starts_with(b.as_str())) else {
                         return Err(e);
                     };
-                    let to = (from + 1) % self.bases.len();
+                    let to = (from + 1) % bases.len();
                     let _ = self.current.compare_exchange(
                         from,
                         to,
@@ -79,11 +111,11 @@ impl Controller {
                         Ordering::Relaxed,
                     );
                     tracing::warn!(
-                        from = %self.bases[from], to = %self.bases[to], error = %e,
+                        from = %bases[from], to = %bases[to], error = %e,
                         "controller unreachable; trying the next"
                     );
                     req = again;
-                    let moved = url.replacen(&self.bases[from], &self.bases[to], 1);
+                    let moved = url.replacen(&bases[from], &bases[to], 1);
                     if let Ok(u) = moved.parse() {
                         *req.url_mut() = u;
                     }
@@ -124,7 +156,11 @@ impl Controller {
             )
             .await
             .context("heartbeat")?;
-        Self::check(resp, "heartbeat").await?;
+        let resp = Self::check(resp, "heartbeat").await?;
+        // The answer names every live controller: calls fail over to those too.
+        if let Ok(beat) = resp.json::<proto::HeartbeatAnswer>().await {
+            self.learn(&beat.controllers);
+        }
         Ok(())
     }
 
@@ -365,5 +401,51 @@ mod tests {
         // With none up, the call fails.
         let none = Controller::new(&dead().await, "t");
         assert!(none.heartbeat("h").await.is_err());
+    }
+
+    /// A controller whose heartbeat answer names `others`; aborting the task takes it down.
+    async fn naming(others: Vec<String>) -> (String, tokio::task::JoinHandle<()>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        let app = axum::Router::new().route(
+            "/internal/v1/hosts/{host}/heartbeat",
+            axum::routing::post(move || {
+                let others = others.clone();
+                // No keep-alive: once aborted, nothing of this controller answers.
+                async move {
+                    (
+                        [(axum::http::header::CONNECTION, "close")],
+                        axum::Json(proto::HeartbeatAnswer {
+                            controllers: others,
+                        }),
+                    )
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn agents_learn_other_controllers_from_heartbeats_and_fail_over_to_them() {
+        let (second, hits) = live().await;
+        let (first, task) = naming(vec![second.clone()]).await;
+        let c = Controller::new(&first, "t");
+        assert_eq!(c.urls(), vec![first.clone()]);
+        c.heartbeat("h").await.expect("first answers");
+        assert_eq!(c.urls(), vec![first.clone(), second.clone()]);
+        // Learning again adds nothing twice.
+        c.learn(&[second.clone(), format!("{first}/")]);
+        assert_eq!(c.urls().len(), 2);
+        assert_eq!(hits.load(Ordering::Relaxed), 0);
+        task.abort();
+        let _ = task.await;
+        c.heartbeat("h").await.expect("the learned one answers");
+        assert_eq!(hits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.current_url(), second);
     }
 }

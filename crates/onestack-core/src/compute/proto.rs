@@ -28,6 +28,14 @@ pub struct Registered {
     pub id: String,
 }
 
+/// The controller's answer to a heartbeat.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    /// The compute URLs of every live controller of the cloud (the agent fails over to them).
+    #[serde(default)]
+    pub controllers: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DesiredState {
     /// Changes whenever any instance of the host changes; poll with `?after=<generation>`.
