@@ -785,7 +785,14 @@ async fn join_tokens_work_once_and_leave_needs_an_empty_host() {
         .send()
         .await
         .expect("send");
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(r.status(), StatusCode::OK);
+    // The answer names the controllers the agent may fail over to (here the only one).
+    let beat: Value = r.json().await.expect("json");
+    assert_eq!(
+        beat["controllers"].as_array().map(Vec::len),
+        Some(1),
+        "{beat}"
+    );
     let forged = format!("n1:{}", "x".repeat(40));
     let r = c
         .http
@@ -811,6 +818,24 @@ async fn join_tokens_work_once_and_leave_needs_an_empty_host() {
         .expect("token");
     let (st, _) = join(json!({"token": fresh, "host": "n1"})).await;
     assert_eq!(st, StatusCode::CONFLICT);
+    // Tokens are for one role: a compute token does not make a controller, nor the reverse,
+    // and a cloud on SQLite admits no second controller (the token stays unspent).
+    use onestack_core::compute::join::{issue_for, JoinRole};
+    let (st, v) = join(json!({"token": fresh, "host": "n4", "role": "controller"})).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("SQLite"), "{v}");
+    let ctl = issue_for(&c.store, Duration::from_secs(60), JoinRole::Controller)
+        .await
+        .expect("token");
+    let (st, v) = join(json!({"token": ctl, "host": "n4"})).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(v.to_string().contains("another role"), "{v}");
+    let (st, v) = join(json!({"token": fresh, "host": "n4", "role": "queen"})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    // The compute token was not spent by any of that.
+    let (st, v) = join(json!({"token": fresh, "host": "n4"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["role"], "compute");
 
     // The node's view of itself, and leave.
     let host = |m: Method| {

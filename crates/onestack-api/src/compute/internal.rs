@@ -31,6 +31,7 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
         .route("/hosts", post(register))
         .route("/hosts/{host}", get(host_status).delete(host_leave))
         .route("/hosts/{host}/heartbeat", post(heartbeat))
+        .route("/controllers", get(controllers))
         .route("/hosts/{host}/desired", get(desired))
         .route("/hosts/{host}/network", get(network_state))
         .route("/metadata/{network}/{ip}", get(metadata))
@@ -133,6 +134,9 @@ async fn register(
 struct JoinRequest {
     token: String,
     host: String,
+    /// `compute` (the default) or `controller`; the token must have been minted for it.
+    #[serde(default)]
+    role: Option<String>,
 }
 
 /// Trades a one-time join token for the agent credentials and the settings a compute node must
@@ -161,8 +165,41 @@ async fn join(
             ));
         }
     }
-    let role = onestack_core::compute::join::redeem(s.compute.store(), &body.token, host).await?;
-    let _ = role;
+    use onestack_core::compute::join::{redeem, JoinRole};
+    let role = match body.role.as_deref() {
+        None | Some("compute") => JoinRole::Compute,
+        Some("controller") => JoinRole::Controller,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid role {other:?}: compute or controller"
+            )))
+        }
+    };
+    if role == JoinRole::Controller {
+        // Another controller: the cloud's shared secret, its database and passwords. Refused
+        // (token kept) when this controller has none to give, e.g. its state is in SQLite.
+        let Some(extra) = s.controller_join.as_deref() else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "this cloud keeps its state in SQLite on its controller, so it cannot have \
+                 another controller; move it to PostgreSQL first (onestack db \
+                 migrate-from-sqlite --to postgresql://…)",
+            ));
+        };
+        redeem(s.compute.store(), &body.token, host, role).await?;
+        tracing::info!(host, "a controller joined");
+        let mut answer = extra.clone();
+        if let Some(o) = answer.as_object_mut() {
+            o.insert("role".into(), "controller".into());
+            o.insert("agent_secret".into(), s.agent_token.to_string().into());
+            o.insert(
+                "service_down_time".into(),
+                s.compute.config().service_down_time.as_secs().into(),
+            );
+        }
+        return Ok(Json(answer));
+    }
+    redeem(s.compute.store(), &body.token, host, role).await?;
     let credential =
         onestack_core::compute::join::node_credential(s.compute.store(), &s.agent_token, host)
             .await?;
@@ -174,6 +211,7 @@ async fn join(
         .map(|n| n.config().namespace_prefix.clone())
         .unwrap_or_default();
     Ok(Json(serde_json::json!({
+        "role": "compute",
         "agent_token": credential,
         "service_down_time": cfg.service_down_time.as_secs(),
         "namespace_prefix": namespace_prefix,
@@ -225,9 +263,42 @@ struct HostPath {
 async fn heartbeat(
     State(s): State<ComputeState>,
     Path(p): Path<HostPath>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Json<proto::HeartbeatAnswer>> {
     s.compute.heartbeat(&p.host).await?;
-    Ok(StatusCode::NO_CONTENT)
+    // Every live controller, so the agent can fail over to one it was not configured with.
+    let controllers = match &s.cluster {
+        Some(c) => c
+            .live_controllers()
+            .iter()
+            .filter_map(|c| c.endpoint("compute"))
+            .collect(),
+        None => vec![s.base_url.to_string()],
+    };
+    Ok(Json(proto::HeartbeatAnswer { controllers }))
+}
+
+/// The cloud's controllers as this one knows them (`onestack status`).
+async fn controllers(State(s): State<ComputeState>) -> ApiResult<Json<serde_json::Value>> {
+    let now = onestack_core::now_micros();
+    let list: Vec<serde_json::Value> = s
+        .cluster
+        .as_ref()
+        .map(|c| c.controllers())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "compute_url": c.endpoint("compute"),
+                "identity_url": c.endpoint("identity"),
+                "state": if onestack_core::cluster::is_live(c, now) { "up" } else { "down" },
+                "leader": c.leader_since_us.is_some(),
+                "started_at": c.started_at,
+                "heartbeat_age_s": (now - c.heartbeat_us) as f64 / 1e6,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "controllers": list })))
 }
 
 async fn desired(

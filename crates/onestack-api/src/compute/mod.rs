@@ -42,6 +42,11 @@ pub struct ComputeState {
     /// Shared secret of the internal agent API.
     pub agent_token: Arc<str>,
     pub http: reqwest::Client,
+    /// This controller among the cloud's controllers (None: a test's lone controller).
+    pub cluster: Option<Arc<onestack_core::cluster::Cluster>>,
+    /// What `onestack join --role controller` receives besides the shared secret (the
+    /// database URL, the bootstrap passwords); None: this controller admits no others.
+    pub controller_join: Option<Arc<serde_json::Value>>,
 }
 
 impl FromRef<ComputeState> for AppState {

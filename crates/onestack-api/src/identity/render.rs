@@ -113,8 +113,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
-/// The service catalog as tokens carry it; project-id templates in URLs are filled in.
-pub fn catalog(snap: &Snapshot, project_id: Option<&str>) -> Value {
+/// The service catalog as tokens carry it; project-id templates in URLs are filled in, and
+/// `url_of` (service type, URL) says where this controller's clients find the service.
+pub fn catalog(
+    snap: &Snapshot,
+    project_id: Option<&str>,
+    url_of: &dyn Fn(&str, &str) -> String,
+) -> Value {
     let pid = project_id.unwrap_or("");
     Value::Array(
         snap.catalog
@@ -130,6 +135,7 @@ pub fn catalog(snap: &Snapshot, project_id: Option<&str>) -> Value {
                             .replace("%(project_id)s", pid)
                             .replace("$(tenant_id)s", pid)
                             .replace("%(tenant_id)s", pid);
+                        let url = url_of(&s.service_type, &url);
                         json!({"id": e.id, "interface": e.interface, "region": e.region_id,
                                "region_id": e.region_id, "url": url})
                     })
@@ -141,7 +147,12 @@ pub fn catalog(snap: &Snapshot, project_id: Option<&str>) -> Value {
 }
 
 /// The body of `POST/GET /v3/auth/tokens`.
-pub fn token(ctx: &AuthContext, snap: &Snapshot, with_catalog: bool) -> Value {
+pub fn token(
+    ctx: &AuthContext,
+    snap: &Snapshot,
+    with_catalog: bool,
+    url_of: &dyn Fn(&str, &str) -> String,
+) -> Value {
     let t = &ctx.token;
     let mut m = Map::new();
     m.insert("methods".into(), json!(t.methods));
@@ -171,7 +182,7 @@ pub fn token(ctx: &AuthContext, snap: &Snapshot, with_catalog: bool) -> Value {
             ),
         );
         if with_catalog {
-            m.insert("catalog".into(), catalog(snap, Some(&p.id)));
+            m.insert("catalog".into(), catalog(snap, Some(&p.id), url_of));
         }
     }
     json!({"token": Value::Object(m)})

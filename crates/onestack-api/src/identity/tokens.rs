@@ -154,7 +154,9 @@ pub async fn issue(
     let issued = state.identity.authenticate(creds, scope).await?;
     let snap = state.identity.snapshot();
     let with_catalog = !q.contains_key("nocatalog");
-    let body = render::token(&issued.context, &snap, with_catalog);
+    let body = render::token(&issued.context, &snap, with_catalog, &|t, u| {
+        state.identity.catalog_url(t, u)
+    });
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&issued.token) {
         resp.headers_mut().insert("x-subject-token", v);
@@ -200,7 +202,9 @@ pub async fn validate(
 ) -> ApiResult<Response> {
     let (token, ctx) = subject(&state, &caller, &headers)?;
     let snap = state.identity.snapshot();
-    let body = render::token(&ctx, &snap, !q.contains_key("nocatalog"));
+    let body = render::token(&ctx, &snap, !q.contains_key("nocatalog"), &|t, u| {
+        state.identity.catalog_url(t, u)
+    });
     let mut resp = Json(body).into_response();
     if let Ok(v) = HeaderValue::from_str(&token) {
         resp.headers_mut().insert("x-subject-token", v);
@@ -271,7 +275,7 @@ pub async fn auth_catalog(
     };
     let snap = state.identity.snapshot();
     Ok(Json(json!({
-        "catalog": render::catalog(&snap, Some(pid)),
+        "catalog": render::catalog(&snap, Some(pid), &|t, u| state.identity.catalog_url(t, u)),
         "links": {"self": format!("{}/v3/auth/catalog", state.identity_url), "previous": null, "next": null},
     })))
 }

@@ -30,6 +30,8 @@ pub struct ControlPlane {
     pub net: Arc<NetworkService>,
     /// The image service behind `image` (and the internal API's image routes).
     pub images: Arc<ImageService>,
+    /// The compute service behind `compute` (the leader's recovery work is called on it).
+    pub compute_service: Arc<ComputeService>,
     /// Base URLs, `http://127.0.0.1:PORT`.
     pub identity: String,
     pub compute: String,
@@ -148,6 +150,8 @@ async fn start_on(
             image_url: urls[2].clone().into(),
             agent_token: AGENT_TOKEN.into(),
             http: reqwest::Client::new(),
+            cluster: None,
+            controller_join: None,
         }),
         onestack_api::image::router(ImageState {
             app: app.clone(),
@@ -164,7 +168,9 @@ async fn start_on(
             volumes,
             base_url: urls[4].clone().into(),
         }),
-        onestack_api::metrics::router(onestack_api::metrics::MetricsState { compute }),
+        onestack_api::metrics::router(onestack_api::metrics::MetricsState {
+            compute: compute.clone(),
+        }),
     ];
     for (l, r) in listeners.into_iter().zip(routers) {
         tokio::spawn(onestack_api::serve(l, r, std::future::pending()));
@@ -174,6 +180,7 @@ async fn start_on(
         db_url,
         net,
         images: image_service,
+        compute_service: compute,
         identity: urls[0].clone(),
         compute: urls[1].clone(),
         image: urls[2].clone(),

@@ -28,6 +28,8 @@ pub struct IdentityService {
     snapshot: RwLock<Arc<Snapshot>>,
     refresh_lock: tokio::sync::Mutex<()>,
     token_ttl: Duration,
+    /// With several controllers: catalogs issued here point at this controller.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// How a caller proves who it is.
@@ -71,6 +73,19 @@ pub struct Issued {
 }
 
 impl IdentityService {
+    /// Makes the catalogs this controller issues name its own URLs for the cloud's services.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// A catalog URL as a client of this controller should see it.
+    pub fn catalog_url(&self, service_type: &str, url: &str) -> String {
+        match self.cluster.get() {
+            Some(c) => c.localize(service_type, url),
+            None => url.to_string(),
+        }
+    }
+
     /// Opens the identity service over `store`; `key_dir` is where keys were kept before they
     /// moved into the store (imported when the store has none).
     pub async fn new(
@@ -89,6 +104,7 @@ impl IdentityService {
             snapshot: RwLock::new(Arc::new(snapshot)),
             refresh_lock: tokio::sync::Mutex::new(()),
             token_ttl,
+            cluster: std::sync::OnceLock::new(),
         }))
     }
 
