@@ -131,6 +131,9 @@ impl Default for ApiConfig {
 pub struct DatabaseConfig {
     /// `sqlite:///path` or `postgresql://…`; empty = SQLite in the data directory.
     pub url: String,
+    /// This controller joined a cloud another controller bootstrapped (`onestack join --role
+    /// controller`): `up` starts its services and bootstraps nothing.
+    pub joined: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -19,7 +19,7 @@ mod systemd;
 mod teardown;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -38,6 +38,13 @@ struct DataDirArg {
     /// Where OneStack keeps its state, secrets, logs and pid files.
     #[arg(long, default_value = paths::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+}
+
+/// What a joining host becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Compute,
+    Controller,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +109,14 @@ enum Command {
         /// Local settings for this node (TOML; e.g. [compute] virt_type, agent_port).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// What this host becomes: a compute node, or another controller of the cloud's
+        /// PostgreSQL database (the token must have been minted for that role).
+        #[arg(long, value_enum, default_value_t = Role::Compute)]
+        role: Role,
+        /// With --role controller: the database as this host reaches it (default: the URL the
+        /// controller uses).
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Take this compute node out of the cloud (refused while it still holds servers).
     Leave {
@@ -118,6 +133,9 @@ enum Command {
         /// Seconds the token stays valid.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// What the token lets a host become.
+        #[arg(long, value_enum, default_value_t = Role::Compute)]
+        role: Role,
     },
     /// Delete every server, image, network and project resource and start afresh, as a first
     /// `up` would (the configuration is kept).
@@ -345,26 +363,38 @@ fn main() -> Result<()> {
                 host,
                 my_ip,
                 config,
+                role,
+                database,
             } => {
-                node::join(
-                    paths::DataDir::new(dir.data_dir)?,
-                    node::JoinArgs {
-                        controller: &controller,
-                        token: &token,
-                        host: host.as_deref(),
-                        my_ip: my_ip.as_deref(),
-                        config: config.as_deref(),
-                    },
-                )
-                .await
+                let args = node::JoinArgs {
+                    controller: &controller,
+                    token: &token,
+                    host: host.as_deref(),
+                    my_ip: my_ip.as_deref(),
+                    config: config.as_deref(),
+                };
+                let dd = paths::DataDir::new(dir.data_dir)?;
+                match role {
+                    Role::Compute => {
+                        if database.is_some() {
+                            anyhow::bail!("--database is for --role controller");
+                        }
+                        node::join(dd, args).await
+                    }
+                    Role::Controller => node::join_controller(dd, args, database.as_deref()).await,
+                }
             }
             Command::Leave { dir, yes } => {
                 node::leave(paths::DataDir::new(dir.data_dir)?, yes).await
             }
-            Command::JoinToken { dir, ttl } => {
+            Command::JoinToken { dir, ttl, role } => {
                 node::join_token(
                     paths::DataDir::new(dir.data_dir)?,
                     std::time::Duration::from_secs(ttl.clamp(60, 7 * 24 * 3600)),
+                    match role {
+                        Role::Compute => onestack_core::compute::join::JoinRole::Compute,
+                        Role::Controller => onestack_core::compute::join::JoinRole::Controller,
+                    },
                 )
                 .await
             }

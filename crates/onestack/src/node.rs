@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::paths::{self, DataDir};
 use crate::{ops, supervisor};
 use anyhow::{bail, Context, Result};
+use onestack_core::compute::join::JoinRole;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -325,7 +326,7 @@ pub async fn leave(dd: DataDir, yes: bool) -> Result<()> {
 }
 
 /// `onestack join-token`: a fresh one-time token and the command that uses it.
-pub async fn join_token(dd: DataDir, ttl: Duration) -> Result<()> {
+pub async fn join_token(dd: DataDir, ttl: Duration, role: JoinRole) -> Result<()> {
     let cfg = ops::load_config(&dd, None)?;
     if cfg.is_compute_node() {
         bail!(
@@ -333,28 +334,201 @@ pub async fn join_token(dd: DataDir, ttl: Duration) -> Result<()> {
             cfg.compute.controller_url
         );
     }
-    let store = onestack_store::Store::open(&crate::serve::database_url(&cfg, &dd))
+    let url = crate::serve::database_url(&cfg, &dd);
+    if role == JoinRole::Controller && url.starts_with("sqlite:") {
+        bail!(
+            "this cloud keeps its state in SQLite on this host, so it cannot have another \
+             controller; move it to PostgreSQL first (onestack db migrate-from-sqlite --to \
+             postgresql://…)"
+        );
+    }
+    let store = onestack_store::Store::open(&url)
         .await
         .context("cannot open the state store (run `onestack up` first)")?;
-    let cmd = join_command(&store, &cfg, ttl).await?;
+    let cmd = join_command_for(&store, &cfg, ttl, role).await?;
     store.pool().close().await;
     println!("{cmd}");
     Ok(())
 }
 
-/// `onestack join --controller … --token …` with a fresh token.
+/// `onestack join --controller … --token …` with a fresh compute-node token.
 pub async fn join_command(
     store: &onestack_store::Store,
     cfg: &Config,
     ttl: Duration,
 ) -> Result<String> {
-    let token = onestack_core::compute::join::issue(store, ttl)
+    join_command_for(store, cfg, ttl, JoinRole::Compute).await
+}
+
+async fn join_command_for(
+    store: &onestack_store::Store,
+    cfg: &Config,
+    ttl: Duration,
+    role: JoinRole,
+) -> Result<String> {
+    let token = onestack_core::compute::join::issue_for(store, ttl, role)
         .await
         .map_err(|e| anyhow::anyhow!("cannot mint a join token: {e}"))?;
+    let role_arg = match role {
+        JoinRole::Compute => "",
+        JoinRole::Controller => " --role controller",
+    };
     Ok(format!(
-        "onestack join --controller {} --token {token}",
+        "onestack join{role_arg} --controller {} --token {token}",
         cfg.compute_url()
     ))
+}
+
+/// `onestack join --role controller`: trades the token for the cloud's shared secret, its
+/// database and passwords, checks the database answers from here and holds the cloud, writes
+/// this controller's configuration and starts its services (APIs, dashboard, and a compute
+/// agent: a controller is a compute host too, as the first one is). DHCP, metadata and routers
+/// stay with the first controller (the network node).
+pub async fn join_controller(dd: DataDir, a: JoinArgs<'_>, database: Option<&str>) -> Result<()> {
+    let t0 = Instant::now();
+    if dd.config().exists() {
+        bail!(
+            "{} already holds a OneStack configuration; join from an empty data directory",
+            dd.root.display()
+        );
+    }
+    let controller = a.controller.trim_end_matches('/').to_string();
+    let mut cfg = match a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let host = match a.host {
+        Some(h) => h.to_string(),
+        None if !cfg.compute.host.is_empty() => cfg.compute.host.clone(),
+        None => onestack_agent::host::hostname(),
+    };
+    crate::hostnet::check(&cfg).context("host networking; nothing was changed")?;
+    let my_ip = match a.my_ip {
+        Some(ip) => ip.to_string(),
+        None if !cfg.compute.my_ip.is_empty() || !cfg.network.flat_interface.is_empty() => {
+            cfg.my_ip()
+        }
+        None => local_address_toward(&controller)?,
+    };
+    // Clients and the other controllers reach this one at its own address.
+    if cfg.api.public_host.is_empty() {
+        cfg.api.public_host = my_ip.clone();
+    }
+    ops::step(
+        t0,
+        &format!("joining {controller} as controller {host} ({my_ip})"),
+    );
+    for (name, port) in crate::doctor::ports(&cfg) {
+        if !crate::doctor::port_free(&cfg, port) {
+            bail!("{name} {port} is in use by another program; nothing was changed");
+        }
+    }
+    ops::ensure_packages(&dd, t0)?;
+    let resp = http()
+        .post(format!("{controller}/internal/v1/join"))
+        .json(&serde_json::json!({"token": a.token, "host": host, "role": "controller"}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the controller at {controller}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the controller refused the join ({status}): {}",
+            error_message(&body)
+        );
+    }
+    let granted: Value = serde_json::from_str(&body).context("unexpected join answer")?;
+    let field = |k: &str| -> Result<String> {
+        granted[k]
+            .as_str()
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .with_context(|| format!("the controller sent no {k}"))
+    };
+    let secret = field("agent_secret")?;
+    let url = match database {
+        Some(u) => u.to_string(),
+        None => field("database_url")?,
+    };
+    check_database_from_here(&url).await?;
+    ops::step(
+        t0,
+        &format!(
+            "database {} answers and holds the cloud",
+            crate::db::redact(&url)
+        ),
+    );
+    cfg.database.url = url;
+    cfg.database.joined = true;
+    cfg.compute.host = host.clone();
+    cfg.compute.my_ip = my_ip;
+    if let Some(r) = granted["region"].as_str() {
+        cfg.api.region = r.to_string();
+    }
+    if let Some(p) = granted["namespace_prefix"].as_str() {
+        cfg.network.namespace_prefix = p.to_string();
+    }
+    if let Some(s) = granted["service_down_time"].as_u64() {
+        cfg.compute.service_down_time = s;
+    }
+    if let Some(s) = granted["token_lifetime"].as_u64() {
+        cfg.identity.token_lifetime = s;
+    }
+    // One network node per cloud: the first controller's.
+    cfg.network.network_node = false;
+    cfg.validate()?;
+    dd.create()?;
+    paths::write_private(&dd.secrets().join("agent-token"), &secret)?;
+    let admin_password = field("admin_password")?;
+    let demo_password = field("demo_password")?;
+    paths::write_private(&dd.secrets().join("admin-password"), &admin_password)?;
+    paths::write_private(&dd.secrets().join("demo-password"), &demo_password)?;
+    paths::write_private(
+        &dd.config(),
+        &format!(
+            "# Written by onestack join --role controller: this host is a controller of the \
+             cloud first brought up at {controller}.\n{}",
+            toml::to_string(&cfg).context("cannot write the configuration")?
+        ),
+    )?;
+    ops::write_client_files(&dd, &cfg, &admin_password, &demo_password)?;
+    ops::step(
+        t0,
+        &format!("configuration written to {}", dd.config().display()),
+    );
+    ops::start_joined_controller(&dd, &cfg, t0).await
+}
+
+/// Connects to `url` from this host and checks it holds a cloud (its admin project).
+async fn check_database_from_here(url: &str) -> Result<()> {
+    let store = tokio::time::timeout(Duration::from_secs(30), onestack_store::Store::open(url))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the database {} did not answer within 30 s",
+                crate::db::redact(url)
+            )
+        })?
+        .with_context(|| {
+            format!(
+                "cannot reach the database {} from this host (pass --database with an address \
+                 this host reaches)",
+                crate::db::redact(url)
+            )
+        })?;
+    let found = store
+        .find_project(onestack_core::identity::DEFAULT_DOMAIN_ID, "admin")
+        .await
+        .is_ok();
+    store.pool().close().await;
+    if !found {
+        bail!(
+            "the database {} holds no cloud (no admin project)",
+            crate::db::redact(url)
+        );
+    }
+    Ok(())
 }
 
 /// Whether other hosts can reach the controller at its public address.

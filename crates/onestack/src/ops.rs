@@ -229,6 +229,10 @@ pub async fn up(
         // A joined compute host: no store, no bootstrap, only its agent (what boot runs).
         return crate::node::start(&dd, &cfg, t0).await;
     }
+    if cfg.database.joined {
+        // Another controller of a cloud bootstrapped elsewhere: only its services.
+        return start_joined_controller(&dd, &cfg, t0).await;
+    }
     if !foreground {
         if let Some(pid) = supervisor::running_pid(&dd, "supervisor") {
             if config_changed {
@@ -310,32 +314,7 @@ pub async fn up(
         );
     }
     let auth_url = cfg.identity_url() + "/v3";
-    let region = &cfg.api.region;
-    let admin = Login {
-        cloud: "onestack-admin",
-        user: "admin",
-        project: "admin",
-        password: &admin_password,
-    };
-    let demo = Login {
-        cloud: "onestack",
-        user: "demo",
-        project: "demo",
-        password: &demo_password,
-    };
-    let clouds = paths::clouds_yaml(&auth_url, region, &[&demo, &admin]);
-    paths::write_private(&dd.root.join("clouds.yaml"), &clouds)?;
-    if dd.root == Path::new(paths::DEFAULT_DATA_DIR) {
-        install_system_clouds_yaml(&clouds);
-    }
-    paths::write_private(
-        &dd.root.join("openrc"),
-        &paths::openrc(&auth_url, region, &admin),
-    )?;
-    paths::write_private(
-        &dd.root.join("openrc-demo"),
-        &paths::openrc(&auth_url, region, &demo),
-    )?;
+    write_client_files(&dd, &cfg, &admin_password, &demo_password)?;
     step(t0, "wrote clouds.yaml, openrc and openrc-demo");
     if no_demo {
         step(t0, "demo server skipped (--no-demo)");
@@ -386,6 +365,90 @@ pub async fn up(
         println!("  Demo server:   {cmd}");
     }
     print_join(&cfg, &dd, join_cmd.ok());
+    Ok(())
+}
+
+/// `clouds.yaml`, `openrc` and `openrc-demo` for this controller's identity API.
+pub fn write_client_files(
+    dd: &DataDir,
+    cfg: &Config,
+    admin_password: &str,
+    demo_password: &str,
+) -> Result<()> {
+    let auth_url = cfg.identity_url() + "/v3";
+    let region = &cfg.api.region;
+    let admin = Login {
+        cloud: "onestack-admin",
+        user: "admin",
+        project: "admin",
+        password: admin_password,
+    };
+    let demo = Login {
+        cloud: "onestack",
+        user: "demo",
+        project: "demo",
+        password: demo_password,
+    };
+    let clouds = paths::clouds_yaml(&auth_url, region, &[&demo, &admin]);
+    paths::write_private(&dd.root.join("clouds.yaml"), &clouds)?;
+    if dd.root == Path::new(paths::DEFAULT_DATA_DIR) {
+        install_system_clouds_yaml(&clouds);
+    }
+    paths::write_private(
+        &dd.root.join("openrc"),
+        &paths::openrc(&auth_url, region, &admin),
+    )?;
+    paths::write_private(
+        &dd.root.join("openrc-demo"),
+        &paths::openrc(&auth_url, region, &demo),
+    )?;
+    Ok(())
+}
+
+/// Starts the services of a controller that joined a cloud another controller bootstrapped
+/// (or finds them running), and waits until its APIs answer and its compute host is up.
+pub async fn start_joined_controller(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
+    if let Some(pid) = supervisor::running_pid(dd, "supervisor") {
+        step(
+            t0,
+            &format!("controller already running (supervisor pid {pid})"),
+        );
+    } else {
+        for (name, port) in crate::doctor::ports(cfg) {
+            if !crate::doctor::port_free(cfg, port) {
+                bail!(
+                    "{name} {port} on {} is in use by another program; no service was started",
+                    cfg.api.listen
+                );
+            }
+        }
+        crate::hostnet::check(cfg).context("host networking; nothing was changed")?;
+        start_supervisor(dd)?;
+        step(t0, "controller services started");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !healthy(cfg).await {
+        if Instant::now() > deadline {
+            bail!(
+                "the services did not answer within 60 s; see {} and {}",
+                dd.log_file("supervisor").display(),
+                dd.log_file("api").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step(t0, "services answer");
+    let host = crate::agent::local_host(cfg);
+    crate::node::wait_until_up(dd, cfg, &host).await?;
+    step(t0, &format!("compute host {host} is up"));
+    println!();
+    println!(
+        "This host is a controller of the cloud in {}.",
+        crate::db::redact(&cfg.database.url)
+    );
+    println!("  Dashboard:     {}", cfg.dashboard_url());
+    println!("  Identity API:  {}/v3", cfg.identity_url());
+    print_login(dd);
     Ok(())
 }
 
@@ -613,8 +676,23 @@ async fn print_hosts(cfg: &Config, dd: &DataDir) -> bool {
     };
     let hosts = store.list_hosts().await.unwrap_or_default();
     let usage = store.host_usage().await.unwrap_or_default();
+    let controllers = store.list_controllers().await.unwrap_or_default();
     store.pool().close().await;
     let now = onestack_core::now_micros();
+    for c in &controllers {
+        let up = onestack_core::cluster::is_live(c, now);
+        println!(
+            "controller      {:<15} {:<28} {:<5} {}",
+            c.name,
+            c.endpoint("compute").unwrap_or_default(),
+            if up { "up" } else { "DOWN" },
+            if c.leader_since_us.is_some() && up {
+                "leader"
+            } else {
+                ""
+            }
+        );
+    }
     let down_after = i64::try_from(cfg.compute.service_down_time)
         .unwrap_or(i64::MAX / 2_000_000)
         .saturating_mul(1_000_000);

@@ -89,8 +89,18 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     let metrics_state = onestack_api::metrics::MetricsState {
         compute: compute.clone(),
     };
+    let cluster = onestack_core::cluster::Cluster::new(
+        compute.store().clone(),
+        &crate::agent::local_host(&cfg),
+        &cluster_endpoints(&cfg),
+    );
+    state.identity.set_cluster(cluster.clone());
+    cluster.spawn(singleton_work(&compute));
+    let controller_join = controller_join(&cfg, &dd)?.map(Arc::new);
     let compute_state = ComputeState {
         app: state.clone(),
+        cluster: Some(cluster),
+        controller_join,
         compute,
         images: images.clone(),
         base_url: cfg.compute_url().into(),
@@ -225,6 +235,73 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     c.context("compute API server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where this controller's services answer, by catalog service type (identity rewrites other
+/// controllers' URLs in the catalogs it issues to these).
+fn cluster_endpoints(cfg: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("identity", cfg.identity_url()),
+        ("compute", cfg.compute_url()),
+        ("image", cfg.image_url()),
+        ("network", cfg.network_url()),
+        ("volumev3", cfg.volume_url()),
+        ("block-storage", cfg.volume_url()),
+        ("dashboard", cfg.dashboard_url()),
+    ]
+}
+
+/// The work exactly one controller does at a time (the leader): finishing creates and deletes
+/// a controller that died left half done.
+fn singleton_work(compute: &Arc<ComputeService>) -> Vec<onestack_core::cluster::SingletonWork> {
+    use onestack_core::compute::recovery::ABANDONED_AFTER;
+    let (a, b) = (compute.clone(), compute.clone());
+    vec![
+        onestack_core::cluster::SingletonWork {
+            name: "place abandoned creates",
+            run: Box::new(move || {
+                let c = a.clone();
+                Box::pin(async move {
+                    if let Err(e) = c.recover_unscheduled(ABANDONED_AFTER).await {
+                        tracing::warn!(error = %e, "recovering abandoned creates failed");
+                    }
+                })
+            }),
+        },
+        onestack_core::cluster::SingletonWork {
+            name: "release orphaned ports",
+            run: Box::new(move || {
+                let c = b.clone();
+                Box::pin(async move {
+                    if let Err(e) = c.reap_orphan_ports(ABANDONED_AFTER).await {
+                        tracing::warn!(error = %e, "releasing orphaned ports failed");
+                    }
+                })
+            }),
+        },
+    ]
+}
+
+/// What another controller receives when it joins (`join --role controller`): the database
+/// and the bootstrap passwords (its own `openrc`). None on SQLite: one controller only.
+fn controller_join(cfg: &Config, dd: &DataDir) -> Result<Option<serde_json::Value>> {
+    let url = database_url(cfg, dd);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Ok(None);
+    }
+    let admin_password = if cfg.identity.admin_password.is_empty() {
+        dd.secret("admin-password")?
+    } else {
+        cfg.identity.admin_password.clone()
+    };
+    Ok(Some(serde_json::json!({
+        "database_url": url,
+        "admin_password": admin_password,
+        "demo_password": dd.secret("demo-password")?,
+        "region": cfg.api.region,
+        "namespace_prefix": cfg.network.namespace_prefix,
+        "token_lifetime": cfg.identity.token_lifetime,
+    })))
 }
 
 /// How long a stopping API server lets in-flight requests finish.

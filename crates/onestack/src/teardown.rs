@@ -216,6 +216,13 @@ fn wipe_data_dir(dd: &DataDir) -> Result<()> {
 }
 
 pub async fn reset(dd: DataDir, config: Option<&Path>, no_demo: bool, yes: bool) -> Result<()> {
+    if ops::load_config(&dd, None).is_ok_and(|c| c.database.joined) {
+        bail!(
+            "this controller joined a cloud whose state every controller shares; a reset would \
+             erase it for all of them. Run `onestack reset` on the controller that first \
+             brought the cloud up, or `onestack uninstall` here to take only this one out"
+        );
+    }
     confirm(
         &format!(
             "This deletes every server, image, network and project resource of the cloud in {} \
