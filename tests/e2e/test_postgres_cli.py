@@ -21,10 +21,14 @@ pytestmark = [
 
 
 class PgServer:
-    """A private PostgreSQL server in network namespace `ns`, on 127.0.0.1:port."""
+    """A private PostgreSQL server in network namespace `ns`, on `listen` (addresses of that
+    namespace, comma separated; loopback by default):port."""
 
-    def __init__(self, ns):
+    def __init__(self, ns, listen="127.0.0.1", trust_from=None):
         self.ns = ns
+        self.listen = listen
+        # A network (CIDR, 198.18.0.0/15 only) whose hosts may connect without a password.
+        self.trust_from = trust_from
         self.bin = PGBINS[-1] if PGBINS else Path("/nonexistent")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="onestack-pg-"))
@@ -36,17 +40,21 @@ class PgServer:
 
     def __enter__(self):
         self.run(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+        if self.trust_from:
+            with open(self.dir / "data" / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.trust_from} trust\n")
         self.run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-w", "-l", str(self.dir / "log"),
-                 "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}", "start")
+                 "-o", f"-c listen_addresses={self.listen} -p {self.port} -k {self.dir}", "start")
         return self
 
     def __exit__(self, *exc):
         self.run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop", check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def createdb(self, name):
+    def createdb(self, name, host="127.0.0.1"):
+        """A new database; its URL as seen from `host`, one of the listen addresses."""
         self.run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), name)
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        return f"postgresql://postgres@{host}:{self.port}/{name}"
 
     def query(self, db, sql):
         return self.run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-d", db,
