@@ -380,9 +380,15 @@ impl VolumeService {
                 } else if let Some(image) = &v.source_image_id {
                     let img = self.images.get_system(image).await?;
                     let fmt = backend::qemu_format(img.disk_format.as_deref().unwrap_or("raw"));
-                    self.backend
-                        .create_from(&dest, &self.images.data_path(image), fmt, v.size_gb)
-                        .await
+                    // Uploaded through another controller: its data is copied here first.
+                    match self.images.ensure_local(&img).await {
+                        Ok(()) => {
+                            self.backend
+                                .create_from(&dest, &self.images.data_path(image), fmt, v.size_gb)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
                 } else if let Some(snap) = &v.snapshot_id {
                     self.backend
                         .create_from(&dest, &self.backend.snapshot_path(snap), "qcow2", v.size_gb)
