@@ -89,39 +89,58 @@ def wait_for(what, predicate, timeout=60, every=0.5):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_two_controllers_survive_the_leader_being_killed_under_load(tmp_path):
-    compute = f'my_ip = "{A_IP}"\nservice_down_time = 6\nforce_config_drive = false\n'
-    with make_cloud(compute=compute, listen="0.0.0.0", public_host=A_IP) as cloud:
-        b = SecondController(cloud)
-        subprocess.run(["ip", "netns", "add", b.netns], check=True)
+class ha_cloud:
+    """The first controller's cloud and namespace, the second's namespace joined by a veth pair,
+    and PostgreSQL on the first host's address; everything stopped and removed on exit."""
+
+    def __enter__(self):
+        compute = f'my_ip = "{A_IP}"\nservice_down_time = 6\nforce_config_drive = false\n'
+        self.made = make_cloud(compute=compute, listen="0.0.0.0", public_host=A_IP)
+        cloud = self.made.__enter__()
+        self.b = b = SecondController(cloud)
+        self.pg = None
         try:
+            subprocess.run(["ip", "netns", "add", b.netns], check=True)
             subprocess.run(["ip", "-n", b.netns, "link", "set", "lo", "up"], check=True)
             subprocess.run(["ip", "-n", cloud.netns, "link", "add", "wire", "type", "veth",
                             "peer", "name", "wire", "netns", b.netns], check=True)
             for ns, addr in [(cloud.netns, A_IP), (b.netns, B_IP)]:
                 subprocess.run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "wire"], check=True)
                 subprocess.run(["ip", "-n", ns, "link", "set", "wire", "up"], check=True)
-            with PgServer(cloud.netns, listen=f"127.0.0.1,{A_IP}", trust_from="198.18.21.0/24") as pg:
-                scenario(cloud, b, pg, tmp_path)
+            self.pg = PgServer(cloud.netns, listen=f"127.0.0.1,{A_IP}", trust_from="198.18.21.0/24")
+            self.pg.__enter__()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return cloud, b, self.pg
+
+    def __exit__(self, *exc):
+        # The server is stopped inside the first host's namespace, before that goes.
+        try:
+            self.b.stop_everything()
         finally:
-            b.stop_everything()
+            try:
+                if self.pg:
+                    self.pg.__exit__(*exc)
+            finally:
+                self.made.__exit__(*exc)
 
 
-def scenario(cloud, b, pg, tmp_path):
+def bring_up_two(cloud, b, pg, check_refusals=False):
+    """`up --database` on the first host, `join --role controller` on the second; returns the
+    first controller's name. `check_refusals`: first check a compute token makes no controller."""
     url = pg.createdb("onestack", host=A_IP)
     out = cloud.onestack("up", "--config", str(cloud.config), "--no-demo", "--database", url).stdout
     assert "state store ready (Postgres)" in out, out
     first = wait_for("the first controller to lead", lambda: re.search(
         r"controller\s+(\S+)\s+\S+\s+up\s+leader", cloud.onestack("status").stdout))
-    first_name = first.group(1)
-
-    # A compute token does not make a controller; a controller token does.
-    compute_cmd = cloud.onestack("join-token").stdout.strip()
-    token = compute_cmd.split("--token ")[1]
-    r = b.run("join", "--role", "controller", "--controller", f"http://{A_IP}:{cloud.compute_port}",
-              "--token", token, "--host", "ctl2", "--config", str(b.config))
-    assert r.returncode != 0 and "another role" in r.stderr, r.stderr
-    assert not (b.data / "onestack.toml").exists()
+    if check_refusals:
+        token = cloud.onestack("join-token").stdout.strip().split("--token ")[1]
+        r = b.run("join", "--role", "controller", "--controller",
+                  f"http://{A_IP}:{cloud.compute_port}", "--token", token, "--host", "ctl2",
+                  "--config", str(b.config))
+        assert r.returncode != 0 and "another role" in r.stderr, r.stderr
+        assert not (b.data / "onestack.toml").exists()
     cmd = cloud.onestack("join-token", "--role", "controller").stdout.strip()
     m = re.fullmatch(r"onestack join --role controller --controller (\S+) --token (\S+)", cmd)
     assert m, cmd
@@ -129,6 +148,16 @@ def scenario(cloud, b, pg, tmp_path):
               "--host", "ctl2", "--config", str(b.config), timeout=180)
     assert r.returncode == 0, f"join failed:\n{r.stdout}\n{r.stderr}"
     assert "compute host ctl2 is up" in r.stdout, r.stdout
+    return first.group(1)
+
+
+def test_two_controllers_survive_the_leader_being_killed_under_load(tmp_path):
+    with ha_cloud() as (cloud, b, pg):
+        scenario(cloud, b, pg, tmp_path)
+
+
+def scenario(cloud, b, pg, tmp_path):
+    first_name = bring_up_two(cloud, b, pg, check_refusals=True)
     assert 'joined = true' in (b.data / "onestack.toml").read_text()
 
     # One leader, two controllers; the second's catalog names the second (its clients keep
