@@ -965,6 +965,46 @@ async fn interrupted_uploads_are_requeued_on_restart() {
 }
 
 #[tokio::test]
+async fn a_controller_restarting_leaves_the_uploads_of_others_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let images = dir.path().join("images");
+    let c = start_in(dir, images.clone(), u64::MAX).await;
+    let admin = c.admin().await;
+    let store = onestack_store::Store::open(&c.db_url).await.expect("store");
+    let t = "2026-01-01T00:00:00Z";
+    // b runs throughout (and leads).
+    let leader = ImageService::new_for(store.clone(), images.clone(), u64::MAX, "b")
+        .await
+        .expect("b");
+    // Uploads under way on three controllers: a, b, and c (which stopped for good).
+    let mut ids = Vec::new();
+    for by in ["a", "b", "c"] {
+        let img = c
+            .create(&admin, json!({"name": format!("from-{by}")}))
+            .await;
+        let id = img["id"].as_str().expect("id").to_string();
+        assert!(store.start_image_upload(&id, by, t).await.expect("start"));
+        ids.push(id);
+    }
+    let status = |id: String| {
+        let store = store.clone();
+        async move { store.get_image(&id).await.expect("get").status }
+    };
+    // a starts again: its own upload died with it; b's and c's are not its to judge.
+    ImageService::new_for(store.clone(), images.clone(), u64::MAX, "a")
+        .await
+        .expect("restart");
+    assert_eq!(status(ids[0].clone()).await, "queued");
+    assert_eq!(status(ids[1].clone()).await, "saving");
+    assert_eq!(status(ids[2].clone()).await, "saving");
+    // The leader sees a and b alive: c's upload will never finish.
+    let live = vec!["a".to_string(), "b".to_string()];
+    assert_eq!(leader.requeue_abandoned_uploads(&live).await.expect("r"), 1);
+    assert_eq!(status(ids[1].clone()).await, "saving");
+    assert_eq!(status(ids[2].clone()).await, "queued");
+}
+
+#[tokio::test]
 async fn list_filters_sorting_and_paging() {
     let c = start().await;
     let admin = c.admin().await;

@@ -240,15 +240,47 @@ impl Store {
     }
 
     /// Images left `saving` by a process that died mid-upload go back to `queued`.
-    pub async fn requeue_interrupted_uploads(&self, now: &str) -> Result<Vec<String>> {
-        let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM images WHERE status = 'saving'")
-            .fetch_all(self.pool())
-            .await?;
+    /// `queued → saving`, recording which controller receives the data (so that another
+    /// controller's restart leaves the upload alone). False when the image was not queued.
+    pub async fn start_image_upload(&self, id: &str, receiver: &str, now: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE images SET status = 'saving', receiving_by = $2, updated_at = $3 \
+             WHERE id = $1 AND status = 'queued'",
+        )
+        .bind(id)
+        .bind(receiver)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Puts back to `queued` the uploads whose receiver is gone and returns their ids:
+    /// `restarting` — that controller starts again, so its uploads (and any with no receiver on
+    /// record) died with its old process; `live` — the controllers alive now, so an upload
+    /// received by any other never finishes.
+    pub async fn requeue_interrupted_uploads(
+        &self,
+        now: &str,
+        restarting: Option<&str>,
+        live: Option<&[String]>,
+    ) -> Result<Vec<String>> {
+        let rows: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT id, receiving_by FROM images WHERE status = 'saving'")
+                .fetch_all(self.pool())
+                .await?;
         let mut out = Vec::new();
-        for (id,) in ids {
-            if self
-                .transition_image(&id, &["saving"], "queued", now)
-                .await?
+        for (id, by) in rows {
+            let gone = match (by.as_deref(), restarting) {
+                (None, Some(_)) => true,
+                (Some(b), Some(me)) if b == me => true,
+                (Some(b), _) => live.is_some_and(|l| !l.iter().any(|x| x == b)),
+                (None, None) => false,
+            };
+            if gone
+                && self
+                    .transition_image(&id, &["saving"], "queued", now)
+                    .await?
             {
                 out.push(id);
             }

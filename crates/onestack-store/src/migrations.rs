@@ -446,6 +446,12 @@ CREATE TABLE controllers (
 ALTER TABLE join_tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'compute'
 "#,
     ),
+    (
+        14,
+        r#"
+ALTER TABLE images ADD COLUMN receiving_by TEXT
+"#,
+    ),
 ];
 
 /// The advisory lock (PostgreSQL) under which controllers that start together migrate one at a

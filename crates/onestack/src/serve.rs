@@ -41,13 +41,14 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         identity,
         identity_url: cfg.identity_url().into(),
     };
-    let images = ImageService::new(store.clone(), dd.images(), cfg.image.size_cap)
+    let name = crate::agent::local_host(&cfg);
+    let images = ImageService::new_for(store.clone(), dd.images(), cfg.image.size_cap, &name)
         .await
         .context("cannot start the image service")?;
     // Image data on every controller: copy what is missing here from the others (on demand and
     // every 30 s), drop the files of deleted images. See onestack_core::image::replicate.
     images.enable_replication(
-        crate::agent::local_host(&cfg),
+        name.clone(),
         dd.secret("agent-token")?,
         onestack_api::image::HttpPeers::new(),
     );
@@ -91,11 +92,11 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     };
     let cluster = onestack_core::cluster::Cluster::new(
         compute.store().clone(),
-        &crate::agent::local_host(&cfg),
+        &name,
         &cluster_endpoints(&cfg),
     );
     state.identity.set_cluster(cluster.clone());
-    cluster.spawn(singleton_work(&compute));
+    cluster.spawn(singleton_work(&compute, &images, &cluster));
     let controller_join = controller_join(&cfg, &dd)?.map(Arc::new);
     let compute_state = ComputeState {
         app: state.clone(),
@@ -251,12 +252,35 @@ fn cluster_endpoints(cfg: &Config) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The work exactly one controller does at a time (the leader): finishing creates and deletes
-/// a controller that died left half done.
-fn singleton_work(compute: &Arc<ComputeService>) -> Vec<onestack_core::cluster::SingletonWork> {
+/// The work exactly one controller does at a time (the leader): finishing creates, deletes and
+/// uploads a controller that died left half done.
+fn singleton_work(
+    compute: &Arc<ComputeService>,
+    images: &Arc<ImageService>,
+    cluster: &Arc<onestack_core::cluster::Cluster>,
+) -> Vec<onestack_core::cluster::SingletonWork> {
     use onestack_core::compute::recovery::ABANDONED_AFTER;
     let (a, b) = (compute.clone(), compute.clone());
+    let (img, cl) = (images.clone(), Arc::downgrade(cluster));
     vec![
+        onestack_core::cluster::SingletonWork {
+            name: "requeue uploads of stopped controllers",
+            run: Box::new(move || {
+                let (img, cl) = (img.clone(), cl.clone());
+                Box::pin(async move {
+                    let Some(cl) = cl.upgrade() else { return };
+                    let live: Vec<String> =
+                        cl.live_controllers().into_iter().map(|c| c.name).collect();
+                    // Not before the first heartbeat has listed anyone (this one included).
+                    if live.is_empty() {
+                        return;
+                    }
+                    if let Err(e) = img.requeue_abandoned_uploads(&live).await {
+                        tracing::warn!(error = %e, "requeueing abandoned uploads failed");
+                    }
+                })
+            }),
+        },
         onestack_core::cluster::SingletonWork {
             name: "place abandoned creates",
             run: Box::new(move || {

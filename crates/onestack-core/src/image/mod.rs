@@ -36,6 +36,8 @@ pub struct ImageService {
     size_cap: u64,
     /// Set by `enable_replication` (see `replicate`): copy missing data from other controllers.
     replication: std::sync::OnceLock<Arc<replicate::Replication>>,
+    /// The controller this service runs in, recorded on the uploads it receives.
+    receiver: String,
 }
 
 /// List parameters, already parsed from the query string.
@@ -97,9 +99,22 @@ impl ImageService {
     /// Opens the image store in `dir`, putting back to `queued` any upload a dead process left
     /// half done and removing its partial files.
     pub async fn new(store: Store, dir: PathBuf, size_cap: u64) -> CoreResult<Arc<ImageService>> {
+        Self::new_for(store, dir, size_cap, "").await
+    }
+
+    /// As `new`, in controller `receiver` of a cloud with several: only the uploads this
+    /// controller was receiving are put back (another's may be under way).
+    pub async fn new_for(
+        store: Store,
+        dir: PathBuf,
+        size_cap: u64,
+        receiver: &str,
+    ) -> CoreResult<Arc<ImageService>> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| CoreError::Internal(format!("cannot create {}: {e}", dir.display())))?;
-        let requeued = store.requeue_interrupted_uploads(&now()).await?;
+        let requeued = store
+            .requeue_interrupted_uploads(&now(), Some(receiver), None)
+            .await?;
         for id in &requeued {
             tracing::warn!(image_id = %id, "upload interrupted by a restart; image is queued again");
             let _ = std::fs::remove_file(dir.join(id));
@@ -116,7 +131,21 @@ impl ImageService {
             dir,
             size_cap,
             replication: std::sync::OnceLock::new(),
+            receiver: receiver.to_string(),
         }))
+    }
+
+    /// The leader's part: uploads whose receiving controller is not among `live` will never
+    /// finish; they are queued again so the client can upload once more.
+    pub async fn requeue_abandoned_uploads(&self, live: &[String]) -> CoreResult<usize> {
+        let requeued = self
+            .store
+            .requeue_interrupted_uploads(&now(), None, Some(live))
+            .await?;
+        for id in &requeued {
+            tracing::warn!(image_id = %id, "upload abandoned by a controller that stopped; queued again");
+        }
+        Ok(requeued.len())
     }
 
     pub fn size_cap(&self) -> u64 {
@@ -421,7 +450,7 @@ impl ImageService {
         }
         if !self
             .store
-            .transition_image(id, &["queued"], "saving", &now())
+            .start_image_upload(id, &self.receiver, &now())
             .await?
         {
             return Err(CoreError::Conflict(
@@ -694,7 +723,7 @@ impl ImageService {
             .map_err(|_| Self::not_found(id))?;
         if !self
             .store
-            .transition_image(id, &["queued"], "saving", &now())
+            .start_image_upload(id, &self.receiver, &now())
             .await?
         {
             return Err(CoreError::Conflict(format!(
