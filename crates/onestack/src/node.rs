@@ -60,6 +60,62 @@ pub struct JoinArgs<'a> {
     pub config: Option<&'a Path>,
 }
 
+/// Who is joining what: the controller's URL, this host's settings, name and address.
+struct Joiner {
+    controller: String,
+    cfg: Config,
+    host: String,
+    my_ip: String,
+}
+
+impl Joiner {
+    fn from_args(a: &JoinArgs<'_>) -> Result<Joiner> {
+        let controller = a.controller.trim_end_matches('/').to_string();
+        let cfg = match a.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        let host = match a.host {
+            Some(h) => h.to_string(),
+            None if !cfg.compute.host.is_empty() => cfg.compute.host.clone(),
+            None => onestack_agent::host::hostname(),
+        };
+        crate::hostnet::check(&cfg).context("host networking; nothing was changed")?;
+        let my_ip = match a.my_ip {
+            Some(ip) => ip.to_string(),
+            None if !cfg.compute.my_ip.is_empty() || !cfg.network.flat_interface.is_empty() => {
+                cfg.my_ip()
+            }
+            None => local_address_toward(&controller)?,
+        };
+        Ok(Joiner {
+            controller,
+            cfg,
+            host,
+            my_ip,
+        })
+    }
+}
+
+/// Trades a join token at `controller` for what a host of `role` needs.
+async fn redeem(controller: &str, token: &str, host: &str, role: JoinRole) -> Result<Value> {
+    let resp = http()
+        .post(format!("{controller}/internal/v1/join"))
+        .json(&serde_json::json!({"token": token, "host": host, "role": role.as_str()}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the controller at {controller}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the controller refused the join ({status}): {}",
+            error_message(&body)
+        );
+    }
+    serde_json::from_str(&body).context("unexpected join answer")
+}
+
 /// `onestack join`: trades the token for the agent credentials, writes this node's
 /// configuration, starts its agent and waits until the controller reports the host up.
 pub async fn join(dd: DataDir, a: JoinArgs<'_>) -> Result<()> {
@@ -82,24 +138,12 @@ pub async fn join(dd: DataDir, a: JoinArgs<'_>) -> Result<()> {
             );
         }
     }
-    let controller = a.controller.trim_end_matches('/').to_string();
-    let mut cfg = match a.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    let host = match a.host {
-        Some(h) => h.to_string(),
-        None if !cfg.compute.host.is_empty() => cfg.compute.host.clone(),
-        None => onestack_agent::host::hostname(),
-    };
-    crate::hostnet::check(&cfg).context("host networking; nothing was changed")?;
-    let my_ip = match a.my_ip {
-        Some(ip) => ip.to_string(),
-        None if !cfg.compute.my_ip.is_empty() || !cfg.network.flat_interface.is_empty() => {
-            cfg.my_ip()
-        }
-        None => local_address_toward(&controller)?,
-    };
+    let Joiner {
+        controller,
+        mut cfg,
+        host,
+        my_ip,
+    } = Joiner::from_args(&a)?;
     ops::step(
         t0,
         &format!("joining {controller} as compute host {host} ({my_ip})"),
@@ -113,21 +157,7 @@ pub async fn join(dd: DataDir, a: JoinArgs<'_>) -> Result<()> {
         }
     }
     ops::ensure_packages(&dd, t0)?;
-    let resp = http()
-        .post(format!("{controller}/internal/v1/join"))
-        .json(&serde_json::json!({"token": a.token, "host": host}))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the controller at {controller}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!(
-            "the controller refused the join ({status}): {}",
-            error_message(&body)
-        );
-    }
-    let granted: Value = serde_json::from_str(&body).context("unexpected join answer")?;
+    let granted = redeem(&controller, a.token, &host, JoinRole::Compute).await?;
     let agent_token = granted["agent_token"]
         .as_str()
         .filter(|t| !t.is_empty())
@@ -392,24 +422,12 @@ pub async fn join_controller(dd: DataDir, a: JoinArgs<'_>, database: Option<&str
             dd.root.display()
         );
     }
-    let controller = a.controller.trim_end_matches('/').to_string();
-    let mut cfg = match a.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    let host = match a.host {
-        Some(h) => h.to_string(),
-        None if !cfg.compute.host.is_empty() => cfg.compute.host.clone(),
-        None => onestack_agent::host::hostname(),
-    };
-    crate::hostnet::check(&cfg).context("host networking; nothing was changed")?;
-    let my_ip = match a.my_ip {
-        Some(ip) => ip.to_string(),
-        None if !cfg.compute.my_ip.is_empty() || !cfg.network.flat_interface.is_empty() => {
-            cfg.my_ip()
-        }
-        None => local_address_toward(&controller)?,
-    };
+    let Joiner {
+        controller,
+        mut cfg,
+        host,
+        my_ip,
+    } = Joiner::from_args(&a)?;
     // Clients and the other controllers reach this one at its own address.
     if cfg.api.public_host.is_empty() {
         cfg.api.public_host = my_ip.clone();
@@ -424,21 +442,7 @@ pub async fn join_controller(dd: DataDir, a: JoinArgs<'_>, database: Option<&str
         }
     }
     ops::ensure_packages(&dd, t0)?;
-    let resp = http()
-        .post(format!("{controller}/internal/v1/join"))
-        .json(&serde_json::json!({"token": a.token, "host": host, "role": "controller"}))
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the controller at {controller}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!(
-            "the controller refused the join ({status}): {}",
-            error_message(&body)
-        );
-    }
-    let granted: Value = serde_json::from_str(&body).context("unexpected join answer")?;
+    let granted = redeem(&controller, a.token, &host, JoinRole::Controller).await?;
     let field = |k: &str| -> Result<String> {
         granted[k]
             .as_str()
