@@ -21,12 +21,31 @@ def body_for(cfg, mode, n):
         "networks": [{"uuid": cfg["network"]}]}}
 
 
+def cleanup(cfg):
+    """Deletes the networks a run made, so every run starts from the same state."""
+    host, port = cfg["controllers"][0], cfg["ports"]["network"]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    headers = {"X-Auth-Token": cfg["token"]}
+    conn.request("GET", "/v2.0/networks", headers=headers)
+    nets = json.loads(conn.getresponse().read())["networks"]
+    gone = 0
+    for n in nets:
+        if n["name"].startswith(f"bench-net-{cfg['tag']}-"):
+            conn.request("DELETE", f"/v2.0/networks/{n['id']}", headers=headers)
+            r = conn.getresponse()
+            r.read()
+            gone += r.status == 204
+    print(json.dumps({"deleted": gone}))
+
+
 def main():
     cfg = json.load(open(sys.argv[1]))
+    if cfg["mode"] == "cleanup":
+        return cleanup(cfg)
     mode, hosts = cfg["mode"], cfg["controllers"]
     want = {"read": 200, "network": 201, "server": 202}[mode]
     lat, errors, lock = [], [], threading.Lock()
-    per = cfg["count"] // cfg["threads"]
+    per = cfg["count"] // cfg["threads"]  # (count rounded down to a multiple of threads)
 
     def client(i):
         conns = {}

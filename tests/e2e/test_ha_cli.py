@@ -38,7 +38,7 @@ class SecondController:
     cleanup removes it too), data directory and configuration (the same ports as the first's,
     in its own namespace)."""
 
-    def __init__(self, cloud):
+    def __init__(self, cloud, compute_extra=""):
         self.cloud = cloud
         self.netns = f"{cloud.ns_prefix}ctl2"
         # Not under a name starting with the first controller's data dir: power_cut(cloud.data)
@@ -52,7 +52,7 @@ class SecondController:
         self.config.write_text(
             api + '[network]\nfixed_range = "198.18.10.0/24"\nfloating_range = "198.18.11.0/24"\n'
             f'[compute]\nagent_port = {cloud.agent_port}\nvirt_type = "{virt}"\nshutdown_timeout = 5\n'
-            f'my_ip = "{B_IP}"\nservice_down_time = 6\n')
+            f'my_ip = "{B_IP}"\nservice_down_time = 6\n' + compute_extra)
 
     def run(self, *args, check=False, timeout=120):
         return subprocess.run(
@@ -93,11 +93,16 @@ class ha_cloud:
     """The first controller's cloud and namespace, the second's namespace joined by a veth pair,
     and PostgreSQL on the first host's address; everything stopped and removed on exit."""
 
+    def __init__(self, compute_extra=""):
+        # More [compute] settings for both hosts.
+        self.compute_extra = compute_extra
+
     def __enter__(self):
         compute = f'my_ip = "{A_IP}"\nservice_down_time = 6\nforce_config_drive = false\n'
-        self.made = make_cloud(compute=compute, listen="0.0.0.0", public_host=A_IP)
+        self.made = make_cloud(compute=compute + self.compute_extra, listen="0.0.0.0",
+                               public_host=A_IP)
         cloud = self.made.__enter__()
-        self.b = b = SecondController(cloud)
+        self.b = b = SecondController(cloud, self.compute_extra)
         self.pg = None
         try:
             subprocess.run(["ip", "netns", "add", b.netns], check=True)
