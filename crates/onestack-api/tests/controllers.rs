@@ -168,8 +168,8 @@ async fn image_data_uploaded_to_one_controller_is_served_and_kept_by_the_other()
     let a = common::start().await;
     let b = common::second_controller(&a).await;
     let beats = [
-        common::replicate_images(&a, "ctl-a"),
-        common::replicate_images(&b, "ctl-b"),
+        common::replicate_images(&a, "ctl-a").await,
+        common::replicate_images(&b, "ctl-b").await,
     ];
     let http = reqwest::Client::new();
     let token = common::login(&http, &a.identity, "demo", DEMO_PW).await;
@@ -349,7 +349,7 @@ async fn a_peer_with_bad_data_leaves_no_file_and_the_next_peer_is_asked() {
         )
         .with_state(peer.clone());
     let server = tokio::spawn(async move { axum::serve(listener, router).await });
-    let evil_beat = common::beat_as_controller(&a.store, "ctl-evil", &evil_url);
+    let evil_beat = common::beat_as_controller(&a.store, "ctl-evil", &evil_url).await;
 
     for mode in [Bad::Corrupt, Bad::Cut] {
         *peer.mode.lock().expect("lock") = mode;
@@ -371,7 +371,7 @@ async fn a_peer_with_bad_data_leaves_no_file_and_the_next_peer_is_asked() {
 
     // a comes up: the bad peer (fresher, so asked first) fails, a's copy is good.
     *peer.mode.lock().expect("lock") = Bad::Corrupt;
-    let a_beat = common::beat_as_controller(&a.store, "ctl-a", &a.compute);
+    let a_beat = common::beat_as_controller(&a.store, "ctl-a", &a.compute).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     evil_beat.abort();
     let now = chrono::Utc::now().timestamp_micros();

@@ -270,26 +270,38 @@ pub async fn raw_image(
 
 /// Beats controller `name`'s heartbeat (compute API at `compute`) every second, as a
 /// controller's cluster loop would, until the task is aborted.
-pub fn beat_as_controller(store: &Store, name: &str, compute: &str) -> tokio::task::JoinHandle<()> {
+pub async fn beat_as_controller(
+    store: &Store,
+    name: &str,
+    compute: &str,
+) -> tokio::task::JoinHandle<()> {
     let (store, name) = (store.clone(), name.to_string());
     let endpoints = serde_json::json!({ "compute": compute }).to_string();
-    tokio::spawn(async move {
-        loop {
+    let beat = move || {
+        let (store, name, endpoints) = (store.clone(), name.clone(), endpoints.clone());
+        async move {
             let now = chrono::Utc::now().timestamp_micros();
             store
                 .controller_heartbeat(&name, &endpoints, "test", now, false)
                 .await
                 .expect("controller heartbeat");
+        }
+    };
+    // On record before the caller goes on (a peer must be found from the first request).
+    beat().await;
+    tokio::spawn(async move {
+        loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            beat().await;
         }
     })
 }
 
 /// Makes `cp` controller `name` of its cloud for image replication: it copies missing image
 /// data from the other controllers over HTTP, and beats its heartbeat so they find it.
-pub fn replicate_images(cp: &ControlPlane, name: &str) -> tokio::task::JoinHandle<()> {
+pub async fn replicate_images(cp: &ControlPlane, name: &str) -> tokio::task::JoinHandle<()> {
     assert!(cp
         .images
         .enable_replication(name, AGENT_TOKEN, onestack_api::image::HttpPeers::new()));
-    beat_as_controller(&cp.store, name, &cp.compute)
+    beat_as_controller(&cp.store, name, &cp.compute).await
 }
