@@ -997,9 +997,15 @@ async fn a_controller_restarting_leaves_the_uploads_of_others_alone() {
     assert_eq!(status(ids[0].clone()).await, "queued");
     assert_eq!(status(ids[1].clone()).await, "saving");
     assert_eq!(status(ids[2].clone()).await, "saving");
-    // The leader sees a and b alive: c's upload will never finish.
-    let live = vec!["a".to_string(), "b".to_string()];
-    assert_eq!(leader.requeue_abandoned_uploads(&live).await.expect("r"), 1);
+    // On record: a and b beat now, c stopped beating a minute ago; its upload never finishes.
+    let now = chrono::Utc::now().timestamp_micros();
+    for (name, at) in [("a", now), ("b", now), ("c", now - 60_000_000)] {
+        store
+            .controller_heartbeat(name, "{}", t, at, false)
+            .await
+            .expect("beat");
+    }
+    assert_eq!(leader.requeue_abandoned_uploads().await.expect("r"), 1);
     assert_eq!(status(ids[1].clone()).await, "saving");
     assert_eq!(status(ids[2].clone()).await, "queued");
 }

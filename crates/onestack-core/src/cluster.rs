@@ -6,6 +6,7 @@
 use crate::metrics::Gauge;
 use futures_util::future::BoxFuture;
 use onestack_store::{ControllerRecord, LockName, Store, StoreLock};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,29 +31,58 @@ pub struct SingletonWork {
     pub run: Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
+impl SingletonWork {
+    /// `round` once per round; its error is logged, and the next round tries again.
+    pub fn new<F, Fut, T, E>(name: &'static str, round: F) -> SingletonWork
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        SingletonWork {
+            name,
+            run: Box::new(move || {
+                let fut = round();
+                Box::pin(async move {
+                    if let Err(e) = fut.await {
+                        tracing::warn!(work = name, error = %e, "singleton work failed");
+                    }
+                })
+            }),
+        }
+    }
+}
+
 pub struct Cluster {
     store: Store,
     name: String,
-    endpoints: String,
+    /// This controller's base URL by service type, and the same as the JSON on record.
+    endpoints: HashMap<String, String>,
+    endpoints_json: String,
     started_at: String,
     leader: AtomicBool,
     known: RwLock<Vec<ControllerRecord>>,
+    /// Every known controller's base URLs by service type (parsed once per heartbeat: catalogs
+    /// read them on every token).
+    known_endpoints: RwLock<Vec<HashMap<String, String>>>,
 }
 
 impl Cluster {
     /// This controller, `name`, whose APIs answer at `endpoints` (service type → base URL).
     pub fn new(store: Store, name: &str, endpoints: &[(&str, String)]) -> Arc<Cluster> {
-        let map: serde_json::Map<String, serde_json::Value> = endpoints
+        let endpoints: HashMap<String, String> = endpoints
             .iter()
-            .map(|(k, v)| ((*k).to_string(), serde_json::Value::String(v.clone())))
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
             .collect();
         Arc::new(Cluster {
             store,
             name: name.to_string(),
-            endpoints: serde_json::Value::Object(map).to_string(),
+            endpoints_json: serde_json::json!(endpoints).to_string(),
+            endpoints,
             started_at: crate::image::now(),
             leader: AtomicBool::new(false),
             known: RwLock::new(Vec::new()),
+            known_endpoints: RwLock::new(Vec::new()),
         })
     }
 
@@ -86,7 +116,7 @@ impl Cluster {
             .store
             .controller_heartbeat(
                 &self.name,
-                &self.endpoints,
+                &self.endpoints_json,
                 &self.started_at,
                 now,
                 self.is_leader(),
@@ -96,7 +126,14 @@ impl Cluster {
             tracing::warn!(error = %e, "controller heartbeat failed");
         }
         match self.store.list_controllers().await {
-            Ok(list) => *self.known.write().unwrap_or_else(|e| e.into_inner()) = list,
+            Ok(list) => {
+                *self
+                    .known_endpoints
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) =
+                    list.iter().map(ControllerRecord::endpoints).collect();
+                *self.known.write().unwrap_or_else(|e| e.into_inner()) = list;
+            }
             Err(e) => tracing::warn!(error = %e, "cannot list the controllers"),
         }
     }
@@ -170,18 +207,17 @@ impl Cluster {
     /// catalog issued here points at the controller the client talks to (which shares the
     /// cloud's state), so losing another controller does not strand the client.
     pub fn localize(&self, service: &str, url: &str) -> String {
-        let mine = serde_json::from_str::<serde_json::Value>(&self.endpoints)
-            .ok()
-            .and_then(|v| v.get(service)?.as_str().map(str::to_string));
-        let Some(mine) = mine else {
+        let Some(mine) = self.endpoints.get(service) else {
             return url.to_string();
         };
-        for c in self.controllers() {
-            if let Some(theirs) = c.endpoint(service) {
-                if let Some(rest) = url.strip_prefix(theirs.as_str()) {
-                    if rest.is_empty() || rest.starts_with('/') {
-                        return format!("{mine}{rest}");
-                    }
+        let known = self
+            .known_endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        for theirs in known.iter().filter_map(|c| c.get(service)) {
+            if let Some(rest) = url.strip_prefix(theirs.as_str()) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return format!("{mine}{rest}");
                 }
             }
         }
@@ -191,7 +227,7 @@ impl Cluster {
 
 /// Whether `c` beat within `CONTROLLER_DOWN_AFTER` of `now_us`.
 pub fn is_live(c: &ControllerRecord, now_us: i64) -> bool {
-    now_us - c.heartbeat_us <= CONTROLLER_DOWN_AFTER.as_micros() as i64
+    now_us.saturating_sub(c.heartbeat_us) <= CONTROLLER_DOWN_AFTER.as_micros() as i64
 }
 
 #[cfg(test)]

@@ -996,6 +996,25 @@ impl Store {
         Ok(list)
     }
 
+    /// Instances not deleted that wait for a host (`scheduling`, no host), without metadata.
+    pub async fn instances_awaiting_host(&self) -> Result<Vec<InstanceRecord>> {
+        let cols = INSTANCE_COLUMNS.join(", ");
+        Ok(sqlx::query_as(&format!(
+            "SELECT {cols} FROM instances WHERE deleted = 0 AND host IS NULL \
+             AND task_state = 'scheduling'"
+        ))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// The ids of every instance not deleted.
+    pub async fn live_instance_ids(&self) -> Result<Vec<String>> {
+        let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM instances WHERE deleted = 0")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(ids.into_iter().map(|(i,)| i).collect())
+    }
+
     /// The instances an agent must reconcile: assigned to `host` and not yet deleted.
     pub async fn list_host_instances(&self, host: &str) -> Result<Vec<InstanceRecord>> {
         let cols = INSTANCE_COLUMNS.join(", ");

@@ -18,10 +18,14 @@ pub struct ControllerRecord {
 }
 
 impl ControllerRecord {
+    /// Every base URL of this controller, by service type (empty when the record is unreadable).
+    pub fn endpoints(&self) -> std::collections::HashMap<String, String> {
+        serde_json::from_str(&self.endpoints).unwrap_or_default()
+    }
+
     /// The base URL of `service` (e.g. `compute`, `identity`) at this controller.
     pub fn endpoint(&self, service: &str) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_str(&self.endpoints).ok()?;
-        v.get(service)?.as_str().map(str::to_string)
+        self.endpoints().remove(service)
     }
 }
 

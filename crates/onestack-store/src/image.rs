@@ -257,13 +257,13 @@ impl Store {
 
     /// Puts back to `queued` the uploads whose receiver is gone and returns their ids:
     /// `restarting` — that controller starts again, so its uploads (and any with no receiver on
-    /// record) died with its old process; `live` — the controllers alive now, so an upload
-    /// received by any other never finishes.
+    /// record) died with its old process; `down` — controllers on record that stopped beating,
+    /// whose uploads never finish.
     pub async fn requeue_interrupted_uploads(
         &self,
         now: &str,
         restarting: Option<&str>,
-        live: Option<&[String]>,
+        down: &[String],
     ) -> Result<Vec<String>> {
         let rows: Vec<(String, Option<String>)> =
             sqlx::query_as("SELECT id, receiving_by FROM images WHERE status = 'saving'")
@@ -274,7 +274,7 @@ impl Store {
             let gone = match (by.as_deref(), restarting) {
                 (None, Some(_)) => true,
                 (Some(b), Some(me)) if b == me => true,
-                (Some(b), _) => live.is_some_and(|l| !l.iter().any(|x| x == b)),
+                (Some(b), _) => down.iter().any(|x| x == b),
                 (None, None) => false,
             };
             if gone

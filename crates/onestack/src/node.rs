@@ -436,11 +436,7 @@ pub async fn join_controller(dd: DataDir, a: JoinArgs<'_>, database: Option<&str
         t0,
         &format!("joining {controller} as controller {host} ({my_ip})"),
     );
-    for (name, port) in crate::doctor::ports(&cfg) {
-        if !crate::doctor::port_free(&cfg, port) {
-            bail!("{name} {port} is in use by another program; nothing was changed");
-        }
-    }
+    ops::require_free_ports(&cfg)?;
     ops::ensure_packages(&dd, t0)?;
     let granted = redeem(&controller, a.token, &host, JoinRole::Controller).await?;
     let field = |k: &str| -> Result<String> {
@@ -516,8 +512,9 @@ async fn check_database_from_here(url: &str) -> Result<()> {
         })?
         .with_context(|| {
             format!(
-                "cannot reach the database {} from this host (pass --database with an address \
-                 this host reaches)",
+                "cannot reach the database {} from this host; nothing was written (mint another \
+                 token, the join used this one, and pass --database with an address this host \
+                 reaches)",
                 crate::db::redact(url)
             )
         })?;

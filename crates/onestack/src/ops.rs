@@ -257,15 +257,7 @@ pub async fn up(
         }
     }
     // A port another program holds would only show as "services did not answer" much later.
-    for (name, port) in crate::doctor::ports(&cfg) {
-        if !crate::doctor::port_free(&cfg, port) {
-            bail!(
-                "{name} {port} on {} is in use by another program; no service was started \
-                 (choose another in the [api]/[compute] config, or stop that program)",
-                cfg.api.listen
-            );
-        }
-    }
+    require_free_ports(&cfg)?;
     crate::hostnet::check(&cfg).context("host networking; nothing was changed")?;
     step(t0, &host);
     step(t0, &format!("data directory {}", dd.root.display()));
@@ -328,21 +320,7 @@ pub async fn up(
     }
 
     start_supervisor(&dd)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !healthy(&cfg).await {
-        if Instant::now() > deadline {
-            bail!(
-                "the services did not answer within 60 s; see {} and {}",
-                dd.log_file("supervisor").display(),
-                dd.log_file("api").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    step(t0, "services answer");
-    let host = crate::agent::local_host(&cfg);
-    crate::node::wait_until_up(&dd, &cfg, &host).await?;
-    step(t0, &format!("compute host {host} is up"));
+    wait_until_serving(&dd, &cfg, t0).await?;
     let ssh = if no_demo {
         None
     } else {
@@ -405,27 +383,22 @@ pub fn write_client_files(
     Ok(())
 }
 
-/// Starts the services of a controller that joined a cloud another controller bootstrapped
-/// (or finds them running), and waits until its APIs answer and its compute host is up.
-pub async fn start_joined_controller(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
-    if let Some(pid) = supervisor::running_pid(dd, "supervisor") {
-        step(
-            t0,
-            &format!("controller already running (supervisor pid {pid})"),
-        );
-    } else {
-        for (name, port) in crate::doctor::ports(cfg) {
-            if !crate::doctor::port_free(cfg, port) {
-                bail!(
-                    "{name} {port} on {} is in use by another program; no service was started",
-                    cfg.api.listen
-                );
-            }
+/// Refuses when another program holds one of the ports the services need.
+pub fn require_free_ports(cfg: &Config) -> Result<()> {
+    for (name, port) in crate::doctor::ports(cfg) {
+        if !crate::doctor::port_free(cfg, port) {
+            bail!(
+                "{name} {port} on {} is in use by another program; no service was started \
+                 (choose another in the [api]/[compute] config, or stop that program)",
+                cfg.api.listen
+            );
         }
-        crate::hostnet::check(cfg).context("host networking; nothing was changed")?;
-        start_supervisor(dd)?;
-        step(t0, "controller services started");
     }
+    Ok(())
+}
+
+/// Waits (up to 60 s) until the APIs answer, then until this host's compute agent is up.
+async fn wait_until_serving(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !healthy(cfg).await {
         if Instant::now() > deadline {
@@ -441,6 +414,24 @@ pub async fn start_joined_controller(dd: &DataDir, cfg: &Config, t0: Instant) ->
     let host = crate::agent::local_host(cfg);
     crate::node::wait_until_up(dd, cfg, &host).await?;
     step(t0, &format!("compute host {host} is up"));
+    Ok(())
+}
+
+/// Starts the services of a controller that joined a cloud another controller bootstrapped
+/// (or finds them running), and waits until its APIs answer and its compute host is up.
+pub async fn start_joined_controller(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<()> {
+    if let Some(pid) = supervisor::running_pid(dd, "supervisor") {
+        step(
+            t0,
+            &format!("controller already running (supervisor pid {pid})"),
+        );
+    } else {
+        require_free_ports(cfg)?;
+        crate::hostnet::check(cfg).context("host networking; nothing was changed")?;
+        start_supervisor(dd)?;
+        step(t0, "controller services started");
+    }
+    wait_until_serving(dd, cfg, t0).await?;
     println!();
     println!(
         "This host is a controller of the cloud in {}.",

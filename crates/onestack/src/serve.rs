@@ -96,7 +96,7 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         &cluster_endpoints(&cfg),
     );
     state.identity.set_cluster(cluster.clone());
-    cluster.spawn(singleton_work(&compute, &images, &cluster));
+    cluster.spawn(singleton_work(&compute, &images));
     let controller_join = controller_join(&cfg, &dd)?.map(Arc::new);
     let compute_state = ComputeState {
         app: state.clone(),
@@ -257,52 +257,23 @@ fn cluster_endpoints(cfg: &Config) -> Vec<(&'static str, String)> {
 fn singleton_work(
     compute: &Arc<ComputeService>,
     images: &Arc<ImageService>,
-    cluster: &Arc<onestack_core::cluster::Cluster>,
 ) -> Vec<onestack_core::cluster::SingletonWork> {
+    use onestack_core::cluster::SingletonWork;
     use onestack_core::compute::recovery::ABANDONED_AFTER;
-    let (a, b) = (compute.clone(), compute.clone());
-    let (img, cl) = (images.clone(), Arc::downgrade(cluster));
+    let (a, b, img) = (compute.clone(), compute.clone(), images.clone());
     vec![
-        onestack_core::cluster::SingletonWork {
-            name: "requeue uploads of stopped controllers",
-            run: Box::new(move || {
-                let (img, cl) = (img.clone(), cl.clone());
-                Box::pin(async move {
-                    let Some(cl) = cl.upgrade() else { return };
-                    let live: Vec<String> =
-                        cl.live_controllers().into_iter().map(|c| c.name).collect();
-                    // Not before the first heartbeat has listed anyone (this one included).
-                    if live.is_empty() {
-                        return;
-                    }
-                    if let Err(e) = img.requeue_abandoned_uploads(&live).await {
-                        tracing::warn!(error = %e, "requeueing abandoned uploads failed");
-                    }
-                })
-            }),
-        },
-        onestack_core::cluster::SingletonWork {
-            name: "place abandoned creates",
-            run: Box::new(move || {
-                let c = a.clone();
-                Box::pin(async move {
-                    if let Err(e) = c.recover_unscheduled(ABANDONED_AFTER).await {
-                        tracing::warn!(error = %e, "recovering abandoned creates failed");
-                    }
-                })
-            }),
-        },
-        onestack_core::cluster::SingletonWork {
-            name: "release orphaned ports",
-            run: Box::new(move || {
-                let c = b.clone();
-                Box::pin(async move {
-                    if let Err(e) = c.reap_orphan_ports(ABANDONED_AFTER).await {
-                        tracing::warn!(error = %e, "releasing orphaned ports failed");
-                    }
-                })
-            }),
-        },
+        SingletonWork::new("requeue uploads of stopped controllers", move || {
+            let img = img.clone();
+            async move { img.requeue_abandoned_uploads().await }
+        }),
+        SingletonWork::new("place abandoned creates", move || {
+            let c = a.clone();
+            async move { c.recover_unscheduled(ABANDONED_AFTER).await }
+        }),
+        SingletonWork::new("release orphaned ports", move || {
+            let c = b.clone();
+            async move { c.reap_orphan_ports(ABANDONED_AFTER).await }
+        }),
     ]
 }
 

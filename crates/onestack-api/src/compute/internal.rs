@@ -31,7 +31,6 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
         .route("/hosts", post(register))
         .route("/hosts/{host}", get(host_status).delete(host_leave))
         .route("/hosts/{host}/heartbeat", post(heartbeat))
-        .route("/controllers", get(controllers))
         .route("/hosts/{host}/desired", get(desired))
         .route("/hosts/{host}/network", get(network_state))
         .route("/metadata/{network}/{ip}", get(metadata))
@@ -275,30 +274,6 @@ async fn heartbeat(
         None => vec![s.base_url.to_string()],
     };
     Ok(Json(proto::HeartbeatAnswer { controllers }))
-}
-
-/// The cloud's controllers as this one knows them (`onestack status`).
-async fn controllers(State(s): State<ComputeState>) -> ApiResult<Json<serde_json::Value>> {
-    let now = onestack_core::now_micros();
-    let list: Vec<serde_json::Value> = s
-        .cluster
-        .as_ref()
-        .map(|c| c.controllers())
-        .unwrap_or_default()
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "name": c.name,
-                "compute_url": c.endpoint("compute"),
-                "identity_url": c.endpoint("identity"),
-                "state": if onestack_core::cluster::is_live(c, now) { "up" } else { "down" },
-                "leader": c.leader_since_us.is_some(),
-                "started_at": c.started_at,
-                "heartbeat_age_s": (now - c.heartbeat_us) as f64 / 1e6,
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "controllers": list })))
 }
 
 async fn desired(

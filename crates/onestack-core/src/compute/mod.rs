@@ -1241,22 +1241,9 @@ impl ComputeService {
 
     /// Puts a server that could not be built into ERROR with Nova's fault.
     pub(crate) async fn fail_build(&self, id: &str, message: &str) {
-        let t = now();
         let _ = self
             .store
-            .update_instance(
-                id,
-                &Expect::Any,
-                &vec![
-                    ("vm_state", VmState::Error.as_str().into()),
-                    ("task_state", SqlValue::Text(None)),
-                    ("fault_code", 500i64.into()),
-                    ("fault_message", message.into()),
-                    ("fault_details", "".into()),
-                    ("fault_created", t.clone().into()),
-                    ("updated_at", t.into()),
-                ],
-            )
+            .update_instance(id, &Expect::Any, &build_fault(message))
             .await;
         self.notify();
     }
@@ -1311,15 +1298,7 @@ impl ComputeService {
             }
             Err(scheduler::NoValidHost(why)) => {
                 tracing::warn!(instance = %inst.id, reasons = ?why, "no valid host");
-                vec![
-                    ("vm_state", VmState::Error.as_str().into()),
-                    ("task_state", SqlValue::Text(None)),
-                    ("fault_code", 500i64.into()),
-                    ("fault_message", scheduler::NO_VALID_HOST.into()),
-                    ("fault_details", "".into()),
-                    ("fault_created", t.clone().into()),
-                    ("updated_at", t.clone().into()),
-                ]
+                build_fault(scheduler::NO_VALID_HOST)
             }
         };
         self.store
@@ -2079,4 +2058,18 @@ pub fn server_status(i: &InstanceRecord) -> &'static str {
     let vm = VmState::parse(&i.vm_state).unwrap_or(VmState::Error);
     let task = i.task_state.as_deref().and_then(TaskState::parse);
     state::status(vm, task)
+}
+
+/// The changes that put a server being built into ERROR with Nova's fault (code 500).
+pub(crate) fn build_fault(message: &str) -> Changes {
+    let t = now();
+    vec![
+        ("vm_state", VmState::Error.as_str().into()),
+        ("task_state", SqlValue::Text(None)),
+        ("fault_code", 500i64.into()),
+        ("fault_message", message.into()),
+        ("fault_details", "".into()),
+        ("fault_created", t.clone().into()),
+        ("updated_at", t.into()),
+    ]
 }

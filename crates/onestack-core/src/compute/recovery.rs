@@ -3,10 +3,10 @@
 //! record, then places it; a controller killed between those steps leaves ports bound to no
 //! server, or a server no one will place. A delete cut after the record went leaves ports too.
 
-use super::state::{TaskState, VmState};
+use super::state::TaskState;
 use super::ComputeService;
 use crate::CoreResult;
-use onestack_store::{Expect, SqlValue};
+use onestack_store::Expect;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -32,47 +32,32 @@ impl ComputeService {
     /// Returns how many were handled.
     pub async fn recover_unscheduled(&self, grace: Duration) -> CoreResult<usize> {
         let mut n = 0;
-        for inst in self.store.list_instances(None, false).await? {
-            let waiting = inst.host.is_none()
-                && inst.task_state.as_deref() == Some(TaskState::Scheduling.as_str());
-            if !waiting || !older_than(&inst.updated_at, grace) {
+        for mut inst in self.store.instances_awaiting_host().await? {
+            if !older_than(&inst.updated_at, grace) {
                 continue;
             }
-            let volume_backed = !self.store.instance_volumes(&inst.id).await?.is_empty();
-            if volume_backed {
-                let t = crate::image::now();
-                let changed = self
-                    .store
-                    .update_instance(
-                        &inst.id,
-                        &Expect::TaskIn(vec![Some(TaskState::Scheduling.as_str().into())]),
-                        &vec![
-                            ("vm_state", VmState::Error.as_str().into()),
-                            ("task_state", SqlValue::Text(None)),
-                            ("fault_code", 500i64.into()),
-                            (
-                                "fault_message",
-                                "Build of instance aborted: the controller that accepted it \
-                                 stopped while preparing its root volume."
-                                    .into(),
-                            ),
-                            ("fault_details", "".into()),
-                            ("fault_created", t.clone().into()),
-                            ("updated_at", t.into()),
-                        ],
-                    )
-                    .await;
-                if changed.is_ok() {
-                    tracing::warn!(instance = %inst.id, "abandoned volume-backed create set to ERROR");
-                    n += 1;
-                }
-                continue;
+            // One server that cannot be handled now does not hold up the others.
+            let r = if self.store.instance_volumes(&inst.id).await?.is_empty() {
+                tracing::warn!(instance = %inst.id, "placing a server whose create was cut off");
+                let zone = inst.availability_zone.clone();
+                self.schedule(&mut inst, zone, None).await
+            } else {
+                tracing::warn!(instance = %inst.id, "abandoned volume-backed create set to ERROR");
+                let expect = Expect::TaskIn(vec![Some(TaskState::Scheduling.as_str().into())]);
+                let fault = super::build_fault(
+                    "Build of instance aborted: the controller that accepted it stopped while \
+                     preparing its root volume.",
+                );
+                self.store
+                    .update_instance(&inst.id, &expect, &fault)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into)
+            };
+            match r {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!(instance = %inst.id, error = %e, "cannot recover it yet"),
             }
-            tracing::warn!(instance = %inst.id, "placing a server whose create was cut off");
-            let mut inst = inst;
-            let zone = inst.availability_zone.clone();
-            self.schedule(&mut inst, zone, None).await?;
-            n += 1;
         }
         if n > 0 {
             self.notify();
@@ -92,23 +77,21 @@ impl ComputeService {
         if bindings.is_empty() {
             return Ok(0);
         }
-        let live: HashSet<String> = self
-            .store
-            .list_instances(None, false)
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .collect();
+        let live: HashSet<String> = self.store.live_instance_ids().await?.into_iter().collect();
         let orphans: HashSet<String> = bindings
             .into_iter()
             .filter(|(server, changed)| !live.contains(server) && older_than(changed, grace))
             .map(|(server, _)| server)
             .collect();
+        let mut n = 0;
         for server in &orphans {
             tracing::warn!(server = %server, "releasing the ports of a server that does not exist");
-            net.release_server_ports(server).await?;
+            match net.release_server_ports(server).await {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!(server = %server, error = %e, "cannot release them yet"),
+            }
         }
-        Ok(orphans.len())
+        Ok(n)
     }
 }
 

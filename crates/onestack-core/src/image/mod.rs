@@ -113,7 +113,7 @@ impl ImageService {
         std::fs::create_dir_all(&dir)
             .map_err(|e| CoreError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         let requeued = store
-            .requeue_interrupted_uploads(&now(), Some(receiver), None)
+            .requeue_interrupted_uploads(&now(), Some(receiver), &[])
             .await?;
         for id in &requeued {
             tracing::warn!(image_id = %id, "upload interrupted by a restart; image is queued again");
@@ -135,12 +135,25 @@ impl ImageService {
         }))
     }
 
-    /// The leader's part: uploads whose receiving controller is not among `live` will never
-    /// finish; they are queued again so the client can upload once more.
-    pub async fn requeue_abandoned_uploads(&self, live: &[String]) -> CoreResult<usize> {
+    /// The leader's part: uploads whose receiving controller is on record but no longer beats
+    /// will never finish; they are queued again so the client can upload once more. Read fresh
+    /// from the store: a controller that has just started is never taken for a stopped one.
+    pub async fn requeue_abandoned_uploads(&self) -> CoreResult<usize> {
+        let now_us = crate::now_micros();
+        let down: Vec<String> = self
+            .store
+            .list_controllers()
+            .await?
+            .into_iter()
+            .filter(|c| !crate::cluster::is_live(c, now_us))
+            .map(|c| c.name)
+            .collect();
+        if down.is_empty() {
+            return Ok(0);
+        }
         let requeued = self
             .store
-            .requeue_interrupted_uploads(&now(), None, Some(live))
+            .requeue_interrupted_uploads(&now(), None, &down)
             .await?;
         for id in &requeued {
             tracing::warn!(image_id = %id, "upload abandoned by a controller that stopped; queued again");

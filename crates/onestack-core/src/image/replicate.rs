@@ -33,8 +33,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A controller whose heartbeat is older than this is not asked for data.
-pub const LIVE_WITHIN: Duration = Duration::from_secs(15);
+/// A controller whose heartbeat is older than this is not asked for data (the same rule that
+/// calls a controller down everywhere else).
+pub const LIVE_WITHIN: Duration = crate::cluster::CONTROLLER_DOWN_AFTER;
 
 /// The query parameter (`local=1`) of a copy request: answer from your own directory only.
 pub const LOCAL_ONLY_PARAM: &str = "local";
@@ -301,14 +302,13 @@ struct Copier {
 impl Copier {
     /// The controllers to ask, freshest heartbeat first: live, not this one, with a compute URL.
     async fn live_peers(&self) -> CoreResult<Vec<Peer>> {
-        let now_us = chrono::Utc::now().timestamp_micros();
-        let live_us = i64::try_from(LIVE_WITHIN.as_micros()).unwrap_or(i64::MAX);
+        let now_us = crate::now_micros();
         let mut peers: Vec<(i64, Peer)> = self
             .store
             .list_controllers()
             .await?
             .into_iter()
-            .filter(|c| c.name != self.rep.me && now_us.saturating_sub(c.heartbeat_us) <= live_us)
+            .filter(|c| c.name != self.rep.me && crate::cluster::is_live(c, now_us))
             .filter_map(|c| {
                 let compute = c.endpoint("compute")?;
                 Some((
