@@ -40,6 +40,21 @@ async fn age(c: &common::ControlPlane, table: &str, id: &str) {
     .expect("age the row");
 }
 
+/// What a server create does to a port the user handed in, before the server's record exists:
+/// compute attaches it to the new server (`device_id`, owner, and the attachment mark).
+async fn attach_as_compute(c: &common::ControlPlane, port_id: &str, server_id: &str) {
+    let mut row = c.store.net_get(port_id).await.expect("port row");
+    let mut body: Value = serde_json::from_str(&row.body).expect("port json");
+    body["device_id"] = json!(server_id);
+    body["device_owner"] = json!("compute:nova");
+    body["bound_device"] = json!(server_id);
+    row.body = body.to_string();
+    row.device_id = Some(server_id.to_string());
+    let mut tx = c.store.net_tx().await.expect("tx");
+    tx.update(&row).await.expect("update");
+    tx.commit().await.expect("commit");
+}
+
 #[tokio::test]
 async fn the_leader_finishes_creates_and_deletes_a_dead_controller_cut_short() {
     let c = common::start().await;
@@ -140,14 +155,13 @@ async fn the_leader_finishes_creates_and_deletes_a_dead_controller_cut_short() {
             reqwest::Method::POST,
             format!("{}/v2.0/ports", c.network),
             &admin,
-            Some(
-                json!({"port": {"network_id": net_id, "device_owner": "compute:nova",
-                                 "device_id": uuid::Uuid::new_v4().to_string()}}),
-            ),
+            Some(json!({"port": {"network_id": net_id}})),
         )
         .await;
         assert_eq!(st, StatusCode::CREATED, "{p}");
-        user_ports.push(p["port"]["id"].as_str().expect("id").to_string());
+        let id = p["port"]["id"].as_str().expect("id").to_string();
+        attach_as_compute(&c, &id, &uuid::Uuid::new_v4().to_string()).await;
+        user_ports.push(id);
     }
     let port_id = |p: &Value| p["id"].as_str().unwrap_or_default().to_string();
     age(&c, "net_resources", &port_id(&s2_ports[0])).await;

@@ -177,6 +177,10 @@ pub struct NetworkConfig {
     pub network_node: bool,
     /// Prepended to the `qdhcp-…` and `qrouter-…` namespace names (tests use a unique one).
     pub namespace_prefix: String,
+    /// Neutron's caps: fixed IPs on one port, host routes and DNS servers on one subnet.
+    pub max_fixed_ips_per_port: usize,
+    pub max_subnet_host_routes: usize,
+    pub max_dns_nameservers: usize,
 }
 
 impl Default for NetworkConfig {
@@ -190,6 +194,9 @@ impl Default for NetworkConfig {
             dns_nameservers: Vec::new(),
             network_node: true,
             namespace_prefix: String::new(),
+            max_fixed_ips_per_port: 5,
+            max_subnet_host_routes: 20,
+            max_dns_nameservers: 5,
         }
     }
 }
@@ -246,6 +253,31 @@ impl Config {
             if d.parse::<std::net::Ipv4Addr>().is_err() {
                 bail!("network.dns_nameservers: {d:?} is not an IPv4 address");
             }
+        }
+        for (key, v) in [
+            (
+                "network.max_fixed_ips_per_port",
+                self.network.max_fixed_ips_per_port,
+            ),
+            (
+                "network.max_subnet_host_routes",
+                self.network.max_subnet_host_routes,
+            ),
+            (
+                "network.max_dns_nameservers",
+                self.network.max_dns_nameservers,
+            ),
+        ] {
+            if !(1..=1000).contains(&v) {
+                bail!("{key} = {v}: must be between 1 and 1000");
+            }
+        }
+        if self.network.dns_nameservers.len() > self.network.max_dns_nameservers {
+            bail!(
+                "network.dns_nameservers: {} servers, more than network.max_dns_nameservers = {}",
+                self.network.dns_nameservers.len(),
+                self.network.max_dns_nameservers
+            );
         }
         if !self
             .network

@@ -54,6 +54,14 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     );
     images.spawn_replicator(Duration::from_secs(30));
     let network = Arc::new(NetworkService::new(store.clone(), network_config(&cfg)));
+    // Ports of a cloud from before attachments were recorded: mark them before any request.
+    let marked = network
+        .backfill_attachments()
+        .await
+        .context("cannot record which device each port is attached to")?;
+    if marked > 0 {
+        tracing::info!(ports = marked, "recorded the attachments of existing ports");
+    }
     let compute = ComputeService::new(
         store,
         images.clone(),
@@ -306,6 +314,9 @@ pub fn network_config(cfg: &Config) -> onestack_core::network::NetworkConfig {
     onestack_core::network::NetworkConfig {
         mtu: cfg.network.mtu,
         namespace_prefix: cfg.network.namespace_prefix.clone(),
+        max_fixed_ips_per_port: cfg.network.max_fixed_ips_per_port,
+        max_subnet_host_routes: cfg.network.max_subnet_host_routes,
+        max_dns_nameservers: cfg.network.max_dns_nameservers,
     }
 }
 

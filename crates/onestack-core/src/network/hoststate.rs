@@ -78,7 +78,7 @@ impl NetworkService {
             .ports
             .iter()
             .filter(|p| {
-                p.device_owner.starts_with("compute:")
+                p.is_server_nic(&p.device_id)
                     && !host.is_empty()
                     && (p.host == host || p.migrating_to == host)
             })
@@ -209,7 +209,7 @@ impl NetworkService {
         let mut dhcp = Vec::new();
         let mut routers = Vec::new();
         if network_node {
-            for p in s.ports.iter().filter(|p| p.device_owner == OWNER_DHCP) {
+            for p in s.ports.iter().filter(|p| p.is_dhcp_server()) {
                 let Some(n) = s.networks.iter().find(|n| n.id == p.network_id) else {
                     continue;
                 };
@@ -279,11 +279,7 @@ impl NetworkService {
                     ports.push(host_port(g, PortKind::Router));
                 }
                 let mut interfaces = Vec::new();
-                for p in s
-                    .ports
-                    .iter()
-                    .filter(|p| p.device_id == r.id && p.device_owner == OWNER_ROUTER_INTERFACE)
-                {
+                for p in s.ports.iter().filter(|p| p.is_router_interface(&r.id)) {
                     ports.push(host_port(p, PortKind::Router));
                     let mtu = s
                         .networks
@@ -363,17 +359,19 @@ impl NetworkService {
             .await
     }
 
-    /// The server behind a metadata request: the compute port on `network_id` holding
-    /// `source_ip` (anti-spoofing guarantees a guest can send only from its own addresses).
+    /// The server behind a metadata request: the NIC compute attached to a server on
+    /// `network_id` holding `source_ip` (anti-spoofing guarantees a guest can send only from its
+    /// own addresses; a port a user merely labelled with a server's id is no server's).
     pub async fn port_by_address(
         &self,
         network_id: &str,
         source_ip: &str,
     ) -> CoreResult<Option<Port>> {
         let ports: Vec<Rec<Port>> = self.all(NetFilter::of(PORT).network(network_id)).await?;
-        Ok(ports.into_iter().map(|p| p.val).find(|p| {
-            p.device_owner.starts_with("compute:") && p.ipv4s().any(|ip| ip == source_ip)
-        }))
+        Ok(ports
+            .into_iter()
+            .map(|p| p.val)
+            .find(|p| p.is_server_nic(&p.device_id) && p.ipv4s().any(|ip| ip == source_ip)))
     }
 
     /// Public IPv4 (a floating IP) of a port, for the EC2 `public-ipv4` key.

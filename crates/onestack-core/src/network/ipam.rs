@@ -26,6 +26,33 @@ pub fn parse_cidr(cidr: &str) -> Result<Ipv4Net, String> {
     Ok(net)
 }
 
+/// Ranges a subnet must not touch: "this network" (0/8), loopback, link-local (the metadata
+/// address lives there), multicast and the reserved class E with the broadcast address. Neutron
+/// refuses the first ones for DHCP subnets; here every subnet has a data plane, so all are refused.
+pub fn check_tenant_cidr(net: Ipv4Net) -> Result<(), String> {
+    if net.prefix_len() == 0 {
+        return Err(format!(
+            "Invalid input for operation: {net} is not a valid subnet: it covers every address."
+        ));
+    }
+    const SPECIAL: &[(&str, &str)] = &[
+        ("0.0.0.0/8", "\"this network\" IP subnet is not supported."),
+        ("127.0.0.0/8", "Loopback IP subnet is not supported."),
+        ("169.254.0.0/16", "Link-local IP subnet is not supported."),
+        ("224.0.0.0/4", "Multicast IP subnet is not supported."),
+        (
+            "240.0.0.0/4",
+            "Reserved (class E) IP subnet is not supported.",
+        ),
+    ];
+    for (range, why) in SPECIAL {
+        if range.parse::<Ipv4Net>().is_ok_and(|r| overlaps(r, net)) {
+            return Err(format!("Invalid input for operation: {why}"));
+        }
+    }
+    Ok(())
+}
+
 pub fn parse_ip(ip: &str) -> Result<Ipv4Addr, String> {
     ip.trim()
         .parse()
@@ -154,8 +181,10 @@ pub fn valid_mac(mac: &str) -> bool {
         && parts
             .iter()
             .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
-        // Not multicast (low bit of the first octet).
+        // Not multicast (low bit of the first octet), nor all zeros (neutron-lib's
+        // INVALID_MAC_ADDRESSES; all ones is multicast already).
         && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+        && parts.iter().any(|p| *p != "00")
 }
 
 #[cfg(test)]

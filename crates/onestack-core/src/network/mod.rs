@@ -33,6 +33,10 @@ pub struct NetworkConfig {
     pub mtu: u32,
     /// Prepended to `qdhcp-…`/`qrouter-…` namespace names (tests use a unique one).
     pub namespace_prefix: String,
+    /// Neutron's caps on what one port or subnet may hold (its defaults: 5, 20, 5).
+    pub max_fixed_ips_per_port: usize,
+    pub max_subnet_host_routes: usize,
+    pub max_dns_nameservers: usize,
 }
 
 impl Default for NetworkConfig {
@@ -40,6 +44,9 @@ impl Default for NetworkConfig {
         NetworkConfig {
             mtu: 1500,
             namespace_prefix: String::new(),
+            max_fixed_ips_per_port: 5,
+            max_subnet_host_routes: 20,
+            max_dns_nameservers: 5,
         }
     }
 }
@@ -616,7 +623,7 @@ impl NetworkService {
                 return Err(forbidden("delete_network"));
             }
             let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).network(id)).await?;
-            if ports.iter().any(|p| p.val.device_owner != OWNER_DHCP) {
+            if ports.iter().any(|p| !p.val.is_dhcp_server()) {
                 return Err(typed(
                     409,
                     "NetworkInUse",

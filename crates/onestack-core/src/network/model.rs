@@ -98,12 +98,52 @@ pub struct Port {
     /// server moves.
     #[serde(default)]
     pub migrating_to: String,
+    /// The device OneStack itself attached this port to (a server's NIC, a router's leg, a
+    /// network's DHCP server, a floating IP's address); "" when `device_id` was set by a user.
+    /// `device_id` is free text a port's owner may set (as in Neutron), so only this ties a port
+    /// to its device. `None` on records from before it was kept (filled in at start-up,
+    /// `NetworkService::backfill_attachments`).
+    #[serde(default)]
+    pub bound_device: Option<String>,
 }
 
 impl Port {
     pub fn ipv4s(&self) -> impl Iterator<Item = &str> {
         self.fixed_ips.iter().map(|f| f.ip_address.as_str())
     }
+
+    /// Whether this port really is `device_id`'s: the service attached it there. A port a user
+    /// pointed at some device (another project's server or router, say) belongs to nothing.
+    pub fn attached_to(&self, device_id: &str) -> bool {
+        !device_id.is_empty()
+            && self.device_id == device_id
+            && self.bound_device.as_deref() == Some(device_id)
+    }
+
+    /// Attached by the service to the device it names.
+    pub fn is_attached(&self) -> bool {
+        self.attached_to(&self.device_id)
+    }
+
+    /// A server's NIC, as compute attached it.
+    pub fn is_server_nic(&self, server_id: &str) -> bool {
+        self.device_owner.starts_with("compute:") && self.attached_to(server_id)
+    }
+
+    /// The DHCP port the service made for its network.
+    pub fn is_dhcp_server(&self) -> bool {
+        self.device_owner == OWNER_DHCP && self.attached_to(&dhcp_device(&self.network_id))
+    }
+
+    /// One of `router_id`'s interfaces.
+    pub fn is_router_interface(&self, router_id: &str) -> bool {
+        self.device_owner == OWNER_ROUTER_INTERFACE && self.attached_to(router_id)
+    }
+}
+
+/// The `device_id` of a network's DHCP port.
+pub fn dhcp_device(network_id: &str) -> String {
+    format!("dhcp-{network_id}")
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

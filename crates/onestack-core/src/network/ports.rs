@@ -30,16 +30,37 @@ const PORT_FIELDS: &[&str] = &[
     "propagate_uplink_status",
 ];
 
+/// Who makes a port. Only ports compute or the network service made (or attached) are tied to
+/// their device (`Port::bound_device`); a user's `device_id` is a label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MadeBy {
+    /// The port API.
+    User,
+    /// Compute, for a server (deleted with it).
+    Compute,
+    /// The network service: router gateways and interfaces, floating IP addresses.
+    Service,
+}
+
 /// A requested fixed IP: a subnet, an address, or both.
 struct IpRequest {
     subnet_id: Option<String>,
     ip_address: Option<String>,
 }
 
-fn parse_fixed_ips(f: &Fields) -> CoreResult<Option<Vec<IpRequest>>> {
+fn parse_fixed_ips(f: &Fields, max_per_port: usize) -> CoreResult<Option<Vec<IpRequest>>> {
     let Some(items) = f.list("fixed_ips")? else {
         return Ok(None);
     };
+    // Neutron's max_fixed_ips_per_port (ports of network devices are exempt).
+    let trusted = f
+        .string("device_owner", 255)?
+        .is_some_and(|o| o.starts_with("network:"));
+    if items.len() > max_per_port && !trusted {
+        return Err(fields::bad(
+            "Exceeded maximum amount of fixed ips per port.",
+        ));
+    }
     let mut out = Vec::new();
     for o in fields::objects("fixed_ips", items, &["subnet_id", "ip_address"])? {
         let req = IpRequest {
@@ -98,10 +119,104 @@ fn parse_pairs(f: &Fields, port_mac: &str) -> CoreResult<Option<Vec<AddressPair>
     Ok(Some(out))
 }
 
+/// Neutron's `ADMIN_OR_NET_OWNER`: what only a network's owner (or an admin) may do to ports on
+/// it, even when the network is shared with others.
+fn is_network_owner(ctx: &AuthContext, network: &Network) -> bool {
+    owns(ctx, &network.project_id)
+}
+
+fn require_network_owner(ctx: &AuthContext, network: &Network, rule: &str) -> CoreResult<()> {
+    if is_network_owner(ctx, network) {
+        Ok(())
+    } else {
+        Err(forbidden(rule))
+    }
+}
+
+/// The checks Neutron's policy makes on the attributes of a port a user creates or updates
+/// (`create_port:<attribute>` / `update_port:<attribute>`): on a network shared with it, a
+/// project may take an address from a subnet, nothing more.
+fn check_port_attributes(
+    ctx: &AuthContext,
+    network: &Network,
+    f: &Fields,
+    action: &str,
+) -> CoreResult<()> {
+    if f.string("device_owner", 255)?
+        .is_some_and(|o| o.starts_with("network:"))
+    {
+        require_network_owner(ctx, network, &format!("{action}:device_owner"))?;
+    }
+    for key in ["port_security_enabled", "allowed_address_pairs"] {
+        if f.has(key) {
+            require_network_owner(ctx, network, &format!("{action}:{key}"))?;
+        }
+    }
+    check_fixed_ip_addresses(ctx, network, f, action)
+}
+
+/// Choosing an address (a gateway's, one outside the allocation pools, anyone's) is for the
+/// network's owner; others may name only a subnet.
+fn check_fixed_ip_addresses(
+    ctx: &AuthContext,
+    network: &Network,
+    f: &Fields,
+    action: &str,
+) -> CoreResult<()> {
+    let asks_address = f.list("fixed_ips")?.is_some_and(|items| {
+        items
+            .iter()
+            .any(|i| i.get("ip_address").is_some_and(|v| !v.is_null()))
+    });
+    if asks_address {
+        require_network_owner(ctx, network, &format!("{action}:fixed_ips:ip_address"))?;
+    }
+    Ok(())
+}
+
 impl NetworkService {
     pub(crate) fn can_see_port(ctx: &AuthContext, p: &Port, net: Option<&Network>) -> bool {
         owns(ctx, &p.project_id)
             || net.is_some_and(|n| ctx.project_id() == Some(n.project_id.as_str()))
+    }
+
+    /// A user may name as a port's device only what its project owns (Neutron's
+    /// `DeviceIDNotOwnedByTenant`, there for router interfaces; here for servers too). Naming is
+    /// all it does: only the service attaches (`Port::bound_device`).
+    async fn check_device_owner(
+        &self,
+        tx: &mut NetTx,
+        ctx: &AuthContext,
+        project_id: &str,
+        device_owner: &str,
+        device_id: &str,
+    ) -> CoreResult<()> {
+        if ctx.is_admin() || device_id.is_empty() {
+            return Ok(());
+        }
+        let owner_project = if device_owner.starts_with("compute:") {
+            match self.store.get_instance(device_id).await {
+                Ok(i) if !i.deleted => Some(i.project_id),
+                Ok(_) | Err(StoreError::NotFound) => None,
+                Err(e) => return Err(internal(e)),
+            }
+        } else if device_owner.starts_with("network:") {
+            match tx.get(device_id).await {
+                Ok(row) => Some(row.project_id),
+                Err(StoreError::NotFound) => None,
+                Err(e) => return Err(internal(e)),
+            }
+        } else {
+            None
+        };
+        match owner_project {
+            Some(p) if p != project_id => Err(typed(
+                403,
+                "DeviceIDNotOwnedByTenant",
+                format!("The following device_id {device_id} is not owned by your project or matches another project's device."),
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub async fn create_port(
@@ -119,7 +234,7 @@ impl NetworkService {
         let id = self
             .write("create port", |mut tx| async move {
                 let id = self
-                    .create_port_tx(&mut tx, ctx, project_id, network_id, f, false)
+                    .create_port_tx(&mut tx, ctx, project_id, network_id, f, MadeBy::User)
                     .await?;
                 self.commit(tx).await?;
                 Ok(id)
@@ -136,7 +251,7 @@ impl NetworkService {
         project_id: &str,
         network_id: &str,
         f: &Fields<'_>,
-        compute_owned: bool,
+        made_by: MadeBy,
     ) -> CoreResult<String> {
         let network = self.visible_network(tx, ctx, network_id).await?;
         // Others' networks only when shared; external networks hold only router and floating ports.
@@ -151,6 +266,18 @@ impl NetworkService {
         if f.has("binding:host_id") && !ctx.is_admin() {
             return Err(forbidden("create_port:binding:host_id"));
         }
+        let device_id = f.string("device_id", 255)?.unwrap_or_default();
+        let device_owner = f.string("device_owner", 255)?.unwrap_or_default();
+        match made_by {
+            MadeBy::User => {
+                check_port_attributes(ctx, &network.val, f, "create_port")?;
+                self.check_device_owner(tx, ctx, project_id, &device_owner, &device_id)
+                    .await?;
+            }
+            // Nova asks Neutron with the user's token: an address is the network owner's to give.
+            MadeBy::Compute => check_fixed_ip_addresses(ctx, &network.val, f, "create_port")?,
+            MadeBy::Service => {}
+        }
         let id = uuid::Uuid::new_v4().to_string();
         let mac = match f.string("mac_address", 64)? {
             Some(m) => {
@@ -160,10 +287,7 @@ impl NetworkService {
                         "Invalid input for mac_address. Reason: '{m}' is not a valid MAC address."
                     )));
                 }
-                if !ctx.is_admin() && network.val.project_id != ctx.project_id().unwrap_or_default()
-                {
-                    return Err(forbidden("create_port:mac_address"));
-                }
+                require_network_owner(ctx, &network.val, "create_port:mac_address")?;
                 m
             }
             None => ipam::random_mac(),
@@ -177,7 +301,7 @@ impl NetworkService {
                 format!("Unable to complete operation for network {network_id}. The mac address {mac} is in use."),
             ));
         }
-        let requests = parse_fixed_ips(f)?;
+        let requests = parse_fixed_ips(f, self.cfg.max_fixed_ips_per_port)?;
         let fixed_ips = self
             .allocate_fixed_ips(tx, &network.val, &id, requests)
             .await?;
@@ -199,7 +323,10 @@ impl NetworkService {
         }
         self.check_groups(tx, ctx, project_id, &security_groups)
             .await?;
-        let device_id = f.string("device_id", 255)?.unwrap_or_default();
+        let bound_device = match made_by {
+            MadeBy::User => String::new(),
+            MadeBy::Compute | MadeBy::Service => device_id.clone(),
+        };
         let p = Port {
             id: id.clone(),
             name: f.string("name", 255)?.unwrap_or_default(),
@@ -209,14 +336,15 @@ impl NetworkService {
             mac_address: mac,
             fixed_ips,
             device_id: device_id.clone(),
-            device_owner: f.string("device_owner", 255)?.unwrap_or_default(),
+            device_owner,
             admin_state_up: f.boolean("admin_state_up")?.unwrap_or(true),
             security_groups,
             port_security_enabled: port_security,
             allowed_address_pairs: pairs,
             host: f.string("binding:host_id", 255)?.unwrap_or_default(),
-            compute_owned,
+            compute_owned: made_by == MadeBy::Compute,
             migrating_to: String::new(),
+            bound_device: Some(bound_device),
         };
         let row = new_row(
             PORT,
@@ -360,6 +488,24 @@ impl NetworkService {
             if f.has("binding:host_id") && !ctx.is_admin() {
                 return Err(forbidden("update_port:binding:host_id"));
             }
+            check_port_attributes(ctx, &net.val, f, "update_port")?;
+            let new_device_id = f.string("device_id", 255)?;
+            let new_device_owner = f.string("device_owner", 255)?;
+            let moves = new_device_id.as_ref().is_some_and(|d| d != &p.val.device_id)
+                || new_device_owner.as_ref().is_some_and(|o| o != &p.val.device_owner);
+            if moves {
+                // A router's leg, a DHCP server or a floating IP is changed through its own API.
+                if p.val.is_attached() && p.val.device_owner.starts_with("network:") && !ctx.is_admin() {
+                    return Err(forbidden("update_port:device_owner"));
+                }
+                let owner = new_device_owner.clone().unwrap_or_else(|| p.val.device_owner.clone());
+                let device = new_device_id.clone().unwrap_or_else(|| p.val.device_id.clone());
+                self.check_device_owner(&mut tx, ctx, &p.val.project_id, &owner, &device)
+                    .await?;
+                // What a user points elsewhere is no device's any more (nor deleted with one).
+                p.val.bound_device = Some(String::new());
+                p.val.compute_owned = false;
+            }
             if let Some(v) = f.string("name", 255)? {
                 p.val.name = v;
             }
@@ -369,10 +515,10 @@ impl NetworkService {
             if let Some(v) = f.boolean("admin_state_up")? {
                 p.val.admin_state_up = v;
             }
-            if let Some(v) = f.string("device_id", 255)? {
+            if let Some(v) = new_device_id {
                 p.val.device_id = v;
             }
-            if let Some(v) = f.string("device_owner", 255)? {
+            if let Some(v) = new_device_owner {
                 p.val.device_owner = v;
             }
             if let Some(v) = f.string("binding:host_id", 255)? {
@@ -387,7 +533,7 @@ impl NetworkService {
                     ));
                 }
             }
-            if let Some(reqs) = parse_fixed_ips(f)? {
+            if let Some(reqs) = parse_fixed_ips(f, self.cfg.max_fixed_ips_per_port)? {
                 tx.release_port(id).await.map_err(internal)?;
                 p.val.fixed_ips = self
                     .allocate_fixed_ips(&mut tx, &net.val, id, Some(reqs))
@@ -430,13 +576,17 @@ impl NetworkService {
             if !Self::can_see_port(ctx, &p.val, net.as_ref().map(|n| &n.val)) {
                 return Err(not_found(PORT, id));
             }
-            if [
-                OWNER_ROUTER_INTERFACE,
-                OWNER_ROUTER_GATEWAY,
-                OWNER_FLOATINGIP,
-                OWNER_DHCP,
-            ]
-            .contains(&p.val.device_owner.as_str())
+            // A port the service attached to a network device goes with that device; one a user
+            // merely labelled so is the user's to delete.
+            let attached = p.val.is_attached() || p.val.bound_device.is_none();
+            if attached
+                && [
+                    OWNER_ROUTER_INTERFACE,
+                    OWNER_ROUTER_GATEWAY,
+                    OWNER_FLOATINGIP,
+                    OWNER_DHCP,
+                ]
+                .contains(&p.val.device_owner.as_str())
                 && !(ctx.is_admin() && p.val.device_owner == OWNER_DHCP)
             {
                 return Err(typed(
@@ -530,6 +680,7 @@ impl NetworkService {
                     }
                     p.val.device_id = server_id.to_string();
                     p.val.device_owner = OWNER_COMPUTE.into();
+                    p.val.bound_device = Some(server_id.to_string());
                     let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
                     tx.update(&row).await.map_err(store_err)?;
                     ids.push(port_id.clone());
@@ -549,7 +700,7 @@ impl NetworkService {
                 }
                 let f = Fields::new(&body, PORT_FIELDS)?;
                 let id = self
-                    .create_port_tx(&mut tx, ctx, project_id, network_id, &f, true)
+                    .create_port_tx(&mut tx, ctx, project_id, network_id, &f, MadeBy::Compute)
                     .await
                     .map_err(|e| match e {
                         CoreError::Typed {
@@ -579,9 +730,7 @@ impl NetworkService {
         target: Option<&str>,
     ) -> CoreResult<()> {
         self.write("set migration binding", |mut tx| async move {
-            let ports: Vec<Rec<Port>> =
-                Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
-            for mut p in ports {
+            for mut p in Self::server_nics_tx(&mut tx, server_id).await? {
                 p.val.migrating_to = target.unwrap_or_default().to_string();
                 let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
                 tx.update(&row).await.map_err(store_err)?;
@@ -593,9 +742,7 @@ impl NetworkService {
 
     pub async fn bind_server_ports(&self, server_id: &str, host: &str) -> CoreResult<()> {
         self.write("bind server ports", |mut tx| async move {
-            let ports: Vec<Rec<Port>> =
-                Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
-            for mut p in ports {
+            for mut p in Self::server_nics_tx(&mut tx, server_id).await? {
                 p.val.migrating_to = String::new();
                 p.val.host = host.to_string();
                 let row = updated_row(&p.row, &p.val, &p.val.name, Some(server_id))?;
@@ -606,31 +753,39 @@ impl NetworkService {
         .await
     }
 
-    /// A server's ports, in creation order.
+    /// A server's NICs (the ports compute attached to it), in creation order.
     pub async fn server_ports(&self, server_id: &str) -> CoreResult<Vec<Port>> {
         let ports: Vec<Rec<Port>> = self.all(NetFilter::of(PORT).device(server_id)).await?;
         Ok(ports
             .into_iter()
             .map(|p| p.val)
-            .filter(|p| p.device_owner.starts_with("compute:"))
+            .filter(|p| p.is_server_nic(server_id))
+            .collect())
+    }
+
+    /// A server's NICs, in a write.
+    pub(crate) async fn server_nics_tx(
+        tx: &mut NetTx,
+        server_id: &str,
+    ) -> CoreResult<Vec<Rec<Port>>> {
+        let ports: Vec<Rec<Port>> = Self::all_tx(tx, NetFilter::of(PORT).device(server_id)).await?;
+        Ok(ports
+            .into_iter()
+            .filter(|p| p.val.is_server_nic(server_id))
             .collect())
     }
 
     /// When a server is gone: deletes the ports compute made, frees the ones the user gave.
     pub async fn release_server_ports(&self, server_id: &str) -> CoreResult<()> {
         self.write("release server ports", |mut tx| async move {
-            let ports: Vec<Rec<Port>> =
-                Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
-            for mut p in ports
-                .into_iter()
-                .filter(|p| p.val.device_owner.starts_with("compute:"))
-            {
+            for mut p in Self::server_nics_tx(&mut tx, server_id).await? {
                 if p.val.compute_owned {
                     self.delete_port_tx(&mut tx, &p.val.id).await?;
                 } else {
                     p.val.device_id.clear();
                     p.val.device_owner.clear();
                     p.val.host.clear();
+                    p.val.bound_device = Some(String::new());
                     let row = updated_row(&p.row, &p.val, &p.val.name, None)?;
                     tx.update(&row).await.map_err(store_err)?;
                 }
@@ -651,7 +806,7 @@ impl NetworkService {
             let mut addrs = Map::new();
             for p in ports
                 .iter()
-                .filter(|p| p.val.device_id == *id && wanted.contains(id))
+                .filter(|p| p.val.is_server_nic(id) && wanted.contains(id))
             {
                 let name = nets
                     .iter()

@@ -243,10 +243,7 @@ impl NetworkService {
             let r = self.visible_router(&mut tx, ctx, id).await?;
             let ports: Vec<Rec<Port>> =
                 Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
-            if ports
-                .iter()
-                .any(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
-            {
+            if ports.iter().any(|p| p.val.is_router_interface(id)) {
                 return Err(typed(
                     409,
                     "RouterInUse",
@@ -296,7 +293,7 @@ impl NetworkService {
                 Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
             let attached: Vec<String> = existing
                 .iter()
-                .filter(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
+                .filter(|p| p.val.is_router_interface(id))
                 .flat_map(|p| p.val.fixed_ips.iter().map(|f| f.subnet_id.clone()))
                 .collect();
             let port = match (subnet_id, port_id) {
@@ -305,6 +302,15 @@ impl NetworkService {
                     let net: Rec<Network> = self.fetch(&mut tx, NETWORK, &s.val.network_id).await?;
                     if !Self::can_see_subnet(ctx, &s.val, Some(&net.val)) {
                         return Err(not_found(SUBNET, sid));
+                    }
+                    // The interface takes the subnet's gateway address: only its owner's router
+                    // may (Neutron, LP#1757482).
+                    if !owns(ctx, &s.val.project_id) {
+                        return Err(typed(
+                            400,
+                            "BadRequest",
+                            format!("Bad router request: Cannot add interface to router because subnet {sid} is not owned by project making the request."),
+                        ));
                     }
                     let Some(gw) = s.val.gateway_ip.clone() else {
                         return Err(typed(
@@ -350,6 +356,7 @@ impl NetworkService {
                     }
                     p.val.device_id = id.to_string();
                     p.val.device_owner = OWNER_ROUTER_INTERFACE.into();
+                    p.val.bound_device = Some(id.to_string());
                     p.val.security_groups.clear();
                     p.val.allowed_address_pairs.clear();
                     p.val.port_security_enabled = false;
@@ -407,7 +414,7 @@ impl NetworkService {
             let ports: Vec<Rec<Port>> = Self::all_tx(&mut tx, NetFilter::of(PORT).device(id)).await?;
             let port = ports
                 .into_iter()
-                .filter(|p| p.val.device_owner == OWNER_ROUTER_INTERFACE)
+                .filter(|p| p.val.is_router_interface(id))
                 .find(|p| {
                     port_id.as_deref().is_some_and(|pid| pid == p.val.id)
                         || subnet_id
@@ -490,8 +497,7 @@ impl NetworkService {
                 .is_some_and(|g| g.network_id == external_net)
         }) {
             if ports.iter().any(|p| {
-                p.val.device_id == r.val.id
-                    && p.val.device_owner == OWNER_ROUTER_INTERFACE
+                p.val.is_router_interface(&r.val.id)
                     && p.val.fixed_ips.iter().any(|f| f.subnet_id == subnet_id)
             }) {
                 return Ok(r.val.id.clone());
@@ -783,8 +789,15 @@ impl NetworkService {
                 "fixed_ips",
             ],
         )?;
-        self.create_port_tx(tx, &service_ctx(ctx), project_id, network_id, &f, false)
-            .await
+        self.create_port_tx(
+            tx,
+            &service_ctx(ctx),
+            project_id,
+            network_id,
+            &f,
+            super::ports::MadeBy::Service,
+        )
+        .await
     }
 }
 

@@ -770,13 +770,8 @@ impl NetworkService {
                     other => other,
                 })?;
             let g: Rec<SecurityGroup> = self.fetch(&mut tx, SECURITY_GROUP, &gid).await?;
-            let ports: Vec<Rec<Port>> =
-                Self::all_tx(&mut tx, NetFilter::of(PORT).device(server_id)).await?;
             let mut touched = false;
-            for mut p in ports
-                .into_iter()
-                .filter(|p| p.val.device_owner.starts_with("compute:"))
-            {
+            for mut p in Self::server_nics_tx(&mut tx, server_id).await? {
                 let has = p.val.security_groups.contains(&gid);
                 if add && !has && p.val.port_security_enabled {
                     p.val.security_groups.push(gid.clone());

@@ -51,10 +51,15 @@ fn parse_pools(f: &Fields) -> CoreResult<Option<Vec<AllocationPool>>> {
         .map(Some)
 }
 
-fn parse_routes(f: &Fields) -> CoreResult<Option<Vec<Route>>> {
+fn parse_routes(f: &Fields, max: usize) -> CoreResult<Option<Vec<Route>>> {
     let Some(items) = f.list("host_routes")? else {
         return Ok(None);
     };
+    if items.len() > max {
+        return Err(fields::bad(format!(
+            "Unable to complete operation for subnet. The number of host routes exceeds the limit {max}."
+        )));
+    }
     let mut out = Vec::new();
     for r in fields::objects("host_routes", items, &["destination", "nexthop"])? {
         let destination = r.string("destination", 64)?.unwrap_or_default();
@@ -74,10 +79,15 @@ fn parse_routes(f: &Fields) -> CoreResult<Option<Vec<Route>>> {
     Ok(Some(out))
 }
 
-fn parse_dns(f: &Fields) -> CoreResult<Option<Vec<String>>> {
+fn parse_dns(f: &Fields, max: usize) -> CoreResult<Option<Vec<String>>> {
     let Some(list) = f.string_list("dns_nameservers")? else {
         return Ok(None);
     };
+    if list.len() > max {
+        return Err(fields::bad(format!(
+            "Unable to complete operation for subnet. The number of DNS nameservers exceeds the limit {max}."
+        )));
+    }
     let mut seen = HashSet::new();
     for d in &list {
         ipam::parse_ip(d)
@@ -126,6 +136,7 @@ impl NetworkService {
             )
         })?;
         let net = ipam::parse_cidr(&cidr_s).map_err(fields::bad)?;
+        ipam::check_tenant_cidr(net).map_err(fields::bad)?;
         let gateway = match f.nullable_string("gateway_ip", 64)? {
             None => Some(ipam::default_gateway(net)),
             Some(None) => None,
@@ -174,8 +185,8 @@ impl NetworkService {
                 gateway_ip: gateway.map(|g| g.to_string()),
                 enable_dhcp: f.boolean("enable_dhcp")?.unwrap_or(true),
                 allocation_pools: pools.clone(),
-                dns_nameservers: parse_dns(f)?.unwrap_or_default(),
-                host_routes: parse_routes(f)?.unwrap_or_default(),
+                dns_nameservers: parse_dns(f, self.cfg.max_dns_nameservers)?.unwrap_or_default(),
+                host_routes: parse_routes(f, self.cfg.max_subnet_host_routes)?.unwrap_or_default(),
             };
             tx.insert(&new_row(
                 SUBNET,
@@ -259,10 +270,10 @@ impl NetworkService {
             if let Some(v) = f.boolean("enable_dhcp")? {
                 s.val.enable_dhcp = v;
             }
-            if let Some(v) = parse_dns(f)? {
+            if let Some(v) = parse_dns(f, self.cfg.max_dns_nameservers)? {
                 s.val.dns_nameservers = v;
             }
-            if let Some(v) = parse_routes(f)? {
+            if let Some(v) = parse_routes(f, self.cfg.max_subnet_host_routes)? {
                 s.val.host_routes = v;
             }
             if let Some(g) = f.nullable_string("gateway_ip", 64)? {
@@ -316,7 +327,7 @@ impl NetworkService {
             let ports: Vec<Rec<Port>> =
                 Self::all_tx(&mut tx, NetFilter::of(PORT).network(&s.val.network_id)).await?;
             if ports.iter().any(|p| {
-                p.val.device_owner != OWNER_DHCP && p.val.fixed_ips.iter().any(|f| f.subnet_id == id)
+                !p.val.is_dhcp_server() && p.val.fixed_ips.iter().any(|f| f.subnet_id == id)
             }) {
                 return Err(typed(
                     409,
@@ -345,7 +356,7 @@ impl NetworkService {
             .collect();
         let ports: Vec<Rec<Port>> =
             Self::all_tx(tx, NetFilter::of(PORT).network(&network.id)).await?;
-        let existing = ports.into_iter().find(|p| p.val.device_owner == OWNER_DHCP);
+        let existing = ports.into_iter().find(|p| p.val.is_dhcp_server());
         if dhcp_subnets.is_empty() {
             if let Some(p) = existing {
                 tx.delete(&p.val.id).await.map_err(internal)?;
@@ -356,7 +367,7 @@ impl NetworkService {
             Some(p) => p,
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
-                let device_id = format!("dhcp-{}", network.id);
+                let device_id = dhcp_device(&network.id);
                 let p = Port {
                     id: id.clone(),
                     name: String::new(),
@@ -374,6 +385,7 @@ impl NetworkService {
                     host: String::new(),
                     compute_owned: false,
                     migrating_to: String::new(),
+                    bound_device: Some(device_id.clone()),
                 };
                 let row = new_row(
                     PORT,
