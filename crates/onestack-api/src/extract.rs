@@ -25,9 +25,73 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 "The request body is empty; JSON was expected.",
             ));
         }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("Invalid JSON in the request body: {e}")))
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a request's JSON. A NUL character (`\u0000`) in any string or key is refused: no
+/// OpenStack service keeps one, PostgreSQL cannot store one, and a name that shows differently
+/// than it compares is a way to deceive.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bad = |e: serde_json::Error| {
+        ApiError::bad_request(format!("Invalid JSON in the request body: {e}"))
+    };
+    // Only an escape can put a NUL in a JSON string; skip the second parse when there is none.
+    if !bytes.windows(5).any(|w| w.eq_ignore_ascii_case(b"u0000")) {
+        return serde_json::from_slice(bytes).map_err(bad);
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(bad)?;
+    if holds_nul(&value) {
+        return Err(ApiError::bad_request(
+            "Invalid input: a string in the request body contains a NUL character.",
+        ));
+    }
+    serde_json::from_value(value).map_err(bad)
+}
+
+fn holds_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// A path or query holding an encoded NUL (`%00`): refused before routing, as no id, name or
+/// filter can contain one.
+pub fn uri_holds_nul(uri: &axum::http::Uri) -> bool {
+    let has = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
+    has(uri.path()) || uri.query().is_some_and(has)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_refused_wherever_they_hide() {
+        for body in [
+            r#"{"name": "a\u0000b"}"#,
+            r#"{"a": {"b": ["x", "\u0000"]}}"#,
+            r#"{"k\u0000": 1}"#,
+        ] {
+            let r: Result<serde_json::Value, _> = parse_json(body.as_bytes());
+            let e = r.expect_err(body);
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{body}");
+            assert!(e.message.contains("NUL"), "{}", e.message);
+        }
+        // A literal backslash before u0000 is no NUL.
+        let v: serde_json::Value =
+            parse_json(br#"{"name": "\\u0000"}"#).expect("a backslash and text");
+        assert_eq!(v["name"], "\\u0000");
+        let uri: axum::http::Uri = "/v2.0/ports/x%00y?name=a".parse().expect("uri");
+        assert!(uri_holds_nul(&uri));
+        let uri: axum::http::Uri = "/v2.0/ports?name=%00".parse().expect("uri");
+        assert!(uri_holds_nul(&uri));
+        let uri: axum::http::Uri = "/v2.0/ports?name=%2500".parse().expect("uri");
+        assert!(!uri_holds_nul(&uri));
     }
 }
 

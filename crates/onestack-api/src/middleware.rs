@@ -23,6 +23,18 @@ pub async fn request_context(
     next: Next,
 ) -> Response {
     let id = format!("req-{}", uuid::Uuid::new_v4());
+    if crate::extract::uri_holds_nul(req.uri()) {
+        let resp = (
+            StatusCode::BAD_REQUEST,
+            axum::Json(error_body(
+                flavor,
+                StatusCode::BAD_REQUEST,
+                "Invalid input: the request's path or query contains a NUL character.",
+            )),
+        )
+            .into_response();
+        return with_request_id(resp, &id);
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("request", request_id = %id);

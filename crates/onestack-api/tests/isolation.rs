@@ -889,3 +889,84 @@ async fn older_ports_are_marked_as_the_service_made_them() {
         "the server's own address still gets its metadata"
     );
 }
+
+/// Issue 19, item 8: a NUL character in a name, anywhere in a body, or in a path or query is
+/// refused by every service with its own error shape, and nothing is made.
+#[tokio::test]
+async fn nul_characters_are_refused_by_every_service() {
+    let c = Cloud::start().await;
+    let demo = c.caller("demo", DEMO_PW, "demo").await;
+    let admin = c.caller("admin", ADMIN_PW, "admin").await;
+    let cp = &c.cp;
+    let volume = format!("{}/v3/{}", cp.volume, demo.project);
+    let cases = [
+        (
+            format!("{}/v2.0/networks", cp.network),
+            json!({"network": {"name": "a\u{0}b"}}),
+            "NeutronError",
+        ),
+        (
+            format!("{}/v2.1/os-keypairs", cp.compute),
+            json!({"keypair": {"name": "k\u{0}"}}),
+            "badRequest",
+        ),
+        (
+            format!("{}/v2.1/servers", cp.compute),
+            json!({"server": {"name": "s\u{0}", "imageRef": "x", "flavorRef": "1"}}),
+            "badRequest",
+        ),
+        (
+            format!("{}/v2/images", cp.image),
+            json!({"name": "i\u{0}", "disk_format": "raw", "container_format": "bare"}),
+            "message",
+        ),
+        (
+            format!("{volume}/volumes"),
+            json!({"volume": {"size": 1, "name": "v", "metadata": {"k\u{0}": "v"}}}),
+            "badRequest",
+        ),
+    ];
+    for (url, body, key) in &cases {
+        let (st, v) = c
+            .call(Method::POST, url, &demo.token, Some(body.clone()))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{url}: {v}");
+        assert!(
+            !v[key].is_null(),
+            "{url}: the service's own error shape: {v}"
+        );
+    }
+    let (st, v) = c
+        .call(
+            Method::POST,
+            &format!("{}/v3/projects", cp.identity),
+            &admin.token,
+            Some(json!({"project": {"name": "p\u{0}", "domain_id": "default"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["code"].is_number(), "{v}");
+    for url in [
+        format!("{}/v2.0/networks/x%00y", cp.network),
+        format!("{}/v2.0/networks?name=a%00", cp.network),
+        format!("{}/v2.1/servers/x%00", cp.compute),
+        format!("{}/v2/images/x%00", cp.image),
+        format!("{volume}/volumes/x%00"),
+        format!("{}/v3/users/x%00", cp.identity),
+    ] {
+        let (st, v) = c.call(Method::GET, &url, &admin.token, None).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{url}: {v}");
+    }
+    // Nothing was made.
+    let (_, nets) = c.net(Method::GET, "/v2.0/networks", &demo, None).await;
+    assert!(
+        nets["networks"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|n| n["project_id"] != demo.project.as_str()),
+        "{nets}"
+    );
+    let (_, keys) = c.nova(Method::GET, "/v2.1/os-keypairs", &demo, None).await;
+    assert_eq!(keys["keypairs"], json!([]));
+}

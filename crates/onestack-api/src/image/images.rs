@@ -81,8 +81,7 @@ pub async fn update(
             "Request Entity Too Large",
         ));
     }
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("Invalid JSON in the request body: {e}")))?;
+    let value: Value = crate::extract::parse_json(&body)?;
     let ops = schema::parse_patch(&value)?;
     Ok(Json(render(&state.images.patch(&ctx, &id, &ops).await?)))
 }

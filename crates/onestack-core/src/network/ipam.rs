@@ -197,6 +197,32 @@ mod tests {
     }
 
     #[test]
+    fn special_ranges_and_macs_are_refused() {
+        for bad in [
+            "0.0.0.0/0",
+            "0.0.0.0/8",
+            "127.0.0.0/8",
+            "127.1.0.0/16",
+            "169.254.169.0/24",
+            "224.0.0.0/4",
+            "239.1.2.0/24",
+            "255.255.255.0/30",
+            "126.0.0.0/7",
+        ] {
+            let n: Ipv4Net = bad.parse().expect("cidr");
+            assert!(check_tenant_cidr(n).is_err(), "{bad}");
+        }
+        for good in ["198.18.0.0/15", "10.0.0.0/8", "1.0.0.0/8", "223.255.255.0/24"] {
+            let n: Ipv4Net = good.parse().expect("cidr");
+            assert!(check_tenant_cidr(n).is_ok(), "{good}");
+        }
+        assert!(!valid_mac("00:00:00:00:00:00"));
+        assert!(!valid_mac("ff:ff:ff:ff:ff:ff"));
+        assert!(valid_mac("fa:16:3e:00:00:00"));
+        assert!(valid_mac("00:00:00:00:00:01"));
+    }
+
+    #[test]
     fn defaults_exclude_network_broadcast_and_gateway() {
         let n = net("198.18.1.0/24");
         let gw = default_gateway(n);
