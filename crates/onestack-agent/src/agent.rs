@@ -59,6 +59,8 @@ pub struct AgentNetwork {
     pub dnsmasq: PathBuf,
     /// The interface joined to the external network (two-NIC network node).
     pub public_interface: Option<String>,
+    /// The host's TCP ports guests may reach (the public APIs); nothing else of the host is.
+    pub guest_open_ports: Vec<u16>,
 }
 
 impl AgentConfig {
@@ -155,6 +157,7 @@ async fn network_forever<D: Driver>(
         tap_owner: n.tap_owner,
         dnsmasq: n.dnsmasq.clone(),
         uplink: n.public_interface.clone(),
+        guest_open_ports: n.guest_open_ports.clone(),
     });
     let ctl = Arc::new(s.ctl.clone());
     let mut proxies = crate::metadata::MetadataProxies::new(ctl);

@@ -88,6 +88,7 @@ impl Env {
             tap_owner: None,
             dnsmasq: find("dnsmasq").expect("dnsmasq"),
             uplink: None,
+            guest_open_ports: vec![GUEST_OPEN_PORT],
         });
         Env {
             prefix,
@@ -166,6 +167,46 @@ fn ping(ns: &str, target: &str, source: Option<&str>) -> bool {
     args.push(target);
     // A first packet may wait on ARP; a second try rules that out.
     run(&args).status.success() || run(&args).status.success()
+}
+
+/// The one host port the data plane tests open to guests (standing in for the public APIs).
+const GUEST_OPEN_PORT: u16 = 18774;
+/// A host port guests must not reach (standing in for metrics, the agent, the dashboard).
+const HOST_ONLY_PORT: u16 = 19198;
+
+/// Whether a TCP connection from `from` to `addr:port` reaches a listener in namespace `host`.
+fn tcp_reaches(host: &str, from: &str, addr: &str, port: u16) -> bool {
+    let port = port.to_string();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", host, "busybox", "nc", "-l", "-p", &port])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("listener");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("ip")
+        .args([
+            "netns", "exec", from, "busybox", "nc", "-w", "2", addr, &port,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    // The listener ends once a connection came and went.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let reached = loop {
+        if matches!(server.try_wait(), Ok(Some(_))) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    reached
 }
 
 fn icmp_in_echos(ns: &str) -> u64 {
@@ -588,6 +629,20 @@ fn dataplane() {
         ping(&vm3, "198.18.64.1", None),
         "vm3 -> external via the router"
     );
+    // Through its router a guest reaches the host's public APIs, and nothing else of it; the
+    // host's own traffic is not filtered.
+    assert!(
+        tcp_reaches(&host, &vm1, "198.18.64.1", GUEST_OPEN_PORT),
+        "a guest reaches the public APIs"
+    );
+    assert!(
+        !tcp_reaches(&host, &vm1, "198.18.64.1", HOST_ONLY_PORT),
+        "a guest must not reach the host's other ports"
+    );
+    assert!(
+        tcp_reaches(&host, &host, "198.18.64.1", HOST_ONLY_PORT),
+        "the host itself reaches them"
+    );
 
     // Floating IP: the host reaches vm1 at 198.18.64.20 once vm1 also has the group that allows
     // ICMP from anywhere (a membership change: the port's chains are refilled in place).
@@ -615,6 +670,7 @@ fn dataplane() {
         tap_owner: None,
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
         uplink: None,
+        guest_open_ports: Vec::new(),
     });
     let stats = rt
         .block_on(restarted.apply(&state))
@@ -743,6 +799,7 @@ fn apply_time_per_port() {
         tap_owner: Some(65534),
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
         uplink: None,
+        guest_open_ports: Vec::new(),
     }));
     let mut state = NetworkState {
         generation: 1,
@@ -958,6 +1015,7 @@ fn vxlan_joins_hosts() {
         tap_owner: None,
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
         uplink: None,
+        guest_open_ports: Vec::new(),
     });
     applied(&rt.block_on(restarted.apply(&s)).expect("restart apply"));
     let fdb = ok(&["bridge", "-n", &a.host, "fdb", "show", "dev", "vxlan-7007"]);

@@ -66,6 +66,34 @@ pub fn uri_holds_nul(uri: &axum::http::Uri) -> bool {
     has(uri.path()) || uri.query().is_some_and(has)
 }
 
+/// The caller, authenticated by `X-Auth-Token`.
+pub struct Auth(pub AuthContext);
+
+impl<S> FromRequestParts<S> for Auth
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let token = parts
+            .headers
+            .get("x-auth-token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(ApiError::unauthorized)?;
+        let ctx = state
+            .identity
+            .validate(token)
+            .map_err(|_| ApiError::unauthorized())?;
+        if let Some(slot) = parts.extensions.get::<crate::audit::CallerSlot>() {
+            slot.set(&ctx);
+        }
+        Ok(Auth(ctx))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,33 +120,5 @@ mod tests {
         assert!(uri_holds_nul(&uri));
         let uri: axum::http::Uri = "/v2.0/ports?name=%2500".parse().expect("uri");
         assert!(!uri_holds_nul(&uri));
-    }
-}
-
-/// The caller, authenticated by `X-Auth-Token`.
-pub struct Auth(pub AuthContext);
-
-impl<S> FromRequestParts<S> for Auth
-where
-    AppState: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let token = parts
-            .headers
-            .get("x-auth-token")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(ApiError::unauthorized)?;
-        let ctx = state
-            .identity
-            .validate(token)
-            .map_err(|_| ApiError::unauthorized())?;
-        if let Some(slot) = parts.extensions.get::<crate::audit::CallerSlot>() {
-            slot.set(&ctx);
-        }
-        Ok(Auth(ctx))
     }
 }

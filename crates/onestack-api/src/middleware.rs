@@ -12,7 +12,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use onestack_store::AuditRecord;
-use std::net::SocketAddr;
 use tracing::Instrument;
 
 pub const REQUEST_ID: &str = "x-openstack-request-id";
@@ -76,8 +75,8 @@ pub async fn request_context(
         }
         let remote = req
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+            .get::<ConnectInfo<crate::Peer>>()
+            .map(|c| c.0.addr.ip().to_string());
         entry = Some((slot, route, service, action, remote, login));
     }
     let mut resp = async {

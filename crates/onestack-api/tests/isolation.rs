@@ -365,10 +365,7 @@ async fn ports_naming_another_projects_device_attach_to_nothing() {
         .await;
     let addrs = s["server"]["addresses"].as_object().expect("addresses");
     assert_eq!(addrs.len(), 1, "{addrs:?}");
-    assert!(
-        addrs.contains_key(&format!("net-198.18.40.0/24")),
-        "{addrs:?}"
-    );
+    assert!(addrs.contains_key("net-198.18.40.0/24"), "{addrs:?}");
     // The agent is told to plug only the server's own NIC.
     let (_, desired) = c.agent_get("/hosts/h1/desired?after=0").await;
     let nics = &desired["instances"][0]["nics"];

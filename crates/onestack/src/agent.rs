@@ -85,7 +85,24 @@ fn host_networking(cfg: &Config, qemu_user: Option<&str>) -> Option<AgentNetwork
         dnsmasq,
         public_interface: (network_node && !cfg.network.public_interface.is_empty())
             .then(|| cfg.network.public_interface.clone()),
+        guest_open_ports: guest_open_ports(cfg),
     })
+}
+
+/// The TCP ports of this host a guest may reach: the public APIs, where this host serves them
+/// (as in any cloud); never the metrics, the agent's endpoint, the dashboard or anything else.
+fn guest_open_ports(cfg: &Config) -> Vec<u16> {
+    if cfg.is_compute_node() {
+        return Vec::new();
+    }
+    let a = &cfg.api;
+    vec![
+        a.identity_port,
+        a.compute_port,
+        a.image_port,
+        a.network_port,
+        a.volume_port,
+    ]
 }
 
 /// The dedicated user QEMU drops to when the agent runs as root and nothing else is configured.

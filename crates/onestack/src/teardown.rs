@@ -142,6 +142,7 @@ async fn teardown_recorded(state_dir: PathBuf) {
         tap_owner: None,
         dnsmasq,
         uplink: None,
+        guest_open_ports: Vec::new(),
     });
     net.teardown_all().await;
 }

@@ -53,6 +53,9 @@ pub struct NetConfig {
     /// The host interface joined to the external network's bridge (`network.public_interface`
     /// on a two-NIC network node): floating IPs answer on it.
     pub uplink: Option<String>,
+    /// The host's TCP ports guests may reach (the public APIs); the rest of the host is closed
+    /// to them (`nft::guest_guard`).
+    pub guest_open_ports: Vec<u16>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -249,6 +252,11 @@ impl HostNetworking {
                 )
                 .await
                 .context("enabling bridge netfilter")?;
+                // Accepted sockets carry their first packet's mark: the APIs tell guests'
+                // connections (`GUEST_MARK`) from the hosts'.
+                netns::sysctl(self.host_ns.clone(), "net/ipv4/tcp_fwmark_accept", "1")
+                    .await
+                    .context("letting accepted sockets carry their mark")?;
                 Applied {
                     plan: self.record().load(),
                     ..Default::default()
@@ -440,7 +448,7 @@ impl HostNetworking {
         let want = firewall(plan);
         let (script, full) = match &applied.firewall {
             Some(have) => (incremental(have, &want), false),
-            None => (full_script(&want), true),
+            None => (full_script(&want, &self.cfg.guest_open_ports), true),
         };
         stats.full_rebuild = full;
         stats.nft_lines = script.as_str().lines().count();
@@ -587,13 +595,13 @@ fn firewall(plan: &Plan) -> Firewall {
     }
 }
 
-fn full_script(want: &Firewall) -> Script {
+fn full_script(want: &Firewall, guest_open: &[u16]) -> Script {
     let ports: Vec<(&PortFilter, &[KeyRange])> = want
         .ports
         .values()
         .map(|(f, k)| (f, k.as_slice()))
         .collect();
-    nft::full_host_script(&want.zones, &want.sets, &want.groups, &ports)
+    nft::full_host_script(&want.zones, &want.sets, &want.groups, &ports, guest_open)
 }
 
 /// Only what differs, ordered so every reference is valid at each step of the transaction.

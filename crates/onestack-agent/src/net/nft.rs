@@ -11,6 +11,9 @@
 //!   ingress stage. They dispatch `bridge . source IP` (`@egress`) and `bridge . destination IP`
 //!   (`@ingress`) to `po-<tap>` / `pi-<tap>`, which jump to the groups' `sg-<id>-out` /
 //!   `sg-<id>-in` and end in drop. `sgm-<id>` holds a group's member IPs.
+//!   `os-guest-guard` (input) keeps guests off the host itself: whatever arrives on a OneStack
+//!   bridge (`brq…`: a guest's own network, or the external one its router reaches the host
+//!   through) may reach only the TCP ports in `@guest-open` (the public APIs) and answer pings.
 //! - `table ip onestack-nat` (in each router namespace): floating IP DNAT/SNAT maps and the
 //!   gateway SNAT.
 
@@ -74,12 +77,12 @@ fn out_chain(dev: &IfName) -> String {
 /// `add table` makes the `delete table` valid whether or not the table exists, so this is one
 /// transaction either way (used at startup only: it drops every port's rules until re-added in
 /// the same script).
-pub fn recreate_host_tables(s: &mut Script) {
+pub fn recreate_host_tables(s: &mut Script, guest_open: &[u16]) {
     s.line(format!("add table bridge {TABLE}"));
     s.line(format!("delete table bridge {TABLE}"));
     s.line(format!("add table inet {TABLE}"));
     s.line(format!("delete table inet {TABLE}"));
-    create_host_tables(s);
+    create_host_tables(s, guest_open);
 }
 
 /// Removes both host tables (teardown), whether or not they exist.
@@ -90,7 +93,7 @@ pub fn drop_host_tables(s: &mut Script) {
     }
 }
 
-fn create_host_tables(s: &mut Script) {
+fn create_host_tables(s: &mut Script, guest_open: &[u16]) {
     // Bridge family: the port (not the bridge) is iifname here.
     s.line(format!("add table bridge {TABLE}"));
     s.line(format!(
@@ -166,6 +169,45 @@ fn create_host_tables(s: &mut Script) {
             "add rule inet {TABLE} {chain} ct state invalid drop"
         ));
         s.line(format!("add rule inet {TABLE} {chain} {dispatch}"));
+    }
+    guest_guard(s, guest_open);
+}
+
+/// Guests reach the host's public APIs, and nothing else of it: not the metrics endpoints, the
+/// agent's endpoint, the dashboard, SSH or a database. Bridges are `brq…` (`proto::bridge_name`);
+/// a guest reaches the host on its own network's bridge (the host answers ARP for any of its
+/// addresses) or, through its router, on the external network's.
+fn guest_guard(s: &mut Script, guest_open: &[u16]) {
+    s.line(format!(
+        "add set inet {TABLE} guest-open {{ type inet_service; }}"
+    ));
+    if !guest_open.is_empty() {
+        let ports: Vec<String> = guest_open.iter().map(u16::to_string).collect();
+        s.line(format!(
+            "add element inet {TABLE} guest-open {{ {} }}",
+            ports.join(", ")
+        ));
+    }
+    // After `os-host-in` (priority 0), which applies the guest port's own rules.
+    let chain = "os-guest-guard";
+    s.line(format!(
+        "add chain inet {TABLE} {chain} {{ type filter hook input priority 10; policy accept; }}"
+    ));
+    let mark = format!(
+        "meta mark set {:#x}",
+        onestack_core::network::proto::GUEST_MARK
+    );
+    for rule in [
+        "iifname != \"brq*\" accept",
+        // Handed to the accepted socket (`tcp_fwmark_accept`): the compute port's internal API
+        // refuses what guests send it.
+        mark.as_str(),
+        "ct state established,related accept",
+        "icmp type echo-request accept",
+        "tcp dport @guest-open accept",
+        "counter drop",
+    ] {
+        s.line(format!("add rule inet {TABLE} {chain} {rule}"));
     }
 }
 
@@ -485,9 +527,10 @@ pub fn full_host_script(
     sets: &BTreeMap<Ident, BTreeSet<Ipv4Addr>>,
     groups: &BTreeMap<String, Group>,
     ports: &[(&PortFilter, &[KeyRange])],
+    guest_open: &[u16],
 ) -> Script {
     let mut s = Script::new();
-    recreate_host_tables(&mut s);
+    recreate_host_tables(&mut s, guest_open);
     for (bridge, zone) in zones {
         add_zone(&mut s, bridge, *zone);
     }
@@ -824,9 +867,18 @@ mod tests {
             &BTreeMap::new(),
             &BTreeMap::new(),
             &[(&f, &keys(&f))],
+            &[5000, 8774],
         );
         let text = s.as_str();
         assert_eq!(text.matches("delete table").count(), 2);
+        // Guests reach the public APIs and nothing else of the host.
+        assert!(text.contains("add element inet onestack guest-open { 5000, 8774 }"));
+        assert!(text.contains(
+            "add chain inet onestack os-guest-guard { type filter hook input priority 10; policy accept; }\n\
+             add rule inet onestack os-guest-guard iifname != \"brq*\" accept\n\
+             add rule inet onestack os-guest-guard meta mark set 0x4f53\n"
+        ));
+        assert!(text.contains("add rule inet onestack os-guest-guard tcp dport @guest-open accept\nadd rule inet onestack os-guest-guard counter drop\n"));
         assert!(text.contains("add element inet onestack zones { \"brqnet1\" : 7 }"));
         assert!(text.starts_with("add table bridge onestack\ndelete table bridge onestack\n"));
     }

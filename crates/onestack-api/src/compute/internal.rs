@@ -47,6 +47,20 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
         .layer(axum::middleware::from_fn_with_state(state, require_agent))
         // The one route a host without credentials may call: it proves itself with a join token.
         .route("/join", post(join))
+        .layer(axum::middleware::from_fn(refuse_guests))
+}
+
+/// The internal API shares the compute port, which guests may reach (it is public); a guest's
+/// connection finds no internal API there, as with any path compute does not have.
+async fn refuse_guests(req: Request<Body>, next: Next) -> Response {
+    let from_guest = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::Peer>>()
+        .is_some_and(|c| c.0.from_guest);
+    if from_guest {
+        return ApiError::not_found("The resource could not be found.").into_response();
+    }
+    next.run(req).await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -212,7 +212,12 @@ mod tests {
             let n: Ipv4Net = bad.parse().expect("cidr");
             assert!(check_tenant_cidr(n).is_err(), "{bad}");
         }
-        for good in ["198.18.0.0/15", "10.0.0.0/8", "1.0.0.0/8", "223.255.255.0/24"] {
+        for good in [
+            "198.18.0.0/15",
+            "10.0.0.0/8",
+            "1.0.0.0/8",
+            "223.255.255.0/24",
+        ] {
             let n: Ipv4Net = good.parse().expect("cidr");
             assert!(check_tenant_cidr(n).is_ok(), "{good}");
         }

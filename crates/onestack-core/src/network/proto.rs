@@ -9,6 +9,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The firewall mark the agent puts on everything that reaches the host from a OneStack bridge
+/// (a guest's own network, or the external network its router reaches the host through). With
+/// `net.ipv4.tcp_fwmark_accept` the kernel hands it to the accepted socket, so an API can tell a
+/// guest's connection from a host's (`onestack_api::Peer`).
+pub const GUEST_MARK: u32 = 0x4f53;
+
 /// Interface-name budget: IFNAMSIZ is 16 including the NUL.
 pub const DEVICE_ID_CHARS: usize = 11;
 
