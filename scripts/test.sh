@@ -85,5 +85,8 @@ ONESTACK_TEST_STORE=postgres cargo test -p onestack-api --quiet 2>&1 | tee "$CAC
 step "end-to-end tests (real binary, real openstack CLI)"
 cargo build --quiet -p onestack
 export ONESTACK_BIN="$CARGO_TARGET_DIR/debug/onestack"
+# The clouds of the e2e tests run in network namespaces with no route to the package mirror: the
+# default guest image is built here, outside them, once (cached by its inputs).
+"$ONESTACK_BIN" image build-default --cache-dir "$ONESTACK_IMAGE_CACHE"
 export OPENSTACK_CLI="$VENV/bin/openstack"
 "$VENV/bin/python" -m pytest -q tests/e2e
