@@ -492,7 +492,10 @@ pub async fn console_output(
     id: &str,
     length: Option<i64>,
 ) -> ApiResult<String> {
-    let (host, _) = s.compute.server_host(ctx, id).await?;
+    let (host, _) = s
+        .compute
+        .console_host(ctx, id, "os_compute_api:os-console-output")
+        .await?;
     let url = format!(
         "{}/v1/instances/{id}/console",
         host.agent_url.trim_end_matches('/')
@@ -547,8 +550,7 @@ pub async fn console_output(
 /// Where a cold migration's target fetches the server's disk: its host's agent, with a token
 /// that host checks (signed with its secret, for this instance's disk, valid for an hour).
 pub async fn disk_url(s: &ComputeState, ctx: &AuthContext, id: &str) -> ApiResult<String> {
-    ctx.require_admin("os_compute_api:os-migrate-server:migrate")?;
-    let (host, _) = s.compute.server_host(ctx, id).await?;
+    let (host, _) = s.compute.migration_source(ctx, id).await?;
     let secret = agent_secret(s, &host.host).await?;
     let token = onestack_core::compute::console::issue(
         &secret,
@@ -569,7 +571,10 @@ pub async fn serial_console_url(
     ctx: &AuthContext,
     id: &str,
 ) -> ApiResult<String> {
-    let (host, inst) = s.compute.server_host(ctx, id).await?;
+    let (host, inst) = s
+        .compute
+        .console_host(ctx, id, "os_compute_api:os-remote-consoles")
+        .await?;
     // A running guest: active, or resized and waiting for confirmation.
     if !matches!(
         onestack_core::compute::server_status(&inst),
