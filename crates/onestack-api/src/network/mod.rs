@@ -263,9 +263,8 @@ async fn remove_interface(
 
 // ---- quotas ---------------------------------------------------------------------------------
 
-async fn quota_list(Auth(ctx): Auth) -> ApiResult<Json<Value>> {
-    ctx.require_admin("get_quota")?;
-    Ok(Json(json!({"quotas": []})))
+async fn quota_list(State(s): St, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"quotas": s.net.list_quotas(&ctx)?})))
 }
 
 fn project_of(p: &str) -> &str {
@@ -292,8 +291,14 @@ async fn quota_details(
     ))
 }
 
-async fn quota_default(Auth(_ctx): Auth, Path(_project): Path<String>) -> Json<Value> {
-    Json(json!({"quota": NetworkService::quota_defaults()}))
+async fn quota_default(
+    State(s): St,
+    Auth(ctx): Auth,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"quota": s.net.default_quota(&ctx, project_of(&project))?}),
+    ))
 }
 
 async fn quota_update(
@@ -365,7 +370,8 @@ async fn versions(State(s): St) -> Json<Value> {
     )
 }
 
-async fn resources(State(s): St) -> Json<Value> {
+/// `GET /v2.0`: behind Keystone authentication, as in Neutron (only `/` is anonymous).
+async fn resources(State(s): St, Auth(_ctx): Auth) -> Json<Value> {
     let r = |name: &str, collection: &str| json!({"name": name, "collection": collection, "links": [{"rel": "self", "href": format!("{}/v2.0/{collection}", s.base_url)}]});
     Json(json!({"resources": [
         r("network", "networks"), r("subnet", "subnets"), r("port", "ports"),
