@@ -174,14 +174,6 @@ impl ImageService {
         CoreError::NotFound(format!("No image found with ID {id}"))
     }
 
-    fn require_writer(ctx: &AuthContext, action: &str) -> CoreResult<()> {
-        if ctx.is_admin() || ctx.has_role("member") {
-            Ok(())
-        } else {
-            Err(forbidden(action))
-        }
-    }
-
     async fn membership(&self, ctx: &AuthContext, image_id: &str) -> Option<ImageMember> {
         let project = ctx.project_id()?;
         self.store.get_image_member(image_id, project).await.ok()
@@ -215,7 +207,7 @@ impl ImageService {
     /// Loads an image the caller may change: visible, owned (or admin), with a writer role.
     async fn load_owned(&self, ctx: &AuthContext, id: &str, action: &str) -> CoreResult<Image> {
         let img = self.load_visible(ctx, id).await?;
-        Self::require_writer(ctx, action)?;
+        ctx.require_member(action)?;
         if !ctx.is_admin() && Some(img.owner.as_str()) != ctx.project_id() {
             return Err(CoreError::Forbidden(format!(
                 "You are not permitted to modify image {id}: you do not own it."
@@ -234,7 +226,7 @@ impl ImageService {
         ctx: &AuthContext,
         mut doc: Map<String, Value>,
     ) -> CoreResult<Image> {
-        Self::require_writer(ctx, "add_image")?;
+        ctx.require_member("add_image")?;
         let project = ctx.project_id().ok_or_else(|| {
             CoreError::Forbidden("Creating an image needs a project-scoped token.".into())
         })?;
@@ -412,11 +404,13 @@ impl ImageService {
     }
 
     /// `deactivate` hides an active image's data from non-admins; `reactivate` undoes it.
+    /// Glance's `deactivate`/`reactivate` are `admin or (role:member and project_id:owner)`.
     pub async fn set_active(&self, ctx: &AuthContext, id: &str, active: bool) -> CoreResult<()> {
+        let action = if active { "reactivate" } else { "deactivate" };
         let img = self.load_visible(ctx, id).await?;
-        if !ctx.is_admin() {
-            // Glance's defaults: deactivate/reactivate are admin actions.
-            return Err(forbidden(if active { "reactivate" } else { "deactivate" }));
+        ctx.require_member(action)?;
+        if !ctx.is_admin() && Some(img.owner.as_str()) != ctx.project_id() {
+            return Err(forbidden(action));
         }
         let (from, to) = if active {
             ("deactivated", "active")
@@ -545,9 +539,12 @@ impl ImageService {
         }
     }
 
-    /// The image and its data file, for a download the caller may make.
+    /// The image and its data file, for a download the caller may make: Glance's
+    /// `download_image` wants the `member` role even for a public image (a reader only reads
+    /// the metadata).
     pub async fn download(&self, ctx: &AuthContext, id: &str) -> CoreResult<Download> {
         let img = self.load_visible(ctx, id).await?;
+        ctx.require_member("download_image")?;
         if img.status == "deactivated" && !ctx.is_admin() {
             return Err(CoreError::Forbidden(
                 "The requested image has been deactivated. Image data download is forbidden."
@@ -860,7 +857,7 @@ impl ImageService {
             )));
         }
         self.get_member(ctx, id, member).await?;
-        Self::require_writer(ctx, "modify_member")?;
+        ctx.require_member("modify_member")?;
         if ctx.project_id() != Some(member) {
             return Err(CoreError::Forbidden(
                 "Only the member project may change its membership status.".into(),
