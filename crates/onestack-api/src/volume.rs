@@ -847,10 +847,11 @@ async fn show_quota(
 
 async fn default_quota(
     State(s): State<VolumeApiState>,
-    Auth(_ctx): Auth,
+    Auth(ctx): Auth,
     Path((_project, target)): Path<(String, String)>,
-) -> Json<Value> {
-    Json(json!({"quota_set": quota_doc(&target, &s.volumes.default_quota())}))
+) -> ApiResult<Json<Value>> {
+    let q = s.volumes.default_quota_of(&ctx, &target)?;
+    Ok(Json(json!({"quota_set": quota_doc(&target, &q)})))
 }
 
 async fn update_quota(

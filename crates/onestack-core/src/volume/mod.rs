@@ -190,14 +190,6 @@ fn invalid_volume(msg: impl std::fmt::Display) -> CoreError {
     CoreError::BadRequest(format!("Invalid volume: {msg}"))
 }
 
-fn require_member(ctx: &AuthContext, rule: &str) -> CoreResult<()> {
-    if ctx.is_admin() || ctx.has_role("member") {
-        Ok(())
-    } else {
-        Err(forbidden(rule))
-    }
-}
-
 fn quota_error(r: QuotaRefused, requested_gb: i64) -> CoreError {
     // Cinder answers quota refusals with 413 and these messages.
     CoreError::TooLarge(match r {
@@ -567,7 +559,7 @@ impl VolumeService {
         ctx: &AuthContext,
         req: VolumeCreate,
     ) -> CoreResult<VolumeRecord> {
-        require_member(ctx, "volume:create")?;
+        ctx.require_member("volume:create")?;
         let project = ctx
             .project_id()
             .ok_or_else(|| forbidden("volume:create"))?
@@ -728,7 +720,7 @@ impl VolumeService {
         id: &str,
         u: VolumeUpdate,
     ) -> CoreResult<VolumeRecord> {
-        require_member(ctx, "volume:update")?;
+        ctx.require_member("volume:update")?;
         let v = self.load(ctx, id).await?;
         let mut changes: Changes = Vec::new();
         if let Some(n) = u.name {
@@ -757,7 +749,7 @@ impl VolumeService {
         meta: BTreeMap<String, String>,
         replace: bool,
     ) -> CoreResult<BTreeMap<String, String>> {
-        require_member(ctx, "volume:update_volume_metadata")?;
+        ctx.require_member("volume:update_volume_metadata")?;
         validate_metadata(&meta)?;
         let v = self.load(ctx, id).await?;
         let mut all = if replace {
@@ -786,7 +778,7 @@ impl VolumeService {
         id: &str,
         key: &str,
     ) -> CoreResult<()> {
-        require_member(ctx, "volume:delete_volume_metadata")?;
+        ctx.require_member("volume:delete_volume_metadata")?;
         let v = self.load(ctx, id).await?;
         let mut all = json_map(&v.metadata);
         if all.remove(key).is_none() {
@@ -814,7 +806,7 @@ impl VolumeService {
         id: &str,
         cascade: bool,
     ) -> CoreResult<()> {
-        require_member(ctx, "volume:delete")?;
+        ctx.require_member("volume:delete")?;
         let v = self.load(ctx, id).await?;
         const DELETABLE: [&str; 4] = ["available", "error", "error_extending", "error_deleting"];
         if !DELETABLE.contains(&v.status.as_str()) || v.instance_id.is_some() {
@@ -855,7 +847,7 @@ impl VolumeService {
         id: &str,
         new_size: i64,
     ) -> CoreResult<()> {
-        require_member(ctx, "volume:extend")?;
+        ctx.require_member("volume:extend")?;
         let v = self.load(ctx, id).await?;
         if v.status != "available" {
             return Err(invalid_volume(format!(
@@ -904,7 +896,7 @@ impl VolumeService {
         disk_format: &str,
         force: bool,
     ) -> CoreResult<(VolumeRecord, crate::image::Image)> {
-        require_member(ctx, "volume_extension:volume_actions:upload_image")?;
+        ctx.require_member("volume_extension:volume_actions:upload_image")?;
         let v = self.load(ctx, id).await?;
         let allowed: &[&str] = if force {
             &["available", "in-use"]
@@ -952,7 +944,7 @@ impl VolumeService {
         id: &str,
         bootable: bool,
     ) -> CoreResult<()> {
-        require_member(ctx, "volume_extension:volume_actions:set_bootable")?;
+        ctx.require_member("volume_extension:volume_actions:set_bootable")?;
         self.load(ctx, id).await?;
         self.store
             .update_volume(
@@ -1025,7 +1017,7 @@ impl VolumeService {
         force: bool,
         metadata: BTreeMap<String, String>,
     ) -> CoreResult<SnapshotRecord> {
-        require_member(ctx, "volume:create_snapshot")?;
+        ctx.require_member("volume:create_snapshot")?;
         check_name(&name)?;
         validate_metadata(&metadata)?;
         let v = self.load(ctx, volume_id).await?;
@@ -1072,7 +1064,7 @@ impl VolumeService {
         id: &str,
         u: VolumeUpdate,
     ) -> CoreResult<SnapshotRecord> {
-        require_member(ctx, "volume:update_snapshot")?;
+        ctx.require_member("volume:update_snapshot")?;
         self.load_snapshot(ctx, id).await?;
         let mut changes: Changes = Vec::new();
         if let Some(n) = u.name {
@@ -1094,7 +1086,7 @@ impl VolumeService {
     }
 
     pub async fn delete_snapshot(self: &Arc<Self>, ctx: &AuthContext, id: &str) -> CoreResult<()> {
-        require_member(ctx, "volume:delete_snapshot")?;
+        ctx.require_member("volume:delete_snapshot")?;
         let s = self.load_snapshot(ctx, id).await?;
         let ok = self
             .store
@@ -1133,6 +1125,13 @@ impl VolumeService {
 
     pub async fn usage(&self, project: &str) -> CoreResult<VolumeUsage> {
         Ok(self.store.volume_usage(project).await?)
+    }
+
+    /// `GET /os-quota-sets/{project}/defaults`: Cinder checks `volume_extension:quotas:show`
+    /// against the named project, as for the quota itself.
+    pub fn default_quota_of(&self, ctx: &AuthContext, project: &str) -> CoreResult<VolumeQuota> {
+        self.check_quota_read(ctx, project)?;
+        Ok(self.cfg.quota)
     }
 
     /// Reading a project's quota: admins any, others their own project.
