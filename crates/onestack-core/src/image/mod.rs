@@ -843,7 +843,8 @@ impl ImageService {
         }
     }
 
-    /// Only the member itself accepts or rejects a share.
+    /// The member itself accepts or rejects a share (or an admin: Glance's `modify_member` is
+    /// `admin or (role:member and project_id:%(member_id)s)`).
     pub async fn set_member_status(
         &self,
         ctx: &AuthContext,
@@ -858,7 +859,7 @@ impl ImageService {
         }
         self.get_member(ctx, id, member).await?;
         ctx.require_member("modify_member")?;
-        if ctx.project_id() != Some(member) {
+        if !ctx.is_admin() && ctx.project_id() != Some(member) {
             return Err(CoreError::Forbidden(
                 "Only the member project may change its membership status.".into(),
             ));
@@ -874,9 +875,12 @@ impl ImageService {
             .map_err(|e| CoreError::from_store(e, "member", member))
     }
 
+    /// The owner's member (or an admin) removes a member; Glance checks `delete_member` before
+    /// it looks the membership up, so a project that sees the image but does not own it is 403.
     pub async fn remove_member(&self, ctx: &AuthContext, id: &str, member: &str) -> CoreResult<()> {
-        self.get_member(ctx, id, member).await?;
+        self.load_for_members(ctx, id).await?;
         self.load_owned(ctx, id, "delete_member").await?;
+        self.get_member(ctx, id, member).await?;
         self.store
             .delete_image_member(id, member)
             .await
