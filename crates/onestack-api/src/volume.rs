@@ -4,6 +4,7 @@
 
 use crate::error::{error_body, ApiError, ApiResult, ErrorFlavor};
 use crate::extract::{Auth, JsonBody};
+use crate::routes::Listed;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{FromRef, Path, Query, Request, State};
@@ -39,8 +40,13 @@ impl FromRef<VolumeApiState> for AppState {
     }
 }
 
-pub fn router(state: VolumeApiState) -> Router {
-    let api = Router::new()
+/// The path templates this API serves (the role table checks that each has an entry).
+pub fn route_paths() -> Vec<String> {
+    routes().paths()
+}
+
+fn routes() -> Listed<VolumeApiState> {
+    let api = Listed::new()
         .route("/volumes", get(list_volumes).post(create_volume))
         .route("/volumes/detail", get(list_volumes_detail))
         .route(
@@ -79,12 +85,17 @@ pub fn router(state: VolumeApiState) -> Router {
         .route("/limits", get(limits))
         .route("/os-availability-zone", get(availability_zones))
         .route("/extensions", get(extensions))
-        .layer(axum::middleware::from_fn(microversion));
-    Router::new()
+        .map(|r| r.layer(axum::middleware::from_fn(microversion)));
+    Listed::new()
         .route("/", get(versions))
         .route("/v3", get(version_v3))
         .route("/v3/", get(version_v3))
         .nest("/v3/{project_id}", api)
+}
+
+pub fn router(state: VolumeApiState) -> Router {
+    routes()
+        .into_router()
         .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .layer(axum::middleware::from_fn_with_state(
             (state.app.clone(), ErrorFlavor::Nova),

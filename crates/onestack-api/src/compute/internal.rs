@@ -5,6 +5,7 @@
 //! is revoked when the host is removed. Never in the catalog.
 
 use super::ComputeState;
+use crate::routes::Listed;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
 use axum::body::Body;
@@ -26,8 +27,11 @@ pub const AGENT_TOKEN_HEADER: &str = "x-onestack-agent-token";
 /// Largest console output returned (Nova's `MAX_CONSOLE_BYTES`).
 const MAX_CONSOLE_BYTES: i64 = 100 * 1024;
 
-pub fn routes(state: ComputeState) -> Router<ComputeState> {
-    Router::new()
+/// The agents' routes; `agent_auth` puts the credential check over all but `/join`.
+pub fn routes(
+    agent_auth: impl FnOnce(Router<ComputeState>) -> Router<ComputeState>,
+) -> Listed<ComputeState> {
+    Listed::new()
         .route("/hosts", post(register))
         .route("/hosts/{host}", get(host_status).delete(host_leave))
         .route("/hosts/{host}/heartbeat", post(heartbeat))
@@ -44,7 +48,7 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
             post(migration_report),
         )
         .route("/images/{id}/file", get(image_file).put(snapshot_upload))
-        .layer(axum::middleware::from_fn_with_state(state, require_agent))
+        .map(agent_auth)
         // The one route a host without credentials may call: it proves itself with a join token.
         .route("/join", post(join))
 }
@@ -58,7 +62,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Clone, Debug)]
 pub struct NodeIdentity(pub String);
 
-async fn require_agent(
+pub(super) async fn require_agent(
     State(s): State<ComputeState>,
     mut req: Request<Body>,
     next: Next,

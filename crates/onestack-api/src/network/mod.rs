@@ -6,6 +6,7 @@ mod list;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, JsonBody};
+use crate::routes::Listed;
 use crate::AppState;
 use axum::extract::{FromRef, Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -381,8 +382,13 @@ async fn resources(State(s): St, Auth(_ctx): Auth) -> Json<Value> {
     ]}))
 }
 
-pub fn router(state: NetworkApiState) -> Router {
-    Router::new()
+/// The path templates this API serves (the role table checks that each has an entry).
+pub fn route_paths() -> Vec<String> {
+    routes().paths()
+}
+
+fn routes() -> Listed<NetworkApiState> {
+    Listed::new()
         .route("/", get(versions))
         .route("/v2.0", get(resources))
         .route("/v2.0/", get(resources))
@@ -458,6 +464,11 @@ pub fn router(state: NetworkApiState) -> Router {
         .route("/v2.0/quotas/{project}/default", get(quota_default))
         .route("/v2.0/quotas/{project}/details.json", get(quota_details))
         .route("/v2.0/quotas/{project}/details", get(quota_details))
+}
+
+pub fn router(state: NetworkApiState) -> Router {
+    routes()
+        .into_router()
         .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .layer(axum::middleware::from_fn_with_state(
             (state.app.clone(), crate::error::ErrorFlavor::Neutron),
