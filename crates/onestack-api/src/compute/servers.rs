@@ -669,9 +669,15 @@ pub async fn action(
             let url = super::internal::serial_console_url(&s, &ctx, &p.id).await?;
             Ok(Json(json!({"console": {"type": "serial", "url": url}})).into_response())
         }
-        "os-getVNCConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => Err(ApiError::bad_request(
-            "Unavailable console type: this cloud offers the serial console (os-getSerialConsole).",
-        )),
+        "os-getVNCConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => {
+            // The policy and the server first (404, 403), as Nova answers, then the type.
+            s.compute
+                .console_host(&ctx, &p.id, "os_compute_api:os-remote-consoles")
+                .await?;
+            Err(ApiError::bad_request(
+                "Unavailable console type: this cloud offers the serial console (os-getSerialConsole).",
+            ))
+        }
         other => Err(ApiError::bad_request(format!(
             "There is no such action: {other}"
         ))),

@@ -959,6 +959,8 @@ impl VolumeService {
 
     /// `os-reset_status` (admin): the operator's way out of a stuck state.
     pub async fn reset_status(&self, ctx: &AuthContext, id: &str, status: &str) -> CoreResult<()> {
+        // Others' volumes are 404 before the role is looked at, as in Cinder.
+        self.load(ctx, id).await?;
         ctx.require_admin("volume_extension:volume_admin_actions:reset_status")?;
         const STATUSES: [&str; 7] = [
             "available",
