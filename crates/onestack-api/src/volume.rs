@@ -184,14 +184,6 @@ async fn microversion(req: Request<Body>, next: Next) -> Response {
     resp
 }
 
-/// The project in the URL must be the token's (admins may name any).
-fn check_project(ctx: &AuthContext, project: &str) -> ApiResult<()> {
-    if ctx.is_admin() || ctx.project_id() == Some(project) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("Malformed request url"))
-    }
-}
 
 fn links(s: &VolumeApiState, project: &str, kind: &str, id: &str) -> Value {
     json!([
@@ -347,13 +339,10 @@ async fn volumes_for(
     project: &str,
     q: &HashMap<String, String>,
 ) -> ApiResult<Vec<VolumeRecord>> {
-    check_project(ctx, project)?;
-    let all = flag(q, "all_tenants");
-    let mut list = s.volumes.list(ctx, all).await?;
-    if !all && ctx.is_admin() && ctx.project_id() != Some(project) {
-        list = s.volumes.list(ctx, true).await?;
-        list.retain(|v| v.project_id == project);
-    }
+    let list = s
+        .volumes
+        .list_in(ctx, project, flag(q, "all_tenants"))
+        .await?;
     page(list, q, volume_fields)
 }
 
@@ -440,7 +429,7 @@ async fn create_volume(
     Path(project): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let o = object(&body, "volume")?;
     let req = VolumeCreate {
         size: opt_size(o, "size")?,
@@ -466,7 +455,7 @@ async fn show_volume(
     Auth(ctx): Auth,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let v = s.volumes.get(&ctx, &id).await?;
     Ok(Json(json!({"volume": render_volume(&s, &ctx, &v)})))
 }
@@ -496,7 +485,7 @@ async fn update_volume(
     Path((project, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let u = update_arg(object(&body, "volume")?)?;
     let v = s.volumes.update(&ctx, &id, u).await?;
     Ok(Json(json!({"volume": render_volume(&s, &ctx, &v)})))
@@ -508,7 +497,7 @@ async fn delete_volume(
     Path((project, id)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     s.volumes.delete(&ctx, &id, flag(&q, "cascade")).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -519,7 +508,7 @@ async fn volume_action(
     Path((project, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let Some((name, args)) = body.as_object().and_then(|o| o.iter().next()) else {
         return Err(ApiError::bad_request("There is no such action."));
     };
@@ -598,7 +587,7 @@ async fn volume_metadata(
     Auth(ctx): Auth,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let v = s.volumes.get(&ctx, &id).await?;
     Ok(Json(json!({"metadata": VolumeService::metadata_of(&v).0})))
 }
@@ -611,7 +600,7 @@ async fn set_meta(
     body: &Value,
     replace: bool,
 ) -> ApiResult<Json<Value>> {
-    check_project(ctx, project)?;
+    s.volumes.check_url_project(ctx, project)?;
     let m = metadata_arg(body.get("metadata"))?
         .ok_or_else(|| ApiError::bad_request("Malformed request body: metadata is required."))?;
     let all = s.volumes.set_metadata(ctx, id, m, replace).await?;
@@ -641,7 +630,7 @@ async fn volume_metadata_item(
     Auth(ctx): Auth,
     Path((project, id, key)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let v = s.volumes.get(&ctx, &id).await?;
     let (meta, _) = VolumeService::metadata_of(&v);
     match meta.get(&key) {
@@ -658,7 +647,7 @@ async fn put_volume_metadata_item(
     Path((project, id, key)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let m = metadata_arg(body.get("meta"))?
         .ok_or_else(|| ApiError::bad_request("Malformed request body: meta is required."))?;
     if m.len() != 1 || !m.contains_key(&key) {
@@ -673,7 +662,7 @@ async fn delete_volume_metadata_item(
     Auth(ctx): Auth,
     Path((project, id, key)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     s.volumes.delete_metadata_key(&ctx, &id, &key).await?;
     Ok(StatusCode::OK)
 }
@@ -686,7 +675,7 @@ async fn snapshots_for(
     project: &str,
     q: &HashMap<String, String>,
 ) -> ApiResult<Vec<SnapshotRecord>> {
-    check_project(ctx, project)?;
+    s.volumes.check_url_project(ctx, project)?;
     let mut list = s
         .volumes
         .list_snapshots(ctx, flag(q, "all_tenants"))
@@ -723,7 +712,7 @@ async fn create_snapshot(
     Path(project): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let o = object(&body, "snapshot")?;
     let volume_id = opt_string(o, "volume_id")?
         .ok_or_else(|| ApiError::bad_request("Invalid input received: volume_id is required."))?;
@@ -764,7 +753,7 @@ async fn show_snapshot(
     Auth(ctx): Auth,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let snap = s.volumes.get_snapshot(&ctx, &id).await?;
     Ok(Json(json!({"snapshot": render_snapshot(&snap)})))
 }
@@ -775,7 +764,7 @@ async fn update_snapshot(
     Path((project, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let u = update_arg(object(&body, "snapshot")?)?;
     let snap = s.volumes.update_snapshot(&ctx, &id, u).await?;
     Ok(Json(json!({"snapshot": render_snapshot(&snap)})))
@@ -786,7 +775,7 @@ async fn delete_snapshot(
     Auth(ctx): Auth,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     s.volumes.delete_snapshot(&ctx, &id).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -907,7 +896,7 @@ async fn limits(
     Auth(ctx): Auth,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let q = s.volumes.quota(&project).await?;
     let u = s.volumes.usage(&project).await?;
     Ok(Json(json!({"limits": {"rate": [], "absolute": {

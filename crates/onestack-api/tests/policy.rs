@@ -989,6 +989,7 @@ fn compute_rows() -> Vec<Row> {
         // limits.py: any; quota_sets.py: show/detail project_reader_or_admin, defaults any,
         // update/delete admin.
         row(C, M::GET, "/v2.1/limits", any_user(200)),
+        row(C, M::GET, "/v2.1/limits?tenant_id={demo_pid}", admin_only(200)),
         row(C, M::GET, "/v2.1/os-quota-sets/{demo_pid}", project_read(200)),
         row(C, M::PUT, "/v2.1/os-quota-sets/{demo_pid}", admin_only(200))
             .json(json!({"quota_set": {"instances": 20}})),

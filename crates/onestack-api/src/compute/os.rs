@@ -277,12 +277,19 @@ pub async fn availability_zones_detail(
     Ok(Json(json!({"availabilityZoneInfo": list})))
 }
 
-pub async fn limits(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
-    let q = match ctx.project_id() {
+pub async fn limits(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let project = s
+        .compute
+        .limits_project(&ctx, query.get("tenant_id").map(String::as_str))?;
+    let q = match &project {
         Some(p) => s.compute.quota(p).await?,
         None => s.compute.config().quota,
     };
-    let (n, cores, ram) = match ctx.project_id() {
+    let (n, cores, ram) = match &project {
         Some(p) => s
             .compute
             .store()

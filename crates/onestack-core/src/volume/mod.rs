@@ -529,6 +529,33 @@ impl VolumeService {
         self.load(ctx, id).await
     }
 
+    /// The project in a `/v3/{project_id}/…` URL must be the token's (Cinder's "Malformed
+    /// request url"); an admin may name any.
+    pub fn check_url_project(&self, ctx: &AuthContext, project: &str) -> CoreResult<()> {
+        if ctx.is_admin() || ctx.project_id() == Some(project) {
+            Ok(())
+        } else {
+            Err(CoreError::BadRequest("Malformed request url".into()))
+        }
+    }
+
+    /// The volumes `GET /v3/{project}/volumes` lists: the caller's project's, everyone's for
+    /// an admin with `all_tenants`, or the named project's for an admin naming another.
+    pub async fn list_in(
+        &self,
+        ctx: &AuthContext,
+        project: &str,
+        all_tenants: bool,
+    ) -> CoreResult<Vec<VolumeRecord>> {
+        self.check_url_project(ctx, project)?;
+        if !all_tenants && ctx.is_admin() && ctx.project_id() != Some(project) {
+            let mut list = self.list(ctx, true).await?;
+            list.retain(|v| v.project_id == project);
+            return Ok(list);
+        }
+        self.list(ctx, all_tenants).await
+    }
+
     /// The caller's project's volumes, or (admin, `all_tenants`) everyone's.
     pub async fn list(
         &self,
