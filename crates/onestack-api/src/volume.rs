@@ -184,7 +184,6 @@ async fn microversion(req: Request<Body>, next: Next) -> Response {
     resp
 }
 
-
 fn links(s: &VolumeApiState, project: &str, kind: &str, id: &str) -> Value {
     json!([
         {"rel": "self", "href": format!("{}/v3/{project}/{kind}/{id}", s.base_url)},

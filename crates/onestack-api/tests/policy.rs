@@ -240,9 +240,18 @@ impl Cloud {
     async fn ok(&self, who: Who, svc: Svc, method: Method, path: &str, body: Value) -> Value {
         let body = (!body.is_null()).then_some(body);
         let (st, v) = self
-            .call(svc, method.clone(), path, self.tokens.get(&who).map(String::as_str), body.as_ref())
+            .call(
+                svc,
+                method.clone(),
+                path,
+                self.tokens.get(&who).map(String::as_str),
+                body.as_ref(),
+            )
             .await;
-        assert!((200..300).contains(&st), "fixture {method} {path} as {who:?}: {st} {v}");
+        assert!(
+            (200..300).contains(&st),
+            "fixture {method} {path} as {who:?}: {st} {v}"
+        );
         v
     }
 
@@ -279,7 +288,13 @@ impl Cloud {
     async fn wait_status(&self, path: &str, key: &str, want: &str) {
         for _ in 0..200 {
             let (_, v) = self
-                .call(Svc::Volume, Method::GET, path, self.tokens.get(&Who::Member).map(String::as_str), None)
+                .call(
+                    Svc::Volume,
+                    Method::GET,
+                    path,
+                    self.tokens.get(&Who::Member).map(String::as_str),
+                    None,
+                )
                 .await;
             if v[key]["status"] == want {
                 return;
@@ -305,23 +320,29 @@ impl Cloud {
 
     /// The id of the first `key` a GET as the admin lists.
     async fn first(&self, path: &str, key: &str) -> String {
-        let v = self.ok(Who::Admin, Svc::Identity, Method::GET, path, Value::Null).await;
+        let v = self
+            .ok(Who::Admin, Svc::Identity, Method::GET, path, Value::Null)
+            .await;
         v[key][0]["id"].as_str().expect("id").to_string()
     }
 
     async fn user(&self, name: &str) -> String {
         let body = json!({"user": {"name": name, "domain_id": "default", "password": "pw-123456"}});
-        self.make(Who::Admin, Svc::Identity, "/v3/users", body, "user").await
+        self.make(Who::Admin, Svc::Identity, "/v3/users", body, "user")
+            .await
     }
 
     async fn grant(&self, target: &str, user: &str, role: &str) {
         let path = format!("/v3/{target}/users/{user}/roles/{role}");
-        self.ok(Who::Admin, Svc::Identity, Method::PUT, &path, Value::Null).await;
+        self.ok(Who::Admin, Svc::Identity, Method::PUT, &path, Value::Null)
+            .await;
     }
 
     /// A queued image of the member's.
     async fn queued(&self, body: Value) -> String {
-        let v = self.ok(Who::Member, Svc::Image, Method::POST, "/v2/images", body).await;
+        let v = self
+            .ok(Who::Member, Svc::Image, Method::POST, "/v2/images", body)
+            .await;
         v["id"].as_str().expect("id").to_string()
     }
 
@@ -332,7 +353,11 @@ impl Cloud {
             "vcpus": vcpus, "memory_mb": memory_mb, "local_gb": 1000, "cpu_info": {},
             "hypervisor_type": "QEMU", "hypervisor_version": 7002000, "virt_type": "qemu",
             "availability_zone": null});
-        assert_eq!(self.agent(Method::POST, "/hosts", body).await, 200, "register {host}");
+        assert_eq!(
+            self.agent(Method::POST, "/hosts", body).await,
+            200,
+            "register {host}"
+        );
     }
 
     /// An available 1 GB volume of the member's.
@@ -340,8 +365,11 @@ impl Cloud {
         let path = format!("/v3/{project}/volumes");
         let body = json!({"volume": {"size": 1, "name": "v",
             "metadata": {"k": "v", "km": "1", "ka": "1"}}});
-        let vid = self.make(Who::Member, Svc::Volume, &path, body, "volume").await;
-        self.wait_status(&format!("{path}/{vid}"), "volume", "available").await;
+        let vid = self
+            .make(Who::Member, Svc::Volume, &path, body, "volume")
+            .await;
+        self.wait_status(&format!("{path}/{vid}"), "volume", "available")
+            .await;
         vid
     }
 
@@ -349,8 +377,11 @@ impl Cloud {
     async fn snapshot(&self, project: &str, volume: &str) -> String {
         let path = format!("/v3/{project}/snapshots");
         let body = json!({"snapshot": {"volume_id": volume}});
-        let sid = self.make(Who::Member, Svc::Volume, &path, body, "snapshot").await;
-        self.wait_status(&format!("{path}/{sid}"), "snapshot", "available").await;
+        let sid = self
+            .make(Who::Member, Svc::Volume, &path, body, "snapshot")
+            .await;
+        self.wait_status(&format!("{path}/{sid}"), "snapshot", "available")
+            .await;
         sid
     }
 }
@@ -382,12 +413,20 @@ async fn cloud() -> Cloud {
     let reader_rid = c.first("/v3/roles?name=reader", "roles").await;
     let member_rid = c.first("/v3/roles?name=member", "roles").await;
     let watcher = c.user("watcher").await;
-    c.grant(&format!("projects/{demo_pid}"), &watcher, &reader_rid).await;
+    c.grant(&format!("projects/{demo_pid}"), &watcher, &reader_rid)
+        .await;
     let other_pid = c
-        .make(Admin, Identity, "/v3/projects", json!({"project": {"name": "other"}}), "project")
+        .make(
+            Admin,
+            Identity,
+            "/v3/projects",
+            json!({"project": {"name": "other"}}),
+            "project",
+        )
         .await;
     let outsider = c.user("outsider").await;
-    c.grant(&format!("projects/{other_pid}"), &outsider, &member_rid).await;
+    c.grant(&format!("projects/{other_pid}"), &outsider, &member_rid)
+        .await;
     let reader = c.login("watcher", "pw-123456", "demo").await;
     c.tokens.insert(Reader, reader);
     let other = c.login("outsider", "pw-123456", "other").await;
@@ -413,11 +452,23 @@ async fn cloud() -> Cloud {
     let tok_a = c.login("demo", DEMO_PW, "demo").await;
     c.fx.set_for(Admin, "tok_del", tok_a);
     let domain_del = c
-        .make(Admin, Identity, "/v3/domains", json!({"domain": {"name": "d-victim", "enabled": false}}), "domain")
+        .make(
+            Admin,
+            Identity,
+            "/v3/domains",
+            json!({"domain": {"name": "d-victim", "enabled": false}}),
+            "domain",
+        )
         .await;
     c.fx.set("domain_del", domain_del);
     let project_del = c
-        .make(Admin, Identity, "/v3/projects", json!({"project": {"name": "p-victim"}}), "project")
+        .make(
+            Admin,
+            Identity,
+            "/v3/projects",
+            json!({"project": {"name": "p-victim"}}),
+            "project",
+        )
         .await;
     c.fx.set("project_del", project_del);
     let user_del = c.user("u-victim").await;
@@ -428,7 +479,8 @@ async fn cloud() -> Cloud {
     c.grant("domains/default", &grant_user, &reader_rid).await;
     c.fx.set("grant_user", grant_user);
     let grant_del = c.user("u-revoke").await;
-    c.grant(&format!("projects/{demo_pid}"), &grant_del, &reader_rid).await;
+    c.grant(&format!("projects/{demo_pid}"), &grant_del, &reader_rid)
+        .await;
     c.grant("domains/default", &grant_del, &member_rid).await;
     c.fx.set("grant_del_user", grant_del);
     let mut roles = Vec::new();
@@ -438,31 +490,53 @@ async fn cloud() -> Cloud {
     }
     let imply = format!("/v3/roles/{}/implies/{}", roles[2], roles[3]);
     c.ok(Admin, Identity, M::PUT, &imply, Value::Null).await;
-    for (k, v) in ["role_fix", "role_del", "imp_prior", "imp_implied"].iter().zip(roles) {
+    for (k, v) in ["role_fix", "role_del", "imp_prior", "imp_implied"]
+        .iter()
+        .zip(roles)
+    {
         c.fx.set(k, v);
     }
     c.fx.set("region", "RegionOne");
-    c.ok(Admin, Identity, M::POST, "/v3/regions", json!({"region": {"id": "R-victim"}}))
-        .await;
+    c.ok(
+        Admin,
+        Identity,
+        M::POST,
+        "/v3/regions",
+        json!({"region": {"id": "R-victim"}}),
+    )
+    .await;
     c.fx.set("region_del", "R-victim");
     let service = c
-        .make(Admin, Identity, "/v3/services", json!({"service": {"type": "t-fixture"}}), "service")
+        .make(
+            Admin,
+            Identity,
+            "/v3/services",
+            json!({"service": {"type": "t-fixture"}}),
+            "service",
+        )
         .await;
     let service_del = c
-        .make(Admin, Identity, "/v3/services", json!({"service": {"type": "t-victim"}}), "service")
+        .make(
+            Admin,
+            Identity,
+            "/v3/services",
+            json!({"service": {"type": "t-victim"}}),
+            "service",
+        )
         .await;
     c.fx.set("service_del", service_del);
     for k in ["endpoint", "endpoint_del"] {
         let body = json!({"endpoint": {"service_id": service, "interface": "internal",
                                        "url": "http://198.18.0.1:1/"}});
-        let e = c.make(Admin, Identity, "/v3/endpoints", body, "endpoint").await;
+        let e = c
+            .make(Admin, Identity, "/v3/endpoints", body, "endpoint")
+            .await;
         c.fx.set(k, e);
     }
     c.fx.set("service", service);
 
     // ---- images.
-    let public_image =
-        common::raw_image(&c.http, &c.cp.image, &c.tokens[&Admin], 1024, true).await;
+    let public_image = common::raw_image(&c.http, &c.cp.image, &c.tokens[&Admin], 1024, true).await;
     c.fx.set("public_image", public_image.clone());
     for k in ["image", "image_act"] {
         let i = common::raw_image(&c.http, &c.cp.image, &c.tokens[&Member], 1024, false).await;
@@ -478,12 +552,15 @@ async fn cloud() -> Cloud {
         c.fx.set_for(who, "image_up", up);
     }
     let shared = c
-        .queued(json!({"name": "sh", "disk_format": "raw", "container_format": "bare",
-                       "visibility": "shared"}))
+        .queued(
+            json!({"name": "sh", "disk_format": "raw", "container_format": "bare",
+                       "visibility": "shared"}),
+        )
         .await;
     for m in [other_pid.as_str(), "proj-dm", "proj-da"] {
         let path = format!("/v2/images/{shared}/members");
-        c.ok(Member, Image, M::POST, &path, json!({"member": m})).await;
+        c.ok(Member, Image, M::POST, &path, json!({"member": m}))
+            .await;
     }
     c.fx.set("image_shared", shared);
     c.fx.set_for(Member, "member_del", "proj-dm");
@@ -501,8 +578,13 @@ async fn cloud() -> Cloud {
 
     // ---- network: the external network (admin), the member's network and what hangs on it.
     let ext = c
-        .make(Admin, Network, "/v2.0/networks",
-              json!({"network": {"name": "public", "router:external": true}}), "network")
+        .make(
+            Admin,
+            Network,
+            "/v2.0/networks",
+            json!({"network": {"name": "public", "router:external": true}}),
+            "network",
+        )
         .await;
     let body = json!({"subnet": {"network_id": ext, "cidr": "198.18.100.0/24", "ip_version": 4}});
     c.ok(Admin, Network, M::POST, "/v2.0/subnets", body).await;
@@ -510,68 +592,154 @@ async fn cloud() -> Cloud {
     c.fx.set("fip_addr", "198.18.100.77");
     let nets = "/v2.0/networks";
     let net = c
-        .make(Member, Network, nets, json!({"network": {"name": "net"}}), "network")
+        .make(
+            Member,
+            Network,
+            nets,
+            json!({"network": {"name": "net"}}),
+            "network",
+        )
         .await;
-    let subnet_body = |net: &str, cidr: &str| {
-        json!({"subnet": {"network_id": net, "cidr": cidr, "ip_version": 4}})
-    };
+    let subnet_body = |net: &str, cidr: &str| json!({"subnet": {"network_id": net, "cidr": cidr, "ip_version": 4}});
     let subnets = "/v2.0/subnets";
     let subnet = c
-        .make(Member, Network, subnets, subnet_body(&net, "10.0.0.0/24"), "subnet")
+        .make(
+            Member,
+            Network,
+            subnets,
+            subnet_body(&net, "10.0.0.0/24"),
+            "subnet",
+        )
         .await;
     c.fx.set("subnet", subnet);
     for (who, cidr) in [(Member, "10.0.1.0/24"), (Admin, "10.0.2.0/24")] {
-        let s = c.make(Member, Network, subnets, subnet_body(&net, cidr), "subnet").await;
+        let s = c
+            .make(Member, Network, subnets, subnet_body(&net, cidr), "subnet")
+            .await;
         c.fx.set_for(who, "subnet_if", s);
     }
     c.fx.set_for(Member, "cidr", "10.0.10.0/24");
     c.fx.set_for(Admin, "cidr", "10.0.11.0/24");
     c.fx.set("net", net.clone());
     let spare = c
-        .make(Member, Network, nets, json!({"network": {"name": "spare"}}), "network")
+        .make(
+            Member,
+            Network,
+            nets,
+            json!({"network": {"name": "spare"}}),
+            "network",
+        )
         .await;
     c.fx.set("net_spare", spare);
     let victims = c
-        .make(Member, Network, nets, json!({"network": {"name": "victims"}}), "network")
+        .make(
+            Member,
+            Network,
+            nets,
+            json!({"network": {"name": "victims"}}),
+            "network",
+        )
         .await;
     for (who, cidr) in [(Member, "10.9.1.0/24"), (Admin, "10.9.2.0/24")] {
-        let s = c.make(Member, Network, subnets, subnet_body(&victims, cidr), "subnet").await;
+        let s = c
+            .make(
+                Member,
+                Network,
+                subnets,
+                subnet_body(&victims, cidr),
+                "subnet",
+            )
+            .await;
         c.fx.set_for(who, "subnet_del", s);
     }
     for who in [Member, Admin] {
         let n = c
-            .make(Member, Network, nets, json!({"network": {"name": "victim"}}), "network")
+            .make(
+                Member,
+                Network,
+                nets,
+                json!({"network": {"name": "victim"}}),
+                "network",
+            )
             .await;
         c.fx.set_for(who, "net_del", n);
     }
     let port_body = json!({"port": {"network_id": net}});
-    let port = c.make(Member, Network, "/v2.0/ports", port_body.clone(), "port").await;
+    let port = c
+        .make(Member, Network, "/v2.0/ports", port_body.clone(), "port")
+        .await;
     c.fx.set("port", port);
     for who in [Member, Admin] {
-        let p = c.make(Member, Network, "/v2.0/ports", port_body.clone(), "port").await;
+        let p = c
+            .make(Member, Network, "/v2.0/ports", port_body.clone(), "port")
+            .await;
         c.fx.set_for(who, "port_del", p);
     }
     let router_body = json!({"router": {"name": "r"}});
-    let router = c.make(Member, Network, "/v2.0/routers", router_body.clone(), "router").await;
+    let router = c
+        .make(
+            Member,
+            Network,
+            "/v2.0/routers",
+            router_body.clone(),
+            "router",
+        )
+        .await;
     c.fx.set("router", router);
     for who in [Member, Admin] {
-        let r = c.make(Member, Network, "/v2.0/routers", router_body.clone(), "router").await;
+        let r = c
+            .make(
+                Member,
+                Network,
+                "/v2.0/routers",
+                router_body.clone(),
+                "router",
+            )
+            .await;
         c.fx.set_for(who, "router_del", r);
     }
     let fip_body = json!({"floatingip": {"floating_network_id": ext}});
-    let fip = c.make(Member, Network, "/v2.0/floatingips", fip_body.clone(), "floatingip").await;
+    let fip = c
+        .make(
+            Member,
+            Network,
+            "/v2.0/floatingips",
+            fip_body.clone(),
+            "floatingip",
+        )
+        .await;
     c.fx.set("fip", fip);
     for who in [Member, Admin] {
-        let f = c.make(Member, Network, "/v2.0/floatingips", fip_body.clone(), "floatingip").await;
+        let f = c
+            .make(
+                Member,
+                Network,
+                "/v2.0/floatingips",
+                fip_body.clone(),
+                "floatingip",
+            )
+            .await;
         c.fx.set_for(who, "fip_del", f);
     }
     let sgs = "/v2.0/security-groups";
     let sg = c
-        .make(Member, Network, sgs, json!({"security_group": {"name": "sg"}}), "security_group")
+        .make(
+            Member,
+            Network,
+            sgs,
+            json!({"security_group": {"name": "sg"}}),
+            "security_group",
+        )
         .await;
     for who in [Member, Admin] {
         let g = c
-            .make(Member, Network, sgs, json!({"security_group": {"name": "victim"}}), "security_group")
+            .make(
+                Member,
+                Network,
+                sgs,
+                json!({"security_group": {"name": "victim"}}),
+                "security_group",
+            )
             .await;
         c.fx.set_for(who, "sg_del", g);
     }
@@ -581,16 +749,36 @@ async fn cloud() -> Cloud {
     };
     let rules = "/v2.0/security-group-rules";
     let rule = c
-        .make(Member, Network, rules, rule_body("10.20.0.0/24"), "security_group_rule")
+        .make(
+            Member,
+            Network,
+            rules,
+            rule_body("10.20.0.0/24"),
+            "security_group_rule",
+        )
         .await;
     c.fx.set("rule", rule);
     for (who, prefix) in [(Member, "10.20.1.0/24"), (Admin, "10.20.2.0/24")] {
-        let r = c.make(Member, Network, rules, rule_body(prefix), "security_group_rule").await;
+        let r = c
+            .make(
+                Member,
+                Network,
+                rules,
+                rule_body(prefix),
+                "security_group_rule",
+            )
+            .await;
         c.fx.set_for(who, "rule_del", r);
     }
     for who in [Member, Admin] {
         let g = c
-            .make(Member, Network, sgs, json!({"security_group": {"name": "added"}}), "security_group")
+            .make(
+                Member,
+                Network,
+                sgs,
+                json!({"security_group": {"name": "added"}}),
+                "security_group",
+            )
             .await;
         c.fx.set_for(who, "sg_add", g);
     }
@@ -607,7 +795,11 @@ async fn cloud() -> Cloud {
         .ok(Admin, Compute, M::GET, "/v2.1/os-services", Value::Null)
         .await;
     for s in services["services"].as_array().expect("services") {
-        let key = if s["host"] == "h1" { "hypervisor" } else { "host_del" };
+        let key = if s["host"] == "h1" {
+            "hypervisor"
+        } else {
+            "host_del"
+        };
         c.fx.set(key, s["id"].to_string());
     }
     c.fx.set("svc_action", "enable");
@@ -622,7 +814,14 @@ async fn cloud() -> Cloud {
     c.fx.set("flavor_priv", "priv");
     c.fx.set("flavor_del", "f-victim");
     let specs = json!({"extra_specs": {"k": "v", "dm": "1", "da": "1"}});
-    c.ok(Admin, Compute, M::POST, "/v2.1/flavors/1/os-extra_specs", specs).await;
+    c.ok(
+        Admin,
+        Compute,
+        M::POST,
+        "/v2.1/flavors/1/os-extra_specs",
+        specs,
+    )
+    .await;
     c.fx.set("spec", "k");
     c.fx.set_for(Member, "spec_del", "dm");
     c.fx.set_for(Admin, "spec_del", "da");
@@ -638,12 +837,19 @@ async fn cloud() -> Cloud {
     let mut servers = Vec::new();
     for _ in 0..4 {
         let body = server_body.clone();
-        servers.push(c.make(Member, Compute, "/v2.1/servers", body, "server").await);
+        servers.push(
+            c.make(Member, Compute, "/v2.1/servers", body, "server")
+                .await,
+        );
     }
     for sid in &servers[..2] {
         let report = format!("/hosts/h1/instances/{sid}/report");
         let body = json!({"task": "spawning", "ok": true, "power_state": 1, "fault": null});
-        assert_eq!(c.agent(M::POST, &report, body).await, 204, "the server becomes active");
+        assert_eq!(
+            c.agent(M::POST, &report, body).await,
+            204,
+            "the server becomes active"
+        );
     }
     let s = servers[0].clone();
     c.fx.set("server", s.clone());
@@ -871,21 +1077,62 @@ fn compute_rows() -> Vec<Row> {
             .json(json!({"flavor": {"description": "x"}})),
         row(C, M::DELETE, "/v2.1/flavors/{flavor_del}", admin_only(202)),
         // flavor_access.py: admin.
-        row(C, M::POST, "/v2.1/flavors/{flavor_priv}/action", admin_only(200))
-            .json(json!({"addTenantAccess": {"tenant": "{demo_pid}"}})),
-        row(C, M::GET, "/v2.1/flavors/{flavor_priv}/os-flavor-access", admin_only(200)),
+        row(
+            C,
+            M::POST,
+            "/v2.1/flavors/{flavor_priv}/action",
+            admin_only(200),
+        )
+        .json(json!({"addTenantAccess": {"tenant": "{demo_pid}"}})),
+        row(
+            C,
+            M::GET,
+            "/v2.1/flavors/{flavor_priv}/os-flavor-access",
+            admin_only(200),
+        ),
         // flavor_extra_specs.py: index/show project_reader_or_admin, changes admin.
-        row(C, M::GET, "/v2.1/flavors/{flavor}/os-extra_specs", any_user(200)),
-        row(C, M::POST, "/v2.1/flavors/{flavor}/os-extra_specs", admin_only(200))
-            .json(json!({"extra_specs": {"n": "1"}})),
-        row(C, M::GET, "/v2.1/flavors/{flavor}/os-extra_specs/{spec}", any_user(200)),
-        row(C, M::PUT, "/v2.1/flavors/{flavor}/os-extra_specs/{spec}", admin_only(200))
-            .json(json!({"k": "v2"})),
-        row(C, M::DELETE, "/v2.1/flavors/{flavor}/os-extra_specs/{spec_del}", admin_only(200)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/flavors/{flavor}/os-extra_specs",
+            any_user(200),
+        ),
+        row(
+            C,
+            M::POST,
+            "/v2.1/flavors/{flavor}/os-extra_specs",
+            admin_only(200),
+        )
+        .json(json!({"extra_specs": {"n": "1"}})),
+        row(
+            C,
+            M::GET,
+            "/v2.1/flavors/{flavor}/os-extra_specs/{spec}",
+            any_user(200),
+        ),
+        row(
+            C,
+            M::PUT,
+            "/v2.1/flavors/{flavor}/os-extra_specs/{spec}",
+            admin_only(200),
+        )
+        .json(json!({"k": "v2"})),
+        row(
+            C,
+            M::DELETE,
+            "/v2.1/flavors/{flavor}/os-extra_specs/{spec_del}",
+            admin_only(200),
+        ),
         // keypairs.py: admin or user_id:%(user_id)s — a keypair is its user's, whatever the role.
         row(C, M::GET, "/v2.1/os-keypairs", any_user(200)),
-        row(C, M::POST, "/v2.1/os-keypairs", any_user(200)).json(json!({"keypair": {"name": "kp-new"}})),
-        row(C, M::GET, "/v2.1/os-keypairs/{keypair}", [is(401), is(404), is(404), is(200), is(404)]),
+        row(C, M::POST, "/v2.1/os-keypairs", any_user(200))
+            .json(json!({"keypair": {"name": "kp-new"}})),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-keypairs/{keypair}",
+            [is(401), is(404), is(404), is(200), is(404)],
+        ),
         row(
             C,
             M::DELETE,
@@ -897,23 +1144,47 @@ fn compute_rows() -> Vec<Row> {
         row(C, M::GET, "/v2.1/servers", any_user(200)),
         row(C, M::GET, "/v2.1/servers?all_tenants=1", admin_only(200)),
         row(C, M::GET, "/v2.1/servers/detail", any_user(200)),
-        row(C, M::GET, "/v2.1/servers/detail?all_tenants=1", admin_only(200)),
-        row(C, M::POST, "/v2.1/servers", [is(401), is(403), is(400), is(202), is(202)]).json(
+        row(
+            C,
+            M::GET,
+            "/v2.1/servers/detail?all_tenants=1",
+            admin_only(200),
+        ),
+        row(
+            C,
+            M::POST,
+            "/v2.1/servers",
+            [is(401), is(403), is(400), is(202), is(202)],
+        )
+        .json(
             json!({"server": {"name": "n", "imageRef": "{public_image}", "flavorRef": "1",
                    "networks": [{"uuid": "{net}"}]}}),
         ),
         // servers.py create:forced_host: admin (checked before the network is looked at).
-        row(C, M::POST, "/v2.1/servers", [is(401), is(403), is(403), is(403), is(202)]).json(
+        row(
+            C,
+            M::POST,
+            "/v2.1/servers",
+            [is(401), is(403), is(403), is(403), is(202)],
+        )
+        .json(
             json!({"server": {"name": "n", "imageRef": "{public_image}", "flavorRef": "1",
                    "availability_zone": "nova:h1", "networks": [{"uuid": "{net}"}]}}),
         ),
         // network:attach_external_network (admin).
-        row(C, M::POST, "/v2.1/servers", [is(401), is(403), is(403), is(403), is(202)]).json(
+        row(
+            C,
+            M::POST,
+            "/v2.1/servers",
+            [is(401), is(403), is(403), is(403), is(202)],
+        )
+        .json(
             json!({"server": {"name": "n", "imageRef": "{public_image}", "flavorRef": "1",
                    "networks": [{"uuid": "{ext_net}"}]}}),
         ),
         row(C, M::GET, "/v2.1/servers/{server}", read(200)),
-        row(C, M::PUT, "/v2.1/servers/{server}", write(200)).json(json!({"server": {"name": "s2"}})),
+        row(C, M::PUT, "/v2.1/servers/{server}", write(200))
+            .json(json!({"server": {"name": "s2"}})),
         row(C, M::DELETE, "/v2.1/servers/{server_del}", write(204)),
         // ips.py: project_reader_or_admin.
         row(C, M::GET, "/v2.1/servers/{server}/ips", read(200)),
@@ -923,16 +1194,51 @@ fn compute_rows() -> Vec<Row> {
             .json(json!({"metadata": {"a": "1"}})),
         row(C, M::PUT, "/v2.1/servers/{server}/metadata", write(200))
             .json(json!({"metadata": {"k": "v", "km": "1", "ka": "1"}})),
-        row(C, M::GET, "/v2.1/servers/{server}/metadata/{meta}", read(200)),
-        row(C, M::PUT, "/v2.1/servers/{server}/metadata/{meta}", write(200))
-            .json(json!({"meta": {"k": "v2"}})),
-        row(C, M::DELETE, "/v2.1/servers/{server}/metadata/{meta_del}", write(204)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/servers/{server}/metadata/{meta}",
+            read(200),
+        ),
+        row(
+            C,
+            M::PUT,
+            "/v2.1/servers/{server}/metadata/{meta}",
+            write(200),
+        )
+        .json(json!({"meta": {"k": "v2"}})),
+        row(
+            C,
+            M::DELETE,
+            "/v2.1/servers/{server}/metadata/{meta_del}",
+            write(204),
+        ),
         // volumes_attachments.py: index/show reader, create/delete member.
-        row(C, M::GET, "/v2.1/servers/{server}/os-volume_attachments", read(200)),
-        row(C, M::POST, "/v2.1/servers/{server}/os-volume_attachments", write(200))
-            .json(json!({"volumeAttachment": {"volumeId": "{vol_att}"}})),
-        row(C, M::GET, "/v2.1/servers/{server}/os-volume_attachments/{vol_show}", read(200)),
-        row(C, M::DELETE, "/v2.1/servers/{server}/os-volume_attachments/{vol_det}", write(202)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/servers/{server}/os-volume_attachments",
+            read(200),
+        ),
+        row(
+            C,
+            M::POST,
+            "/v2.1/servers/{server}/os-volume_attachments",
+            write(200),
+        )
+        .json(json!({"volumeAttachment": {"volumeId": "{vol_att}"}})),
+        row(
+            C,
+            M::GET,
+            "/v2.1/servers/{server}/os-volume_attachments/{vol_show}",
+            read(200),
+        ),
+        row(
+            C,
+            M::DELETE,
+            "/v2.1/servers/{server}/os-volume_attachments/{vol_det}",
+            write(202),
+        ),
         // Server actions: project_member_or_admin (servers.py, pause_server.py,
         // suspend_server.py, security_groups.py add/remove, create_backup.py, console_output.py,
         // remote_consoles.py — a reader gets neither the boot log nor a shell); migrations
@@ -952,7 +1258,11 @@ fn compute_rows() -> Vec<Row> {
         action("resume", Value::Null, WRITE_PASS),
         action("reboot", json!({"type": "SOFT"}), WRITE_PASS),
         action("addSecurityGroup", json!({"name": "{sg_add}"}), WRITE_PASS),
-        action("removeSecurityGroup", json!({"name": "{sg_add}"}), WRITE_PASS),
+        action(
+            "removeSecurityGroup",
+            json!({"name": "{sg_add}"}),
+            WRITE_PASS,
+        ),
         action("createImage", json!({"name": "snap"}), WRITE_PASS),
         action(
             "createBackup",
@@ -963,7 +1273,11 @@ fn compute_rows() -> Vec<Row> {
         action("confirmResize", Value::Null, WRITE_PASS),
         action("revertResize", Value::Null, WRITE_PASS),
         action("rebuild", json!({"imageRef": "{public_image}"}), WRITE_PASS),
-        action("migrate", Value::Null, [is(401), is(403), is(404), is(403), Pass]),
+        action(
+            "migrate",
+            Value::Null,
+            [is(401), is(403), is(404), is(403), Pass],
+        ),
         action(
             "os-migrateLive",
             json!({"host": null, "block_migration": "auto"}),
@@ -975,34 +1289,94 @@ fn compute_rows() -> Vec<Row> {
         // hypervisors.py, services.py, availability_zone.py detail, aggregates.py: admin.
         row(C, M::GET, "/v2.1/os-hypervisors", admin_only(200)),
         row(C, M::GET, "/v2.1/os-hypervisors/detail", admin_only(200)),
-        row(C, M::GET, "/v2.1/os-hypervisors/statistics", admin_only(200)),
-        row(C, M::GET, "/v2.1/os-hypervisors/{hypervisor}", admin_only(200)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-hypervisors/statistics",
+            admin_only(200),
+        ),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-hypervisors/{hypervisor}",
+            admin_only(200),
+        ),
         // The host's agent does not answer here: Nova's 501 when uptime is unknown.
-        row(C, M::GET, "/v2.1/os-hypervisors/{hypervisor}/uptime", admin_only(501)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-hypervisors/{hypervisor}/uptime",
+            admin_only(501),
+        ),
         row(C, M::GET, "/v2.1/os-availability-zone", any_user(200)),
-        row(C, M::GET, "/v2.1/os-availability-zone/detail", admin_only(200)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-availability-zone/detail",
+            admin_only(200),
+        ),
         row(C, M::GET, "/v2.1/os-services", admin_only(200)),
         row(C, M::PUT, "/v2.1/os-services/{svc_action}", admin_only(200))
             .json(json!({"host": "h1", "binary": "nova-compute"})),
-        row(C, M::DELETE, "/v2.1/os-services/{host_del}", admin_only(204)),
+        row(
+            C,
+            M::DELETE,
+            "/v2.1/os-services/{host_del}",
+            admin_only(204),
+        ),
         row(C, M::GET, "/v2.1/os-aggregates", admin_only(200)),
         // limits.py: any; quota_sets.py: show/detail project_reader_or_admin, defaults any,
         // update/delete admin.
         row(C, M::GET, "/v2.1/limits", any_user(200)),
-        row(C, M::GET, "/v2.1/limits?tenant_id={demo_pid}", admin_only(200)),
-        row(C, M::GET, "/v2.1/os-quota-sets/{demo_pid}", project_read(200)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/limits?tenant_id={demo_pid}",
+            admin_only(200),
+        ),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-quota-sets/{demo_pid}",
+            project_read(200),
+        ),
         row(C, M::PUT, "/v2.1/os-quota-sets/{demo_pid}", admin_only(200))
             .json(json!({"quota_set": {"instances": 20}})),
-        row(C, M::DELETE, "/v2.1/os-quota-sets/{demo_pid}", admin_only(202)),
-        row(C, M::GET, "/v2.1/os-quota-sets/{demo_pid}/defaults", any_user(200)),
-        row(C, M::GET, "/v2.1/os-quota-sets/{demo_pid}/detail", project_read(200)),
+        row(
+            C,
+            M::DELETE,
+            "/v2.1/os-quota-sets/{demo_pid}",
+            admin_only(202),
+        ),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-quota-sets/{demo_pid}/defaults",
+            any_user(200),
+        ),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-quota-sets/{demo_pid}/detail",
+            project_read(200),
+        ),
         // simple_tenant_usage.py: list admin, show project_reader_or_admin; OneStack's own
         // reports follow the same split (per host: admin; per project: one's own).
         row(C, M::GET, "/v2.1/os-simple-tenant-usage", admin_only(200)),
-        row(C, M::GET, "/v2.1/os-simple-tenant-usage/{demo_pid}", project_read(200)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-simple-tenant-usage/{demo_pid}",
+            project_read(200),
+        ),
         row(C, M::GET, "/v2.1/os-onestack-host-usage", admin_only(200)),
         row(C, M::GET, "/v2.1/os-onestack-usage-series", any_user(200)),
-        row(C, M::GET, "/v2.1/os-onestack-usage-series?group_by=host", admin_only(200)),
+        row(
+            C,
+            M::GET,
+            "/v2.1/os-onestack-usage-series?group_by=host",
+            admin_only(200),
+        ),
     ];
     // The agents' API: a Keystone token, whoever's, is no agent credential.
     let agent = [is(401); 5];
@@ -1014,9 +1388,18 @@ fn compute_rows() -> Vec<Row> {
         (M::GET, "/internal/v1/hosts/{host}/desired"),
         (M::GET, "/internal/v1/hosts/{host}/network"),
         (M::GET, "/internal/v1/metadata/{net}/{ip}"),
-        (M::POST, "/internal/v1/hosts/{host}/instances/{server}/report"),
-        (M::POST, "/internal/v1/hosts/{host}/instances/{server}/volumes/{vol_show}"),
-        (M::POST, "/internal/v1/hosts/{host}/instances/{server}/migration"),
+        (
+            M::POST,
+            "/internal/v1/hosts/{host}/instances/{server}/report",
+        ),
+        (
+            M::POST,
+            "/internal/v1/hosts/{host}/instances/{server}/volumes/{vol_show}",
+        ),
+        (
+            M::POST,
+            "/internal/v1/hosts/{host}/instances/{server}/migration",
+        ),
         (M::GET, "/internal/v1/images/{image}/file"),
         (M::PUT, "/internal/v1/images/{image}/file"),
     ] {
@@ -1194,9 +1577,11 @@ fn volume_rows() -> Vec<Row> {
         // volumes.py: get/get_all reader, create/update/delete member.
         row(V, M::GET, "/v3/{me}/volumes", any_user(200)),
         row(V, M::GET, "/v3/{me}/volumes/detail", any_user(200)),
-        row(V, M::POST, "/v3/{me}/volumes", create(202)).json(json!({"volume": {"size": 1, "name": "v-new"}})),
+        row(V, M::POST, "/v3/{me}/volumes", create(202))
+            .json(json!({"volume": {"size": 1, "name": "v-new"}})),
         row(V, M::GET, "/v3/{me}/volumes/{vol}", read(200)),
-        row(V, M::PUT, "/v3/{me}/volumes/{vol}", write(200)).json(json!({"volume": {"name": "v2"}})),
+        row(V, M::PUT, "/v3/{me}/volumes/{vol}", write(200))
+            .json(json!({"volume": {"name": "v2"}})),
         row(V, M::DELETE, "/v3/{me}/volumes/{vol_del}", write(202)),
         // volume_actions.py: extend, upload_image, set_bootable (volume:update) member;
         // reset_status admin.
@@ -1206,18 +1591,38 @@ fn volume_rows() -> Vec<Row> {
             .json(json!({"os-extend": {"new_size": 2}})),
         row(V, M::POST, "/v3/{me}/volumes/{vol_act}/action", WRITE_PASS)
             .json(json!({"os-volume_upload_image": {"image_name": "from-volume"}})),
-        row(V, M::POST, "/v3/{me}/volumes/{vol_act}/action", admin_on_resource(202))
-            .json(json!({"os-reset_status": {"status": "available"}})),
+        row(
+            V,
+            M::POST,
+            "/v3/{me}/volumes/{vol_act}/action",
+            admin_on_resource(202),
+        )
+        .json(json!({"os-reset_status": {"status": "available"}})),
         // volume_metadata.py: get reader, create/update/delete member.
         row(V, M::GET, "/v3/{me}/volumes/{vol}/metadata", read(200)),
         row(V, M::POST, "/v3/{me}/volumes/{vol}/metadata", write(200))
             .json(json!({"metadata": {"a": "1"}})),
         row(V, M::PUT, "/v3/{me}/volumes/{vol}/metadata", write(200))
             .json(json!({"metadata": {"k": "v", "km": "1", "ka": "1"}})),
-        row(V, M::GET, "/v3/{me}/volumes/{vol}/metadata/{meta}", read(200)),
-        row(V, M::PUT, "/v3/{me}/volumes/{vol}/metadata/{meta}", write(200))
-            .json(json!({"meta": {"k": "v2"}})),
-        row(V, M::DELETE, "/v3/{me}/volumes/{vol}/metadata/{meta_del}", write(200)),
+        row(
+            V,
+            M::GET,
+            "/v3/{me}/volumes/{vol}/metadata/{meta}",
+            read(200),
+        ),
+        row(
+            V,
+            M::PUT,
+            "/v3/{me}/volumes/{vol}/metadata/{meta}",
+            write(200),
+        )
+        .json(json!({"meta": {"k": "v2"}})),
+        row(
+            V,
+            M::DELETE,
+            "/v3/{me}/volumes/{vol}/metadata/{meta_del}",
+            write(200),
+        ),
         // snapshots.py: get/get_all reader, create/update/delete member.
         row(V, M::GET, "/v3/{me}/snapshots", any_user(200)),
         row(V, M::GET, "/v3/{me}/snapshots/detail", any_user(200)),
@@ -1233,11 +1638,31 @@ fn volume_rows() -> Vec<Row> {
         row(V, M::GET, "/v3/{me}/types/{vtype}", any_user(200)),
         // quotas.py: show (also of the defaults) reader of the named project; update/delete
         // admin.
-        row(V, M::GET, "/v3/{me}/os-quota-sets/{demo_pid}", project_read(200)),
-        row(V, M::GET, "/v3/{me}/os-quota-sets/{demo_pid}/defaults", project_read(200)),
-        row(V, M::PUT, "/v3/{me}/os-quota-sets/{demo_pid}", admin_only(200))
-            .json(json!({"quota_set": {"volumes": 41}})),
-        row(V, M::DELETE, "/v3/{me}/os-quota-sets/{demo_pid}", admin_only(200)),
+        row(
+            V,
+            M::GET,
+            "/v3/{me}/os-quota-sets/{demo_pid}",
+            project_read(200),
+        ),
+        row(
+            V,
+            M::GET,
+            "/v3/{me}/os-quota-sets/{demo_pid}/defaults",
+            project_read(200),
+        ),
+        row(
+            V,
+            M::PUT,
+            "/v3/{me}/os-quota-sets/{demo_pid}",
+            admin_only(200),
+        )
+        .json(json!({"quota_set": {"volumes": 41}})),
+        row(
+            V,
+            M::DELETE,
+            "/v3/{me}/os-quota-sets/{demo_pid}",
+            admin_only(200),
+        ),
         // limits.py, availability zones, extensions: any token.
         row(V, M::GET, "/v3/{me}/limits", any_user(200)),
         row(V, M::GET, "/v3/{me}/os-availability-zone", any_user(200)),
@@ -1291,12 +1716,21 @@ async fn run(c: &Cloud, r: &Row, who: Who, path: &str) -> (u16, String) {
     }
     if let Some(b) = &r.raw {
         req = req
-            .header("content-type", r.content_type.unwrap_or("application/octet-stream"))
+            .header(
+                "content-type",
+                r.content_type.unwrap_or("application/octet-stream"),
+            )
             .body(b.clone());
     }
     let resp = req.send().await.expect("send");
     let status = resp.status().as_u16();
-    let text: String = resp.text().await.unwrap_or_default().chars().take(200).collect();
+    let text: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect();
     (status, text)
 }
 
@@ -1355,10 +1789,22 @@ async fn every_route_has_an_entry() {
     let mut served = BTreeSet::new();
     let mut missing = Vec::new();
     for (svc, base, paths) in [
-        (Svc::Identity, &cp.identity, onestack_api::identity::route_paths()),
-        (Svc::Compute, &cp.compute, onestack_api::compute::route_paths()),
+        (
+            Svc::Identity,
+            &cp.identity,
+            onestack_api::identity::route_paths(),
+        ),
+        (
+            Svc::Compute,
+            &cp.compute,
+            onestack_api::compute::route_paths(),
+        ),
         (Svc::Image, &cp.image, onestack_api::image::route_paths()),
-        (Svc::Network, &cp.network, onestack_api::network::route_paths()),
+        (
+            Svc::Network,
+            &cp.network,
+            onestack_api::network::route_paths(),
+        ),
         (Svc::Volume, &cp.volume, onestack_api::volume::route_paths()),
     ] {
         for template in paths {
@@ -1374,7 +1820,13 @@ async fn every_route_has_an_entry() {
                 Some(rest) if svc == Svc::Compute => format!("/v2.1{rest}"),
                 _ => template.clone(),
             };
-            for m in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            for m in [
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ] {
                 let mut req = http.request(m.clone(), format!("{base}{concrete}"));
                 if template.starts_with("/internal/") {
                     req = req.header(AGENT_TOKEN_HEADER, AGENT_TOKEN);
@@ -1402,4 +1854,71 @@ async fn every_route_has_an_entry() {
         .map(|(svc, m, path)| format!("{svc} {m} {path}"))
         .collect();
     assert!(unknown.is_empty(), "rows for no route: {unknown:?}");
+}
+
+/// Host and provider attributes are the admin's (Nova's extended_server_attributes, Neutron's
+/// get_port:binding:* and get_network:provider:*, get_router:distributed/ha, Cinder's
+/// volume_extension:volume_host_attribute): the owning project's member and reader see the
+/// resource without them.
+#[tokio::test]
+async fn host_attributes_are_shown_to_the_admin_only() {
+    let c = cloud().await;
+    let checks: [(Svc, &str, &str, &[&str]); 5] = [
+        (
+            Svc::Compute,
+            "/v2.1/servers/{server}",
+            "server",
+            &[
+                "OS-EXT-SRV-ATTR:host",
+                "OS-EXT-SRV-ATTR:hypervisor_hostname",
+                "OS-EXT-SRV-ATTR:instance_name",
+            ],
+        ),
+        (
+            Svc::Network,
+            "/v2.0/ports/{port}",
+            "port",
+            &["binding:host_id", "binding:vif_type", "binding:profile"],
+        ),
+        (
+            Svc::Network,
+            "/v2.0/networks/{net}",
+            "network",
+            &["provider:network_type", "provider:segmentation_id"],
+        ),
+        (
+            Svc::Network,
+            "/v2.0/routers/{router}",
+            "router",
+            &["distributed", "ha"],
+        ),
+        (
+            Svc::Volume,
+            "/v3/{me}/volumes/{vol}",
+            "volume",
+            &["os-vol-host-attr:host"],
+        ),
+    ];
+    for (svc, path, key, attrs) in checks {
+        for who in [Who::Reader, Who::Member, Who::Admin] {
+            let p = c.fx.resolve(who, path);
+            let (st, v) = c
+                .call(
+                    svc,
+                    Method::GET,
+                    &p,
+                    c.tokens.get(&who).map(String::as_str),
+                    None,
+                )
+                .await;
+            assert_eq!(st, 200, "{who:?} {p}: {v}");
+            for a in attrs {
+                assert_eq!(
+                    v[key].get(*a).is_some(),
+                    who == Who::Admin,
+                    "{a} of {p} as {who:?}: {v}"
+                );
+            }
+        }
+    }
 }

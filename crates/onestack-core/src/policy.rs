@@ -140,7 +140,9 @@ mod tests {
 
     #[test]
     fn members_and_admins_write_readers_only_read() {
-        assert!(with_roles(&["member", "reader"]).require_member("x").is_ok());
+        assert!(with_roles(&["member", "reader"])
+            .require_member("x")
+            .is_ok());
         // The admin role on any project is the cloud admin, whatever else it holds.
         assert!(with_roles(&["admin"]).require_member("x").is_ok());
         let reader = with_roles(&["reader"]);

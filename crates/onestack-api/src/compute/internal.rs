@@ -5,9 +5,9 @@
 //! is revoked when the host is removed. Never in the catalog.
 
 use super::ComputeState;
-use crate::routes::Listed;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
+use crate::routes::Listed;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};

@@ -177,18 +177,16 @@ pub fn router(state: ComputeState) -> Router {
         ))
     })
     .into_router()
-    .fallback(|| async {
-            crate::error::ApiError::not_found("The resource could not be found.")
-        })
-        .layer(axum::middleware::from_fn_with_state(
-            (state.app.clone(), ErrorFlavor::Nova),
-            crate::middleware::request_context,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            "compute",
-            crate::metrics::track,
-        ))
-        .with_state(state)
+    .fallback(|| async { crate::error::ApiError::not_found("The resource could not be found.") })
+    .layer(axum::middleware::from_fn_with_state(
+        (state.app.clone(), ErrorFlavor::Nova),
+        crate::middleware::request_context,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        "compute",
+        crate::metrics::track,
+    ))
+    .with_state(state)
 }
 
 fn version_doc(base: &str) -> Value {

@@ -448,7 +448,9 @@ pub async fn aggregate_list(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({"aggregates": s.compute.list_aggregates(&ctx)?})))
+    Ok(Json(
+        json!({"aggregates": s.compute.list_aggregates(&ctx)?}),
+    ))
 }
 
 /// `GET /os-onestack-usage-series?start&end&step=SECONDS&group_by=project|host` (a OneStack

@@ -542,7 +542,10 @@ pub async fn action(
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad_field("name"))?;
             let meta = string_map(arg.get("metadata"), "metadata")?;
-            let image_id = s.compute.create_image(&ctx, &p.id, image_name, meta).await?;
+            let image_id = s
+                .compute
+                .create_image(&ctx, &p.id, image_name, meta)
+                .await?;
             let mut resp = StatusCode::ACCEPTED.into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("{}/v2/images/{image_id}", s.image_url)) {
                 resp.headers_mut().insert(header::LOCATION, v);
@@ -593,9 +596,7 @@ pub async fn action(
             Ok(StatusCode::ACCEPTED.into_response())
         }
         "createBackup" => {
-            let o = arg
-                .as_object()
-                .ok_or_else(|| bad_field("createBackup"))?;
+            let o = arg.as_object().ok_or_else(|| bad_field("createBackup"))?;
             for k in o.keys() {
                 if !matches!(k.as_str(), "name" | "backup_type" | "rotation" | "metadata") {
                     return Err(ApiError::bad_request(format!(

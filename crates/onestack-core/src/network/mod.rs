@@ -355,9 +355,7 @@ impl NetworkService {
             Ok(n) if n.val.external && !n.val.shared => Err(typed(
                 403,
                 "ExternalNetworkAttachForbidden",
-                format!(
-                    "It is not allowed to create an interface on external network {id}"
-                ),
+                format!("It is not allowed to create an interface on external network {id}"),
             )),
             Ok(_) => Ok(()),
             Err(CoreError::Typed { status: 404, .. }) => Ok(()),
