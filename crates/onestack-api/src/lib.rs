@@ -10,6 +10,7 @@ pub mod image;
 pub mod metrics;
 pub mod middleware;
 pub mod network;
+pub mod routes;
 pub mod volume;
 
 use onestack_core::identity::IdentityService;

@@ -4,6 +4,7 @@
 
 use crate::error::{error_body, ApiError, ApiResult, ErrorFlavor};
 use crate::extract::{Auth, JsonBody};
+use crate::routes::Listed;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{FromRef, Path, Query, Request, State};
@@ -39,8 +40,13 @@ impl FromRef<VolumeApiState> for AppState {
     }
 }
 
-pub fn router(state: VolumeApiState) -> Router {
-    let api = Router::new()
+/// The path templates this API serves (the role table checks that each has an entry).
+pub fn route_paths() -> Vec<String> {
+    routes().paths()
+}
+
+fn routes() -> Listed<VolumeApiState> {
+    let api = Listed::new()
         .route("/volumes", get(list_volumes).post(create_volume))
         .route("/volumes/detail", get(list_volumes_detail))
         .route(
@@ -79,12 +85,17 @@ pub fn router(state: VolumeApiState) -> Router {
         .route("/limits", get(limits))
         .route("/os-availability-zone", get(availability_zones))
         .route("/extensions", get(extensions))
-        .layer(axum::middleware::from_fn(microversion));
-    Router::new()
+        .map(|r| r.layer(axum::middleware::from_fn(microversion)));
+    Listed::new()
         .route("/", get(versions))
         .route("/v3", get(version_v3))
         .route("/v3/", get(version_v3))
         .nest("/v3/{project_id}", api)
+}
+
+pub fn router(state: VolumeApiState) -> Router {
+    routes()
+        .into_router()
         .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .layer(axum::middleware::from_fn_with_state(
             (state.app.clone(), ErrorFlavor::Nova),
@@ -171,15 +182,6 @@ async fn microversion(req: Request<Body>, next: Next) -> Response {
         HeaderValue::from_static("OpenStack-API-Version"),
     );
     resp
-}
-
-/// The project in the URL must be the token's (admins may name any).
-fn check_project(ctx: &AuthContext, project: &str) -> ApiResult<()> {
-    if ctx.is_admin() || ctx.project_id() == Some(project) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("Malformed request url"))
-    }
 }
 
 fn links(s: &VolumeApiState, project: &str, kind: &str, id: &str) -> Value {
@@ -336,13 +338,10 @@ async fn volumes_for(
     project: &str,
     q: &HashMap<String, String>,
 ) -> ApiResult<Vec<VolumeRecord>> {
-    check_project(ctx, project)?;
-    let all = flag(q, "all_tenants");
-    let mut list = s.volumes.list(ctx, all).await?;
-    if !all && ctx.is_admin() && ctx.project_id() != Some(project) {
-        list = s.volumes.list(ctx, true).await?;
-        list.retain(|v| v.project_id == project);
-    }
+    let list = s
+        .volumes
+        .list_in(ctx, project, flag(q, "all_tenants"))
+        .await?;
     page(list, q, volume_fields)
 }
 
@@ -429,7 +428,7 @@ async fn create_volume(
     Path(project): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let o = object(&body, "volume")?;
     let req = VolumeCreate {
         size: opt_size(o, "size")?,
@@ -455,7 +454,7 @@ async fn show_volume(
     Auth(ctx): Auth,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let v = s.volumes.get(&ctx, &id).await?;
     Ok(Json(json!({"volume": render_volume(&s, &ctx, &v)})))
 }
@@ -485,7 +484,7 @@ async fn update_volume(
     Path((project, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let u = update_arg(object(&body, "volume")?)?;
     let v = s.volumes.update(&ctx, &id, u).await?;
     Ok(Json(json!({"volume": render_volume(&s, &ctx, &v)})))
@@ -497,7 +496,7 @@ async fn delete_volume(
     Path((project, id)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     s.volumes.delete(&ctx, &id, flag(&q, "cascade")).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -508,7 +507,7 @@ async fn volume_action(
     Path((project, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let Some((name, args)) = body.as_object().and_then(|o| o.iter().next()) else {
         return Err(ApiError::bad_request("There is no such action."));
     };
@@ -587,7 +586,7 @@ async fn volume_metadata(
     Auth(ctx): Auth,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let v = s.volumes.get(&ctx, &id).await?;
     Ok(Json(json!({"metadata": VolumeService::metadata_of(&v).0})))
 }
@@ -600,7 +599,7 @@ async fn set_meta(
     body: &Value,
     replace: bool,
 ) -> ApiResult<Json<Value>> {
-    check_project(ctx, project)?;
+    s.volumes.check_url_project(ctx, project)?;
     let m = metadata_arg(body.get("metadata"))?
         .ok_or_else(|| ApiError::bad_request("Malformed request body: metadata is required."))?;
     let all = s.volumes.set_metadata(ctx, id, m, replace).await?;
@@ -630,7 +629,7 @@ async fn volume_metadata_item(
     Auth(ctx): Auth,
     Path((project, id, key)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let v = s.volumes.get(&ctx, &id).await?;
     let (meta, _) = VolumeService::metadata_of(&v);
     match meta.get(&key) {
@@ -647,7 +646,7 @@ async fn put_volume_metadata_item(
     Path((project, id, key)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let m = metadata_arg(body.get("meta"))?
         .ok_or_else(|| ApiError::bad_request("Malformed request body: meta is required."))?;
     if m.len() != 1 || !m.contains_key(&key) {
@@ -662,7 +661,7 @@ async fn delete_volume_metadata_item(
     Auth(ctx): Auth,
     Path((project, id, key)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     s.volumes.delete_metadata_key(&ctx, &id, &key).await?;
     Ok(StatusCode::OK)
 }
@@ -675,7 +674,7 @@ async fn snapshots_for(
     project: &str,
     q: &HashMap<String, String>,
 ) -> ApiResult<Vec<SnapshotRecord>> {
-    check_project(ctx, project)?;
+    s.volumes.check_url_project(ctx, project)?;
     let mut list = s
         .volumes
         .list_snapshots(ctx, flag(q, "all_tenants"))
@@ -712,7 +711,7 @@ async fn create_snapshot(
     Path(project): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Response> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let o = object(&body, "snapshot")?;
     let volume_id = opt_string(o, "volume_id")?
         .ok_or_else(|| ApiError::bad_request("Invalid input received: volume_id is required."))?;
@@ -753,7 +752,7 @@ async fn show_snapshot(
     Auth(ctx): Auth,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let snap = s.volumes.get_snapshot(&ctx, &id).await?;
     Ok(Json(json!({"snapshot": render_snapshot(&snap)})))
 }
@@ -764,7 +763,7 @@ async fn update_snapshot(
     Path((project, id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let u = update_arg(object(&body, "snapshot")?)?;
     let snap = s.volumes.update_snapshot(&ctx, &id, u).await?;
     Ok(Json(json!({"snapshot": render_snapshot(&snap)})))
@@ -775,7 +774,7 @@ async fn delete_snapshot(
     Auth(ctx): Auth,
     Path((project, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     s.volumes.delete_snapshot(&ctx, &id).await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -847,10 +846,11 @@ async fn show_quota(
 
 async fn default_quota(
     State(s): State<VolumeApiState>,
-    Auth(_ctx): Auth,
+    Auth(ctx): Auth,
     Path((_project, target)): Path<(String, String)>,
-) -> Json<Value> {
-    Json(json!({"quota_set": quota_doc(&target, &s.volumes.default_quota())}))
+) -> ApiResult<Json<Value>> {
+    let q = s.volumes.default_quota_of(&ctx, &target)?;
+    Ok(Json(json!({"quota_set": quota_doc(&target, &q)})))
 }
 
 async fn update_quota(
@@ -895,7 +895,7 @@ async fn limits(
     Auth(ctx): Auth,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    check_project(&ctx, &project)?;
+    s.volumes.check_url_project(&ctx, &project)?;
     let q = s.volumes.quota(&project).await?;
     let u = s.volumes.usage(&project).await?;
     Ok(Json(json!({"limits": {"rate": [], "absolute": {

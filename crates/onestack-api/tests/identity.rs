@@ -828,7 +828,9 @@ async fn authorization_table() {
     let eid = b["endpoints"][0]["id"].as_str().expect("eid").to_string();
 
     use Method as M;
-    // (method, path, body, member status, admin status). Anonymous always gets 401.
+    // (method, path, body, member status, admin status). Anonymous always gets 401. Keystone's
+    // defaults keep the catalog's services and endpoints, the roles and every assignment
+    // listing to admins (and system readers); a member reads its token.
     // Mutations by the member are refused before anything is read; the admin column uses
     // bodies that are valid, or names that do not exist, so nothing here changes the fixtures.
     let g = format!("/v3/projects/{demo_pid}/users/{demo_uid}/roles/{reader}");
@@ -902,8 +904,8 @@ async fn authorization_table() {
             403,
             200,
         ),
-        (M::GET, "/v3/roles".into(), None, 200, 200),
-        (M::GET, format!("/v3/roles/{reader}"), None, 200, 200),
+        (M::GET, "/v3/roles".into(), None, 403, 200),
+        (M::GET, format!("/v3/roles/{reader}"), None, 403, 200),
         (
             M::POST,
             "/v3/roles".into(),
@@ -923,14 +925,14 @@ async fn authorization_table() {
             M::GET,
             format!("/v3/roles/{member}/implies"),
             None,
-            200,
+            403,
             200,
         ),
         (
             M::GET,
             format!("/v3/roles/{member}/implies/{reader}"),
             None,
-            200,
+            403,
             200,
         ),
         (
@@ -947,23 +949,23 @@ async fn authorization_table() {
             403,
             404,
         ),
-        (M::GET, "/v3/role_inferences".into(), None, 200, 200),
+        (M::GET, "/v3/role_inferences".into(), None, 403, 200),
         (M::GET, "/v3/role_assignments".into(), None, 403, 200),
         (
             M::GET,
             format!("/v3/role_assignments?user.id={demo_uid}"),
             None,
-            200,
+            403,
             200,
         ),
         (
             M::GET,
             format!("/v3/projects/{demo_pid}/users/{demo_uid}/roles"),
             None,
-            200,
+            403,
             200,
         ),
-        (M::HEAD, g.clone(), None, 404, 404),
+        (M::HEAD, g.clone(), None, 403, 404),
         (M::PUT, g.clone(), None, 403, 204),
         (M::DELETE, g.clone(), None, 403, 204),
         (M::GET, "/v3/regions".into(), None, 200, 200),
@@ -983,8 +985,8 @@ async fn authorization_table() {
             200,
         ),
         (M::DELETE, "/v3/regions/missing".into(), None, 403, 404),
-        (M::GET, "/v3/services".into(), None, 200, 200),
-        (M::GET, format!("/v3/services/{sid}"), None, 200, 200),
+        (M::GET, "/v3/services".into(), None, 403, 200),
+        (M::GET, format!("/v3/services/{sid}"), None, 403, 200),
         (
             M::POST,
             "/v3/services".into(),
@@ -1000,8 +1002,8 @@ async fn authorization_table() {
             200,
         ),
         (M::DELETE, "/v3/services/missing".into(), None, 403, 404),
-        (M::GET, "/v3/endpoints".into(), None, 200, 200),
-        (M::GET, format!("/v3/endpoints/{eid}"), None, 200, 200),
+        (M::GET, "/v3/endpoints".into(), None, 403, 200),
+        (M::GET, format!("/v3/endpoints/{eid}"), None, 403, 200),
         (
             M::POST,
             "/v3/endpoints".into(),

@@ -81,6 +81,22 @@ impl AuthContext {
         self.project.as_ref().map(|p| p.id.as_str())
     }
 
+    /// The upstream default `project_member_or_admin` (Nova, Cinder, Neutron, Glance): the
+    /// `member` role on the token's project (`admin` implies it), or the cloud admin. A `reader`
+    /// only reads. Which project the resource belongs to is the caller's check (others' are 404).
+    pub fn is_member(&self) -> bool {
+        self.is_admin() || self.has_role("member")
+    }
+
+    /// Fails unless [`is_member`](Self::is_member), naming the policy rule.
+    pub fn require_member(&self, action: &str) -> CoreResult<()> {
+        if self.is_member() {
+            Ok(())
+        } else {
+            Err(forbidden(action))
+        }
+    }
+
     /// Fails with Keystone's 403 message naming the policy rule.
     pub fn require_admin(&self, action: &str) -> CoreResult<()> {
         if self.is_admin() {
@@ -104,4 +120,37 @@ pub fn forbidden(action: &str) -> CoreError {
     CoreError::Forbidden(format!(
         "You are not authorized to perform the requested action: {action}."
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_roles(roles: &[&str]) -> AuthContext {
+        let mut c = AuthContext::service("p1");
+        c.roles = roles
+            .iter()
+            .map(|r| RoleRef {
+                id: String::new(),
+                name: (*r).into(),
+            })
+            .collect();
+        c
+    }
+
+    #[test]
+    fn members_and_admins_write_readers_only_read() {
+        assert!(with_roles(&["member", "reader"])
+            .require_member("x")
+            .is_ok());
+        // The admin role on any project is the cloud admin, whatever else it holds.
+        assert!(with_roles(&["admin"]).require_member("x").is_ok());
+        let reader = with_roles(&["reader"]);
+        match reader.require_member("os_compute_api:servers:create") {
+            Err(CoreError::Forbidden(m)) => assert!(m.contains("os_compute_api:servers:create")),
+            other => panic!("a reader passed: {other:?}"),
+        }
+        assert!(with_roles(&[]).require_member("x").is_err());
+        assert!(with_roles(&["member"]).require_admin("x").is_err());
+    }
 }

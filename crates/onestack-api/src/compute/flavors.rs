@@ -192,8 +192,8 @@ pub async fn create(
     Ok(Json(json!({"flavor": render::flavor(&s, &f)})))
 }
 
-/// `PUT /flavors/{id}` (description) exists from 2.55 only.
-pub async fn update() -> ApiError {
+/// `PUT /flavors/{id}` (description) exists from 2.55 only: 404 at 2.1, once authenticated.
+pub async fn update(_auth: Auth) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "The resource could not be found.")
 }
 

@@ -7,6 +7,7 @@
 use super::ComputeState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
+use crate::routes::Listed;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -26,8 +27,11 @@ pub const AGENT_TOKEN_HEADER: &str = "x-onestack-agent-token";
 /// Largest console output returned (Nova's `MAX_CONSOLE_BYTES`).
 const MAX_CONSOLE_BYTES: i64 = 100 * 1024;
 
-pub fn routes(state: ComputeState) -> Router<ComputeState> {
-    Router::new()
+/// The agents' routes; `agent_auth` puts the credential check over all but `/join`.
+pub fn routes(
+    agent_auth: impl FnOnce(Router<ComputeState>) -> Router<ComputeState>,
+) -> Listed<ComputeState> {
+    Listed::new()
         .route("/hosts", post(register))
         .route("/hosts/{host}", get(host_status).delete(host_leave))
         .route("/hosts/{host}/heartbeat", post(heartbeat))
@@ -44,7 +48,7 @@ pub fn routes(state: ComputeState) -> Router<ComputeState> {
             post(migration_report),
         )
         .route("/images/{id}/file", get(image_file).put(snapshot_upload))
-        .layer(axum::middleware::from_fn_with_state(state, require_agent))
+        .map(agent_auth)
         // The one route a host without credentials may call: it proves itself with a join token.
         .route("/join", post(join))
         .layer(axum::middleware::from_fn(refuse_guests))
@@ -72,7 +76,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Clone, Debug)]
 pub struct NodeIdentity(pub String);
 
-async fn require_agent(
+pub(super) async fn require_agent(
     State(s): State<ComputeState>,
     mut req: Request<Body>,
     next: Next,
@@ -506,7 +510,10 @@ pub async fn console_output(
     id: &str,
     length: Option<i64>,
 ) -> ApiResult<String> {
-    let (host, _) = s.compute.server_host(ctx, id).await?;
+    let (host, _) = s
+        .compute
+        .console_host(ctx, id, "os_compute_api:os-console-output")
+        .await?;
     let url = format!(
         "{}/v1/instances/{id}/console",
         host.agent_url.trim_end_matches('/')
@@ -561,8 +568,7 @@ pub async fn console_output(
 /// Where a cold migration's target fetches the server's disk: its host's agent, with a token
 /// that host checks (signed with its secret, for this instance's disk, valid for an hour).
 pub async fn disk_url(s: &ComputeState, ctx: &AuthContext, id: &str) -> ApiResult<String> {
-    ctx.require_admin("os_compute_api:os-migrate-server:migrate")?;
-    let (host, _) = s.compute.server_host(ctx, id).await?;
+    let (host, _) = s.compute.migration_source(ctx, id).await?;
     let secret = agent_secret(s, &host.host).await?;
     let token = onestack_core::compute::console::issue(
         &secret,
@@ -583,7 +589,10 @@ pub async fn serial_console_url(
     ctx: &AuthContext,
     id: &str,
 ) -> ApiResult<String> {
-    let (host, inst) = s.compute.server_host(ctx, id).await?;
+    let (host, inst) = s
+        .compute
+        .console_host(ctx, id, "os_compute_api:os-remote-consoles")
+        .await?;
     // A running guest: active, or resized and waiting for confirmation.
     if !matches!(
         onestack_core::compute::server_status(&inst),

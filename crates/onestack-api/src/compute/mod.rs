@@ -10,6 +10,7 @@ mod render;
 mod servers;
 
 use crate::error::{error_body, ErrorFlavor};
+use crate::routes::Listed;
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{FromRef, Request, State};
@@ -59,8 +60,8 @@ impl FromRef<ComputeState> for AppState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Microversion(pub u32, pub u32);
 
-fn api_routes() -> Router<ComputeState> {
-    Router::new()
+fn api_routes() -> Listed<ComputeState> {
+    Listed::new()
         .route("/", get(version_v21))
         .route("/flavors", get(flavors::list).post(flavors::create))
         .route("/flavors/detail", get(flavors::list_detail))
@@ -148,26 +149,44 @@ fn api_routes() -> Router<ComputeState> {
         .route("/os-aggregates", get(os::aggregate_list))
 }
 
-pub fn router(state: ComputeState) -> Router {
-    let api = api_routes().layer(axum::middleware::from_fn(microversion));
-    Router::new()
+/// The path templates this API serves, the agents' internal ones included (the role table
+/// checks that each has an entry).
+pub fn route_paths() -> Vec<String> {
+    routes(|r| r).paths()
+}
+
+/// Every route; `agent_auth` wraps the internal routes that need an agent's credential.
+fn routes(
+    agent_auth: impl FnOnce(Router<ComputeState>) -> Router<ComputeState>,
+) -> Listed<ComputeState> {
+    let api = || api_routes().map(|r| r.layer(axum::middleware::from_fn(microversion)));
+    Listed::new()
         .route("/", get(versions))
         .route("/v2.1/", get(version_v21))
-        .nest("/v2.1/{project_id}", api.clone())
-        .nest("/v2.1", api)
-        .nest("/internal/v1", internal::routes(state.clone()))
-        .fallback(|| async {
-            crate::error::ApiError::not_found("The resource could not be found.")
-        })
-        .layer(axum::middleware::from_fn_with_state(
-            (state.app.clone(), ErrorFlavor::Nova),
-            crate::middleware::request_context,
+        .nest("/v2.1/{project_id}", api())
+        .nest("/v2.1", api())
+        .nest("/internal/v1", internal::routes(agent_auth))
+}
+
+pub fn router(state: ComputeState) -> Router {
+    let agent_state = state.clone();
+    routes(move |r| {
+        r.layer(axum::middleware::from_fn_with_state(
+            agent_state,
+            internal::require_agent,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            "compute",
-            crate::metrics::track,
-        ))
-        .with_state(state)
+    })
+    .into_router()
+    .fallback(|| async { crate::error::ApiError::not_found("The resource could not be found.") })
+    .layer(axum::middleware::from_fn_with_state(
+        (state.app.clone(), ErrorFlavor::Nova),
+        crate::middleware::request_context,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        "compute",
+        crate::metrics::track,
+    ))
+    .with_state(state)
 }
 
 fn version_doc(base: &str) -> Value {

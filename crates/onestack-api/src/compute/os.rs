@@ -13,10 +13,6 @@ use onestack_store::{HostRecord, HostUsage};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
-fn admin(ctx: &AuthContext, rule: &str) -> ApiResult<()> {
-    ctx.require_admin(rule).map_err(ApiError::from)
-}
-
 fn state_of(s: &ComputeState, h: &HostRecord) -> &'static str {
     if s.compute.host_alive(h) {
         "up"
@@ -58,21 +54,16 @@ fn hypervisor_detail(s: &ComputeState, h: &HostRecord, u: &HostUsage) -> Value {
     })
 }
 
-async fn hosts_with_usage(s: &ComputeState) -> ApiResult<Vec<(HostRecord, HostUsage)>> {
-    let hosts = s.compute.list_hosts().await?;
-    let usage = s.compute.host_usage().await?;
-    Ok(hosts
-        .into_iter()
-        .map(|h| {
-            let u = usage.get(&h.host).cloned().unwrap_or_default();
-            (h, u)
-        })
-        .collect())
+async fn hosts_with_usage(
+    s: &ComputeState,
+    ctx: &AuthContext,
+    rule: &str,
+) -> ApiResult<Vec<(HostRecord, HostUsage)>> {
+    Ok(s.compute.hosts_with_usage(ctx, rule).await?)
 }
 
 pub async fn hypervisors(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
-    admin(&ctx, "os_compute_api:os-hypervisors:list")?;
-    let list: Vec<Value> = hosts_with_usage(&s)
+    let list: Vec<Value> = hosts_with_usage(&s, &ctx, "os_compute_api:os-hypervisors:list")
         .await?
         .iter()
         .map(|(h, _)| {
@@ -87,8 +78,7 @@ pub async fn hypervisors_detail(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
 ) -> ApiResult<Json<Value>> {
-    admin(&ctx, "os_compute_api:os-hypervisors:list-detail")?;
-    let list: Vec<Value> = hosts_with_usage(&s)
+    let list: Vec<Value> = hosts_with_usage(&s, &ctx, "os_compute_api:os-hypervisors:list-detail")
         .await?
         .iter()
         .map(|(h, u)| hypervisor_detail(&s, h, u))
@@ -101,9 +91,8 @@ pub async fn hypervisor(
     Auth(ctx): Auth,
     Path(id): Path<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    admin(&ctx, "os_compute_api:os-hypervisors:show")?;
     let want = id.get("id").cloned().unwrap_or_default();
-    let all = hosts_with_usage(&s).await?;
+    let all = hosts_with_usage(&s, &ctx, "os_compute_api:os-hypervisors:show").await?;
     let found = all
         .iter()
         .find(|(h, _)| h.num.to_string() == want)
@@ -120,11 +109,11 @@ pub async fn hypervisor_uptime(
     Auth(ctx): Auth,
     Path(id): Path<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    admin(&ctx, "os_compute_api:os-hypervisors:uptime")?;
     let want = id.get("id").cloned().unwrap_or_default();
-    let hosts = s.compute.list_hosts().await?;
+    let hosts = hosts_with_usage(&s, &ctx, "os_compute_api:os-hypervisors:uptime").await?;
     let h = hosts
         .iter()
+        .map(|(h, _)| h)
         .find(|h| h.num.to_string() == want)
         .ok_or_else(|| ApiError::not_found(format!("Hypervisor {want} could not be found.")))?;
     let uptime = super::internal::host_uptime(&s, h).await?.ok_or_else(|| {
@@ -147,8 +136,7 @@ pub async fn hypervisor_statistics(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
 ) -> ApiResult<Json<Value>> {
-    admin(&ctx, "os_compute_api:os-hypervisors:statistics")?;
-    let all = hosts_with_usage(&s).await?;
+    let all = hosts_with_usage(&s, &ctx, "os_compute_api:os-hypervisors:statistics").await?;
     let sum = |f: &dyn Fn(&(HostRecord, HostUsage)) -> i64| all.iter().map(f).sum::<i64>();
     Ok(Json(json!({"hypervisor_statistics": {
         "count": all.len(),
@@ -189,9 +177,8 @@ fn chrono_from_micros(us: i64) -> String {
 }
 
 pub async fn services(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
-    admin(&ctx, "os_compute_api:os-services:list")?;
-    let hosts = s.compute.list_hosts().await?;
-    let list: Vec<Value> = hosts.iter().map(|h| service(&s, h)).collect();
+    let hosts = hosts_with_usage(&s, &ctx, "os_compute_api:os-services:list").await?;
+    let list: Vec<Value> = hosts.iter().map(|(h, _)| service(&s, h)).collect();
     Ok(Json(json!({"services": list})))
 }
 
@@ -250,14 +237,8 @@ pub async fn service_delete(
     Auth(ctx): Auth,
     Path(p): Path<std::collections::HashMap<String, String>>,
 ) -> ApiResult<StatusCode> {
-    admin(&ctx, "os_compute_api:os-services:delete")?;
     let id = p.get("id").cloned().unwrap_or_default();
-    let hosts = s.compute.list_hosts().await?;
-    let h = hosts
-        .iter()
-        .find(|h| h.num.to_string() == id)
-        .ok_or_else(|| ApiError::not_found(format!("Service {id} could not be found.")))?;
-    s.compute.remove_host(&h.host).await?;
+    s.compute.delete_service(&ctx, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -277,8 +258,7 @@ pub async fn availability_zones_detail(
     State(s): State<ComputeState>,
     Auth(ctx): Auth,
 ) -> ApiResult<Json<Value>> {
-    admin(&ctx, "os_compute_api:os-availability-zone:detail")?;
-    let zones = s.compute.availability_zones().await?;
+    let zones = s.compute.availability_zones_detail(&ctx).await?;
     let list: Vec<Value> = zones
         .iter()
         .map(|(z, up, hosts)| {
@@ -297,12 +277,19 @@ pub async fn availability_zones_detail(
     Ok(Json(json!({"availabilityZoneInfo": list})))
 }
 
-pub async fn limits(State(s): State<ComputeState>, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
-    let q = match ctx.project_id() {
+pub async fn limits(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let project = s
+        .compute
+        .limits_project(&ctx, query.get("tenant_id").map(String::as_str))?;
+    let q = match &project {
         Some(p) => s.compute.quota(p).await?,
         None => s.compute.config().quota,
     };
-    let (n, cores, ram) = match ctx.project_id() {
+    let (n, cores, ram) = match &project {
         Some(p) => s
             .compute
             .store()
@@ -457,9 +444,13 @@ pub async fn host_usage_list(
 /// `GET /os-aggregates` (admin): OneStack has no host aggregates (availability zones are set
 /// per host), so the list is empty — what `openstack hypervisor show` reads to name a host's
 /// aggregates.
-pub async fn aggregate_list(Auth(ctx): Auth) -> ApiResult<Json<Value>> {
-    ctx.require_admin("os_compute_api:os-aggregates:index")?;
-    Ok(Json(json!({"aggregates": []})))
+pub async fn aggregate_list(
+    State(s): State<ComputeState>,
+    Auth(ctx): Auth,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"aggregates": s.compute.list_aggregates(&ctx)?}),
+    ))
 }
 
 /// `GET /os-onestack-usage-series?start&end&step=SECONDS&group_by=project|host` (a OneStack

@@ -542,7 +542,10 @@ pub async fn action(
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad_field("name"))?;
             let meta = string_map(arg.get("metadata"), "metadata")?;
-            let image_id = s.compute.create_image(&ctx, &p.id, image_name, meta).await?;
+            let image_id = s
+                .compute
+                .create_image(&ctx, &p.id, image_name, meta)
+                .await?;
             let mut resp = StatusCode::ACCEPTED.into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("{}/v2/images/{image_id}", s.image_url)) {
                 resp.headers_mut().insert(header::LOCATION, v);
@@ -593,9 +596,7 @@ pub async fn action(
             Ok(StatusCode::ACCEPTED.into_response())
         }
         "createBackup" => {
-            let o = arg
-                .as_object()
-                .ok_or_else(|| bad_field("createBackup"))?;
+            let o = arg.as_object().ok_or_else(|| bad_field("createBackup"))?;
             for k in o.keys() {
                 if !matches!(k.as_str(), "name" | "backup_type" | "rotation" | "metadata") {
                     return Err(ApiError::bad_request(format!(
@@ -669,9 +670,15 @@ pub async fn action(
             let url = super::internal::serial_console_url(&s, &ctx, &p.id).await?;
             Ok(Json(json!({"console": {"type": "serial", "url": url}})).into_response())
         }
-        "os-getVNCConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => Err(ApiError::bad_request(
-            "Unavailable console type: this cloud offers the serial console (os-getSerialConsole).",
-        )),
+        "os-getVNCConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => {
+            // The policy and the server first (404, 403), as Nova answers, then the type.
+            s.compute
+                .console_host(&ctx, &p.id, "os_compute_api:os-remote-consoles")
+                .await?;
+            Err(ApiError::bad_request(
+                "Unavailable console type: this cloud offers the serial console (os-getSerialConsole).",
+            ))
+        }
         other => Err(ApiError::bad_request(format!(
             "There is no such action: {other}"
         ))),

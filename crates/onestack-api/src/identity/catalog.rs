@@ -87,10 +87,10 @@ pub async fn delete_region(
 
 pub async fn list_services(
     State(s): State<AppState>,
-    Auth(_c): Auth,
+    Auth(c): Auth,
     Query(q): Q,
 ) -> ApiResult<Json<Value>> {
-    let items = s.identity.list_services().await?;
+    let items = s.identity.list_services(&c).await?;
     let items = items
         .iter()
         .filter(|x| q.get("type").is_none_or(|t| &x.service_type == t))
@@ -114,10 +114,10 @@ pub async fn create_service(
 
 pub async fn get_service(
     State(s): State<AppState>,
-    Auth(_c): Auth,
+    Auth(c): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let x = s.identity.get_service(&id).await?;
+    let x = s.identity.get_service(&c, &id).await?;
     Ok(Json(json!({"service": render::service(&s, &x)})))
 }
 
@@ -142,10 +142,10 @@ pub async fn delete_service(
 
 pub async fn list_endpoints(
     State(s): State<AppState>,
-    Auth(_c): Auth,
+    Auth(c): Auth,
     Query(q): Q,
 ) -> ApiResult<Json<Value>> {
-    let items = s.identity.list_endpoints().await?;
+    let items = s.identity.list_endpoints(&c).await?;
     let items = items
         .iter()
         .filter(|e| q.get("service_id").is_none_or(|v| &e.service_id == v))
@@ -173,10 +173,10 @@ pub async fn create_endpoint(
 
 pub async fn get_endpoint(
     State(s): State<AppState>,
-    Auth(_c): Auth,
+    Auth(c): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let e = s.identity.get_endpoint(&id).await?;
+    let e = s.identity.get_endpoint(&c, &id).await?;
     Ok(Json(json!({"endpoint": render::endpoint(&s, &e)})))
 }
 

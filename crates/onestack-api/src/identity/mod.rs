@@ -9,6 +9,7 @@ mod tokens;
 mod users;
 
 use crate::error::{ApiError, ApiResult};
+use crate::routes::Listed;
 use crate::AppState;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,8 +18,13 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The path templates this API serves (the role table checks that each has an entry).
+pub fn route_paths() -> Vec<String> {
+    routes().paths()
+}
+
+fn routes() -> Listed<AppState> {
+    Listed::new()
         .route("/", get(versions))
         .route("/v3", get(version))
         .route("/v3/", get(version))
@@ -123,6 +129,11 @@ pub fn router(state: AppState) -> Router {
                 .patch(catalog::update_endpoint)
                 .delete(catalog::delete_endpoint),
         )
+}
+
+pub fn router(state: AppState) -> Router {
+    routes()
+        .into_router()
         .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .layer(axum::middleware::from_fn_with_state(
             (state.clone(), crate::error::ErrorFlavor::Keystone),

@@ -110,10 +110,10 @@ pub async fn add_implied(
 
 pub async fn get_implied(
     State(s): State<AppState>,
-    Auth(_c): Auth,
+    Auth(c): Auth,
     Path((prior, implied)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let (p, i) = s.identity.get_implied_role(&prior, &implied).await?;
+    let (p, i) = s.identity.get_implied_role(&c, &prior, &implied).await?;
     Ok(Json(
         json!({"role_inference": {"prior_role": render::role_ref(&s, &p), "implies": render::role_ref(&s, &i)}}),
     ))
@@ -121,10 +121,10 @@ pub async fn get_implied(
 
 pub async fn check_implied(
     State(s): State<AppState>,
-    Auth(_c): Auth,
+    Auth(c): Auth,
     Path((prior, implied)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    s.identity.get_implied_role(&prior, &implied).await?;
+    s.identity.get_implied_role(&c, &prior, &implied).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -137,10 +137,10 @@ pub async fn remove_implied(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn inferences(State(s): State<AppState>, Auth(_c): Auth) -> ApiResult<Json<Value>> {
+pub async fn inferences(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<Json<Value>> {
     let snap = s.identity.snapshot();
     let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for ir in s.identity.list_implied_roles().await? {
+    for ir in s.identity.list_implied_roles(&c).await? {
         grouped
             .entry(ir.prior_role_id)
             .or_default()

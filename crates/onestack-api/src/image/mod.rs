@@ -10,6 +10,7 @@ mod schemas;
 pub use peer::HttpPeers;
 
 use crate::error::ErrorFlavor;
+use crate::routes::Listed;
 use crate::AppState;
 use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
@@ -34,8 +35,13 @@ impl FromRef<ImageState> for AppState {
     }
 }
 
-pub fn router(state: ImageState) -> Router {
-    Router::new()
+/// The path templates this API serves (the role table checks that each has an entry).
+pub fn route_paths() -> Vec<String> {
+    routes().paths()
+}
+
+fn routes() -> Listed<ImageState> {
+    Listed::new()
         .route("/", get(versions_multiple))
         .route("/versions", get(versions_ok))
         .route("/v2", get(versions_multiple))
@@ -78,6 +84,11 @@ pub fn router(state: ImageState) -> Router {
                 .put(members::update)
                 .delete(members::delete),
         )
+}
+
+pub fn router(state: ImageState) -> Router {
+    routes()
+        .into_router()
         .fallback(|| async {
             crate::error::ApiError::not_found("The resource could not be found.")
         })

@@ -1,6 +1,8 @@
 //! `/v2/schemas/*`: the JSON schemas clients (glanceclient, some SDKs) use to validate and to
-//! learn which attributes exist, built from the same lists the service validates with.
+//! learn which attributes exist, built from the same lists the service validates with. Behind
+//! Keystone authentication, as in Glance (only `/` and `/versions` are anonymous).
 
+use crate::extract::Auth;
 use axum::Json;
 use onestack_core::image::schema::{CONTAINER_FORMATS, DISK_FORMATS, VISIBILITIES};
 use serde_json::{json, Value};
@@ -61,11 +63,11 @@ fn image_schema() -> Value {
     })
 }
 
-pub async fn image() -> Json<Value> {
+pub async fn image(_auth: Auth) -> Json<Value> {
     Json(image_schema())
 }
 
-pub async fn images() -> Json<Value> {
+pub async fn images(_auth: Auth) -> Json<Value> {
     Json(json!({
         "name": "images",
         "properties": {
@@ -96,11 +98,11 @@ fn member_schema() -> Value {
     })
 }
 
-pub async fn member() -> Json<Value> {
+pub async fn member(_auth: Auth) -> Json<Value> {
     Json(member_schema())
 }
 
-pub async fn members() -> Json<Value> {
+pub async fn members(_auth: Auth) -> Json<Value> {
     Json(json!({
         "name": "members",
         "properties": {

@@ -6,6 +6,7 @@ mod list;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Auth, JsonBody};
+use crate::routes::Listed;
 use crate::AppState;
 use axum::extract::{FromRef, Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -263,9 +264,8 @@ async fn remove_interface(
 
 // ---- quotas ---------------------------------------------------------------------------------
 
-async fn quota_list(Auth(ctx): Auth) -> ApiResult<Json<Value>> {
-    ctx.require_admin("get_quota")?;
-    Ok(Json(json!({"quotas": []})))
+async fn quota_list(State(s): St, Auth(ctx): Auth) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({"quotas": s.net.list_quotas(&ctx)?})))
 }
 
 fn project_of(p: &str) -> &str {
@@ -292,8 +292,14 @@ async fn quota_details(
     ))
 }
 
-async fn quota_default(Auth(_ctx): Auth, Path(_project): Path<String>) -> Json<Value> {
-    Json(json!({"quota": NetworkService::quota_defaults()}))
+async fn quota_default(
+    State(s): St,
+    Auth(ctx): Auth,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({"quota": s.net.default_quota(&ctx, project_of(&project))?}),
+    ))
 }
 
 async fn quota_update(
@@ -365,7 +371,8 @@ async fn versions(State(s): St) -> Json<Value> {
     )
 }
 
-async fn resources(State(s): St) -> Json<Value> {
+/// `GET /v2.0`: behind Keystone authentication, as in Neutron (only `/` is anonymous).
+async fn resources(State(s): St, Auth(_ctx): Auth) -> Json<Value> {
     let r = |name: &str, collection: &str| json!({"name": name, "collection": collection, "links": [{"rel": "self", "href": format!("{}/v2.0/{collection}", s.base_url)}]});
     Json(json!({"resources": [
         r("network", "networks"), r("subnet", "subnets"), r("port", "ports"),
@@ -375,8 +382,13 @@ async fn resources(State(s): St) -> Json<Value> {
     ]}))
 }
 
-pub fn router(state: NetworkApiState) -> Router {
-    Router::new()
+/// The path templates this API serves (the role table checks that each has an entry).
+pub fn route_paths() -> Vec<String> {
+    routes().paths()
+}
+
+fn routes() -> Listed<NetworkApiState> {
+    Listed::new()
         .route("/", get(versions))
         .route("/v2.0", get(resources))
         .route("/v2.0/", get(resources))
@@ -452,6 +464,11 @@ pub fn router(state: NetworkApiState) -> Router {
         .route("/v2.0/quotas/{project}/default", get(quota_default))
         .route("/v2.0/quotas/{project}/details.json", get(quota_details))
         .route("/v2.0/quotas/{project}/details", get(quota_details))
+}
+
+pub fn router(state: NetworkApiState) -> Router {
+    routes()
+        .into_router()
         .fallback(|| async { ApiError::not_found("The resource could not be found.") })
         .layer(axum::middleware::from_fn_with_state(
             (state.app.clone(), crate::error::ErrorFlavor::Neutron),

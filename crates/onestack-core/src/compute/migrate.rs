@@ -59,6 +59,8 @@ impl ComputeService {
         id: &str,
         host: Option<&str>,
     ) -> CoreResult<()> {
+        // Others' servers are 404 before the role is looked at, as in Nova.
+        self.get_server(ctx, id).await?;
         ctx.require_admin("os_compute_api:os-migrate-server:migrate_live")?;
         let inst = self
             .get_server_for_update(
@@ -362,6 +364,7 @@ impl ComputeService {
         host: Option<&str>,
         disk_url: String,
     ) -> CoreResult<()> {
+        self.get_server(ctx, id).await?;
         ctx.require_admin("os_compute_api:os-migrate-server:migrate")?;
         let inst = self
             .get_server_for_update(ctx, id, "os_compute_api:os-migrate-server:migrate", true)

@@ -510,9 +510,8 @@ impl ComputeService {
         public_key: Option<&str>,
         user_id: Option<&str>,
     ) -> CoreResult<(KeypairRecord, Option<String>)> {
-        if ctx.has_role("reader") && !ctx.has_role("member") && !ctx.is_admin() {
-            return Err(forbidden("os_compute_api:os-keypairs:create"));
-        }
+        // Keypairs are the user's own, whatever its role (Nova's `os-keypairs:create` is
+        // `admin or user_id:%(user_id)s`): a reader imports its key like anyone else.
         let owner = Self::keypair_owner(ctx, user_id)?;
         keypair::validate_name(name)?;
         if key_type != "ssh" && key_type != "x509" {
@@ -715,6 +714,53 @@ impl ComputeService {
             .collect())
     }
 
+    // ---- the operator's views of hosts (admin) ----
+
+    /// The compute hosts with what they carry, for `os-hypervisors` and `os-services` (`rule`
+    /// names the Nova policy, admin only: tenants never learn host names or capacity).
+    pub async fn hosts_with_usage(
+        &self,
+        ctx: &AuthContext,
+        rule: &str,
+    ) -> CoreResult<Vec<(HostRecord, onestack_store::HostUsage)>> {
+        ctx.require_admin(rule)?;
+        let hosts = self.store.list_hosts().await?;
+        let usage = self.store.host_usage().await?;
+        Ok(hosts
+            .into_iter()
+            .map(|h| {
+                let u = usage.get(&h.host).cloned().unwrap_or_default();
+                (h, u)
+            })
+            .collect())
+    }
+
+    /// `os-availability-zone/detail` (admin): the zones with their hosts.
+    pub async fn availability_zones_detail(
+        &self,
+        ctx: &AuthContext,
+    ) -> CoreResult<Vec<(String, bool, Vec<HostRecord>)>> {
+        ctx.require_admin("os_compute_api:os-availability-zone:detail")?;
+        self.availability_zones().await
+    }
+
+    /// `DELETE /os-services/{id}` (admin): removes the host numbered `num` if it holds no servers.
+    pub async fn delete_service(&self, ctx: &AuthContext, num: &str) -> CoreResult<()> {
+        ctx.require_admin("os_compute_api:os-services:delete")?;
+        let hosts = self.store.list_hosts().await?;
+        let h = hosts
+            .iter()
+            .find(|h| h.num.to_string() == num)
+            .ok_or_else(|| CoreError::NotFound(format!("Service {num} could not be found.")))?;
+        self.remove_host(&h.host).await
+    }
+
+    /// `GET /os-aggregates` (admin): OneStack has no host aggregates (zones are set per host).
+    pub fn list_aggregates(&self, ctx: &AuthContext) -> CoreResult<Vec<serde_json::Value>> {
+        ctx.require_admin("os_compute_api:os-aggregates:index")?;
+        Ok(Vec::new())
+    }
+
     // ---- servers ----
 
     /// Loads a live server the caller may see; other projects' servers are "not found".
@@ -730,14 +776,6 @@ impl ComputeService {
         Ok(inst)
     }
 
-    fn require_member(ctx: &AuthContext, rule: &str) -> CoreResult<()> {
-        if ctx.is_admin() || ctx.has_role("member") {
-            Ok(())
-        } else {
-            Err(forbidden(rule))
-        }
-    }
-
     /// A server the caller may change: member of its project (or admin), and not locked by
     /// someone it cannot override.
     async fn get_server_for_update(
@@ -748,7 +786,7 @@ impl ComputeService {
         check_lock: bool,
     ) -> CoreResult<InstanceRecord> {
         let inst = self.get_server(ctx, id).await?;
-        Self::require_member(ctx, rule)?;
+        ctx.require_member(rule)?;
         if check_lock && inst.locked && !ctx.is_admin() {
             return Err(CoreError::Conflict(format!("Instance {id} is locked")));
         }
@@ -761,6 +799,10 @@ impl ComputeService {
         q: &ServerQuery,
     ) -> CoreResult<Vec<InstanceRecord>> {
         let admin = ctx.is_admin();
+        if q.all_tenants && !admin {
+            // Nova's `servers:index:get_all_tenants` (admin): refused, not quietly narrowed.
+            return Err(forbidden("os_compute_api:servers:index:get_all_tenants"));
+        }
         if (q.deleted || q.host.is_some()) && !admin {
             // Nova ignores admin-only filters for others; being explicit is kinder.
             return Err(forbidden("os_compute_api:servers:index:get_all_tenants"));
@@ -842,7 +884,7 @@ impl ComputeService {
         ctx: &AuthContext,
         req: ServerCreate,
     ) -> CoreResult<Vec<InstanceRecord>> {
-        Self::require_member(ctx, "os_compute_api:servers:create")?;
+        ctx.require_member("os_compute_api:servers:create")?;
         let project = ctx
             .project_id()
             .ok_or_else(|| forbidden("os_compute_api:servers:create"))?
@@ -964,6 +1006,11 @@ impl ComputeService {
                     nets.into_iter().map(|n| (Some(n), None, None)).collect()
                 }
             };
+        if let Some(net) = self.network.get() {
+            for id in nic_requests.iter().filter_map(|(n, _, _)| n.as_deref()) {
+                net.check_server_network(ctx, id).await?;
+            }
+        }
         if req.max_count > 1
             && nic_requests
                 .iter()
@@ -2027,6 +2074,38 @@ impl ComputeService {
         id: &str,
     ) -> CoreResult<(HostRecord, InstanceRecord)> {
         let inst = self.get_server(ctx, id).await?;
+        self.host_of(inst).await
+    }
+
+    /// The host of a server whose console the caller opens (`os-getConsoleOutput` under
+    /// `os_compute_api:os-console-output`, `os-getSerialConsole` under
+    /// `os_compute_api:os-remote-consoles`): both are Nova's `project_member_or_admin` — the
+    /// boot log and a root shell are not for a reader. Others' servers are 404 first.
+    pub async fn console_host(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+        rule: &str,
+    ) -> CoreResult<(HostRecord, InstanceRecord)> {
+        let inst = self.get_server(ctx, id).await?;
+        ctx.require_member(rule)?;
+        self.host_of(inst).await
+    }
+
+    /// The host a cold migration copies the server's disk from (admin only; others' servers
+    /// are 404 before the role is looked at, as in Nova).
+    pub async fn migration_source(
+        &self,
+        ctx: &AuthContext,
+        id: &str,
+    ) -> CoreResult<(HostRecord, InstanceRecord)> {
+        let inst = self.get_server(ctx, id).await?;
+        ctx.require_admin("os_compute_api:os-migrate-server:migrate")?;
+        self.host_of(inst).await
+    }
+
+    async fn host_of(&self, inst: InstanceRecord) -> CoreResult<(HostRecord, InstanceRecord)> {
+        let id = &inst.id;
         let host = inst
             .host
             .clone()

@@ -71,6 +71,23 @@ impl ComputeService {
         Ok(q)
     }
 
+    /// The project whose absolute limits `GET /limits` shows: the caller's, or with
+    /// `tenant_id` any (Nova's `os_compute_api:limits:other_project`, admin — even naming
+    /// one's own project).
+    pub fn limits_project(
+        &self,
+        ctx: &AuthContext,
+        tenant_id: Option<&str>,
+    ) -> CoreResult<Option<String>> {
+        match tenant_id {
+            Some(t) => {
+                ctx.require_admin("os_compute_api:limits:other_project")?;
+                Ok(Some(t.to_string()))
+            }
+            None => Ok(ctx.project_id().map(str::to_string)),
+        }
+    }
+
     /// Reading a project's quota: admins any, others their own.
     pub fn check_quota_read(&self, ctx: &AuthContext, project: &str) -> CoreResult<()> {
         if ctx.is_admin() || ctx.project_id() == Some(project) {

@@ -278,6 +278,8 @@ impl IdentityService {
         Ok(p)
     }
 
+    /// A user sees the projects it is assigned to (an earlier issue's requirement; Keystone's
+    /// `identity:get_project` wants a token scoped to the project, `list_projects` an admin).
     fn can_see_project(&self, ctx: &AuthContext, id: &str) -> bool {
         ctx.is_admin() || !self.snapshot().effective_roles(&ctx.user.id, id).is_empty()
     }
@@ -292,7 +294,9 @@ impl IdentityService {
             .map_err(not_found("project", id))
     }
 
-    /// Admins see every project; other users only those they hold a role on.
+    /// Admins see every project; other users only those they hold a role on (Keystone's
+    /// `identity:list_projects` is the admin's: a deliberate difference, see
+    /// docs/architecture.md).
     pub async fn list_projects(&self, ctx: &AuthContext, f: &Filter) -> CoreResult<Vec<Project>> {
         let all = self.store.list_projects(f).await?;
         if ctx.is_admin() {
@@ -534,15 +538,16 @@ impl IdentityService {
         Ok(r)
     }
 
-    pub async fn get_role(&self, _ctx: &AuthContext, id: &str) -> CoreResult<Role> {
+    /// Keystone's `identity:get_role` (admin; a system reader or a domain manager upstream,
+    /// neither of which OneStack has).
+    pub async fn get_role(&self, ctx: &AuthContext, id: &str) -> CoreResult<Role> {
+        ctx.require_admin("identity:get_role")?;
         self.store.get_role(id).await.map_err(not_found("role", id))
     }
 
-    pub async fn list_roles(
-        &self,
-        _ctx: &AuthContext,
-        name: Option<&str>,
-    ) -> CoreResult<Vec<Role>> {
+    /// Keystone's `identity:list_roles` (admin).
+    pub async fn list_roles(&self, ctx: &AuthContext, name: Option<&str>) -> CoreResult<Vec<Role>> {
+        ctx.require_admin("identity:list_roles")?;
         Ok(self.store.list_roles(name).await?)
     }
 
@@ -615,7 +620,14 @@ impl IdentityService {
         Ok((p, i))
     }
 
-    pub async fn get_implied_role(&self, prior: &str, implied: &str) -> CoreResult<(Role, Role)> {
+    /// Keystone's `identity:get_implied_role` and `check_implied_role` (admin).
+    pub async fn get_implied_role(
+        &self,
+        ctx: &AuthContext,
+        prior: &str,
+        implied: &str,
+    ) -> CoreResult<(Role, Role)> {
+        ctx.require_admin("identity:get_implied_role")?;
         let p = self
             .store
             .get_role(prior)
@@ -655,7 +667,9 @@ impl IdentityService {
         self.refresh().await
     }
 
-    pub async fn list_implied_roles(&self) -> CoreResult<Vec<ImpliedRole>> {
+    /// Keystone's `identity:list_implied_roles` and `list_role_inference_rules` (admin).
+    pub async fn list_implied_roles(&self, ctx: &AuthContext) -> CoreResult<Vec<ImpliedRole>> {
+        ctx.require_admin("identity:list_role_inference_rules")?;
         Ok(self.store.list_implied_roles().await?)
     }
 
@@ -702,8 +716,9 @@ impl IdentityService {
         self.refresh().await
     }
 
+    /// Keystone's `identity:check_grant` (admin; a system or domain reader upstream).
     pub async fn check_grant(&self, ctx: &AuthContext, a: Assignment) -> CoreResult<()> {
-        ctx.require_admin_or_self("identity:check_grant", &a.user_id)?;
+        ctx.require_admin("identity:check_grant")?;
         self.check_grant_parts(&a).await?;
         let rows = self
             .store
@@ -722,15 +737,14 @@ impl IdentityService {
         }
     }
 
-    /// Lists assignments. Non-admins may list only their own.
+    /// Keystone's `identity:list_role_assignments` and `list_grants` (admin; a system or
+    /// domain reader upstream): a user learns its own roles from its token.
     pub async fn list_assignments(
         &self,
         ctx: &AuthContext,
         q: &AssignmentQuery,
     ) -> CoreResult<Vec<AssignmentView>> {
-        if !ctx.is_admin() && q.user_id.as_deref() != Some(ctx.user.id.as_str()) {
-            return Err(forbidden("identity:list_role_assignments"));
-        }
+        ctx.require_admin("identity:list_role_assignments")?;
         let target = q.project_id.as_deref().or(q.domain_id.as_deref());
         let rows = self
             .store
@@ -890,14 +904,19 @@ impl IdentityService {
         Ok(s)
     }
 
-    pub async fn get_service(&self, id: &str) -> CoreResult<Service> {
+    /// Keystone's `identity:get_service` (admin; a system reader upstream). Tenants read the
+    /// services from their token's catalog.
+    pub async fn get_service(&self, ctx: &AuthContext, id: &str) -> CoreResult<Service> {
+        ctx.require_admin("identity:get_service")?;
         self.store
             .get_service(id)
             .await
             .map_err(not_found("service", id))
     }
 
-    pub async fn list_services(&self) -> CoreResult<Vec<Service>> {
+    /// Keystone's `identity:list_services` (admin).
+    pub async fn list_services(&self, ctx: &AuthContext) -> CoreResult<Vec<Service>> {
+        ctx.require_admin("identity:list_services")?;
         Ok(self.store.list_services().await?)
     }
 
@@ -993,14 +1012,18 @@ impl IdentityService {
         Ok(e)
     }
 
-    pub async fn get_endpoint(&self, id: &str) -> CoreResult<Endpoint> {
+    /// Keystone's `identity:get_endpoint` (admin; a system reader upstream).
+    pub async fn get_endpoint(&self, ctx: &AuthContext, id: &str) -> CoreResult<Endpoint> {
+        ctx.require_admin("identity:get_endpoint")?;
         self.store
             .get_endpoint(id)
             .await
             .map_err(not_found("endpoint", id))
     }
 
-    pub async fn list_endpoints(&self) -> CoreResult<Vec<Endpoint>> {
+    /// Keystone's `identity:list_endpoints` (admin).
+    pub async fn list_endpoints(&self, ctx: &AuthContext) -> CoreResult<Vec<Endpoint>> {
+        ctx.require_admin("identity:list_endpoints")?;
         Ok(self.store.list_endpoints().await?)
     }
 

@@ -174,14 +174,6 @@ impl ImageService {
         CoreError::NotFound(format!("No image found with ID {id}"))
     }
 
-    fn require_writer(ctx: &AuthContext, action: &str) -> CoreResult<()> {
-        if ctx.is_admin() || ctx.has_role("member") {
-            Ok(())
-        } else {
-            Err(forbidden(action))
-        }
-    }
-
     async fn membership(&self, ctx: &AuthContext, image_id: &str) -> Option<ImageMember> {
         let project = ctx.project_id()?;
         self.store.get_image_member(image_id, project).await.ok()
@@ -215,7 +207,7 @@ impl ImageService {
     /// Loads an image the caller may change: visible, owned (or admin), with a writer role.
     async fn load_owned(&self, ctx: &AuthContext, id: &str, action: &str) -> CoreResult<Image> {
         let img = self.load_visible(ctx, id).await?;
-        Self::require_writer(ctx, action)?;
+        ctx.require_member(action)?;
         if !ctx.is_admin() && Some(img.owner.as_str()) != ctx.project_id() {
             return Err(CoreError::Forbidden(format!(
                 "You are not permitted to modify image {id}: you do not own it."
@@ -234,7 +226,7 @@ impl ImageService {
         ctx: &AuthContext,
         mut doc: Map<String, Value>,
     ) -> CoreResult<Image> {
-        Self::require_writer(ctx, "add_image")?;
+        ctx.require_member("add_image")?;
         let project = ctx.project_id().ok_or_else(|| {
             CoreError::Forbidden("Creating an image needs a project-scoped token.".into())
         })?;
@@ -412,11 +404,13 @@ impl ImageService {
     }
 
     /// `deactivate` hides an active image's data from non-admins; `reactivate` undoes it.
+    /// Glance's `deactivate`/`reactivate` are `admin or (role:member and project_id:owner)`.
     pub async fn set_active(&self, ctx: &AuthContext, id: &str, active: bool) -> CoreResult<()> {
+        let action = if active { "reactivate" } else { "deactivate" };
         let img = self.load_visible(ctx, id).await?;
-        if !ctx.is_admin() {
-            // Glance's defaults: deactivate/reactivate are admin actions.
-            return Err(forbidden(if active { "reactivate" } else { "deactivate" }));
+        ctx.require_member(action)?;
+        if !ctx.is_admin() && Some(img.owner.as_str()) != ctx.project_id() {
+            return Err(forbidden(action));
         }
         let (from, to) = if active {
             ("deactivated", "active")
@@ -545,9 +539,12 @@ impl ImageService {
         }
     }
 
-    /// The image and its data file, for a download the caller may make.
+    /// The image and its data file, for a download the caller may make: Glance's
+    /// `download_image` wants the `member` role even for a public image (a reader only reads
+    /// the metadata).
     pub async fn download(&self, ctx: &AuthContext, id: &str) -> CoreResult<Download> {
         let img = self.load_visible(ctx, id).await?;
+        ctx.require_member("download_image")?;
         if img.status == "deactivated" && !ctx.is_admin() {
             return Err(CoreError::Forbidden(
                 "The requested image has been deactivated. Image data download is forbidden."
@@ -846,7 +843,8 @@ impl ImageService {
         }
     }
 
-    /// Only the member itself accepts or rejects a share.
+    /// The member itself accepts or rejects a share (or an admin: Glance's `modify_member` is
+    /// `admin or (role:member and project_id:%(member_id)s)`).
     pub async fn set_member_status(
         &self,
         ctx: &AuthContext,
@@ -860,8 +858,8 @@ impl ImageService {
             )));
         }
         self.get_member(ctx, id, member).await?;
-        Self::require_writer(ctx, "modify_member")?;
-        if ctx.project_id() != Some(member) {
+        ctx.require_member("modify_member")?;
+        if !ctx.is_admin() && ctx.project_id() != Some(member) {
             return Err(CoreError::Forbidden(
                 "Only the member project may change its membership status.".into(),
             ));
@@ -877,9 +875,12 @@ impl ImageService {
             .map_err(|e| CoreError::from_store(e, "member", member))
     }
 
+    /// The owner's member (or an admin) removes a member; Glance checks `delete_member` before
+    /// it looks the membership up, so a project that sees the image but does not own it is 403.
     pub async fn remove_member(&self, ctx: &AuthContext, id: &str, member: &str) -> CoreResult<()> {
-        self.get_member(ctx, id, member).await?;
+        self.load_for_members(ctx, id).await?;
         self.load_owned(ctx, id, "delete_member").await?;
+        self.get_member(ctx, id, member).await?;
         self.store
             .delete_image_member(id, member)
             .await

@@ -214,11 +214,7 @@ pub(crate) fn standard(row: &NetResource, mut body: Value) -> Value {
 
 /// Who may write: `member` (or admin) on the project; a `reader` only reads.
 pub(crate) fn require_writer(ctx: &AuthContext, action: &str) -> CoreResult<()> {
-    if ctx.is_admin() || ctx.has_role("member") {
-        Ok(())
-    } else {
-        Err(forbidden(action))
-    }
+    ctx.require_member(action)
 }
 
 pub(crate) fn ctx_project(ctx: &AuthContext) -> CoreResult<String> {
@@ -355,6 +351,25 @@ impl NetworkService {
 
     // ---- networks -------------------------------------------------------------------------
 
+    /// Nova's `network:attach_external_network` (admin): a server goes straight onto an
+    /// external network only for an admin, unless that network is also shared. An unknown
+    /// network passes here (the port allocation reports it).
+    pub async fn check_server_network(&self, ctx: &AuthContext, id: &str) -> CoreResult<()> {
+        if ctx.is_admin() {
+            return Ok(());
+        }
+        match self.get_rec::<Network>(NETWORK, id).await {
+            Ok(n) if n.val.external && !n.val.shared => Err(typed(
+                403,
+                "ExternalNetworkAttachForbidden",
+                format!("It is not allowed to create an interface on external network {id}"),
+            )),
+            Ok(_) => Ok(()),
+            Err(CoreError::Typed { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn can_see_network(ctx: &AuthContext, n: &Network) -> bool {
         owns(ctx, &n.project_id) || n.shared || n.external
     }
@@ -444,6 +459,10 @@ impl NetworkService {
             if f.has(k) && !ctx.is_admin() {
                 return Err(forbidden(&format!("create_network:{k}")));
             }
+        }
+        // `create_network:is_default` (admin) is checked when set to other than its default.
+        if f.boolean("is_default")? == Some(true) && !ctx.is_admin() {
+            return Err(forbidden("create_network:is_default"));
         }
         // Tenant networks are VXLAN segments (VNI allocated here), external ones flat.
         if let Some(t) = f.string("provider:network_type", 64)? {
@@ -573,6 +592,10 @@ impl NetworkService {
             let mut n = self.visible_network(&mut tx, ctx, id).await?;
             if !owns(ctx, &n.val.project_id) {
                 return Err(forbidden("update_network"));
+            }
+            // `update_network:is_default` (admin) is checked whenever the body names it.
+            if f.has("is_default") && !ctx.is_admin() {
+                return Err(forbidden("update_network:is_default"));
             }
             if let Some(v) = f.string("name", 255)? {
                 n.val.name = v;

@@ -215,7 +215,7 @@ impl NetworkService {
 
     pub async fn list_security_groups(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
         if let Some(p) = ctx.project_id() {
-            if ctx.is_admin() || ctx.has_role("member") {
+            if ctx.is_member() {
                 self.write("ensure default security group", |mut tx| async move {
                     self.ensure_default_sg(&mut tx, p).await?;
                     self.commit(tx).await?;
@@ -611,6 +611,22 @@ impl NetworkService {
         }
         drop(tx);
         Ok(Value::Object(out))
+    }
+
+    /// `GET /v2.0/quotas/{project}/default`: the caller's own project, or any for an admin
+    /// (Neutron checks `get_quota` when the project is not the caller's).
+    pub fn default_quota(&self, ctx: &AuthContext, project_id: &str) -> CoreResult<Value> {
+        if !owns(ctx, project_id) {
+            return Err(forbidden("get_quota"));
+        }
+        Ok(Self::quota_defaults())
+    }
+
+    /// `GET /v2.0/quotas` (admin, `get_quota`): the projects with limits of their own. Every
+    /// project here uses the defaults until an admin sets one, so the list is empty.
+    pub fn list_quotas(&self, ctx: &AuthContext) -> CoreResult<Vec<Value>> {
+        ctx.require_admin("get_quota")?;
+        Ok(Vec::new())
     }
 
     pub fn quota_defaults() -> Value {

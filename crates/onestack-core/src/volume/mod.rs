@@ -190,14 +190,6 @@ fn invalid_volume(msg: impl std::fmt::Display) -> CoreError {
     CoreError::BadRequest(format!("Invalid volume: {msg}"))
 }
 
-fn require_member(ctx: &AuthContext, rule: &str) -> CoreResult<()> {
-    if ctx.is_admin() || ctx.has_role("member") {
-        Ok(())
-    } else {
-        Err(forbidden(rule))
-    }
-}
-
 fn quota_error(r: QuotaRefused, requested_gb: i64) -> CoreError {
     // Cinder answers quota refusals with 413 and these messages.
     CoreError::TooLarge(match r {
@@ -537,6 +529,33 @@ impl VolumeService {
         self.load(ctx, id).await
     }
 
+    /// The project in a `/v3/{project_id}/…` URL must be the token's (Cinder's "Malformed
+    /// request url"); an admin may name any.
+    pub fn check_url_project(&self, ctx: &AuthContext, project: &str) -> CoreResult<()> {
+        if ctx.is_admin() || ctx.project_id() == Some(project) {
+            Ok(())
+        } else {
+            Err(CoreError::BadRequest("Malformed request url".into()))
+        }
+    }
+
+    /// The volumes `GET /v3/{project}/volumes` lists: the caller's project's, everyone's for
+    /// an admin with `all_tenants`, or the named project's for an admin naming another.
+    pub async fn list_in(
+        &self,
+        ctx: &AuthContext,
+        project: &str,
+        all_tenants: bool,
+    ) -> CoreResult<Vec<VolumeRecord>> {
+        self.check_url_project(ctx, project)?;
+        if !all_tenants && ctx.is_admin() && ctx.project_id() != Some(project) {
+            let mut list = self.list(ctx, true).await?;
+            list.retain(|v| v.project_id == project);
+            return Ok(list);
+        }
+        self.list(ctx, all_tenants).await
+    }
+
     /// The caller's project's volumes, or (admin, `all_tenants`) everyone's.
     pub async fn list(
         &self,
@@ -567,7 +586,7 @@ impl VolumeService {
         ctx: &AuthContext,
         req: VolumeCreate,
     ) -> CoreResult<VolumeRecord> {
-        require_member(ctx, "volume:create")?;
+        ctx.require_member("volume:create")?;
         let project = ctx
             .project_id()
             .ok_or_else(|| forbidden("volume:create"))?
@@ -728,7 +747,7 @@ impl VolumeService {
         id: &str,
         u: VolumeUpdate,
     ) -> CoreResult<VolumeRecord> {
-        require_member(ctx, "volume:update")?;
+        ctx.require_member("volume:update")?;
         let v = self.load(ctx, id).await?;
         let mut changes: Changes = Vec::new();
         if let Some(n) = u.name {
@@ -757,7 +776,7 @@ impl VolumeService {
         meta: BTreeMap<String, String>,
         replace: bool,
     ) -> CoreResult<BTreeMap<String, String>> {
-        require_member(ctx, "volume:update_volume_metadata")?;
+        ctx.require_member("volume:update_volume_metadata")?;
         validate_metadata(&meta)?;
         let v = self.load(ctx, id).await?;
         let mut all = if replace {
@@ -786,7 +805,7 @@ impl VolumeService {
         id: &str,
         key: &str,
     ) -> CoreResult<()> {
-        require_member(ctx, "volume:delete_volume_metadata")?;
+        ctx.require_member("volume:delete_volume_metadata")?;
         let v = self.load(ctx, id).await?;
         let mut all = json_map(&v.metadata);
         if all.remove(key).is_none() {
@@ -814,7 +833,7 @@ impl VolumeService {
         id: &str,
         cascade: bool,
     ) -> CoreResult<()> {
-        require_member(ctx, "volume:delete")?;
+        ctx.require_member("volume:delete")?;
         let v = self.load(ctx, id).await?;
         const DELETABLE: [&str; 4] = ["available", "error", "error_extending", "error_deleting"];
         if !DELETABLE.contains(&v.status.as_str()) || v.instance_id.is_some() {
@@ -855,7 +874,7 @@ impl VolumeService {
         id: &str,
         new_size: i64,
     ) -> CoreResult<()> {
-        require_member(ctx, "volume:extend")?;
+        ctx.require_member("volume:extend")?;
         let v = self.load(ctx, id).await?;
         if v.status != "available" {
             return Err(invalid_volume(format!(
@@ -904,7 +923,7 @@ impl VolumeService {
         disk_format: &str,
         force: bool,
     ) -> CoreResult<(VolumeRecord, crate::image::Image)> {
-        require_member(ctx, "volume_extension:volume_actions:upload_image")?;
+        ctx.require_member("volume_extension:volume_actions:upload_image")?;
         let v = self.load(ctx, id).await?;
         let allowed: &[&str] = if force {
             &["available", "in-use"]
@@ -952,7 +971,7 @@ impl VolumeService {
         id: &str,
         bootable: bool,
     ) -> CoreResult<()> {
-        require_member(ctx, "volume_extension:volume_actions:set_bootable")?;
+        ctx.require_member("volume_extension:volume_actions:set_bootable")?;
         self.load(ctx, id).await?;
         self.store
             .update_volume(
@@ -967,6 +986,8 @@ impl VolumeService {
 
     /// `os-reset_status` (admin): the operator's way out of a stuck state.
     pub async fn reset_status(&self, ctx: &AuthContext, id: &str, status: &str) -> CoreResult<()> {
+        // Others' volumes are 404 before the role is looked at, as in Cinder.
+        self.load(ctx, id).await?;
         ctx.require_admin("volume_extension:volume_admin_actions:reset_status")?;
         const STATUSES: [&str; 7] = [
             "available",
@@ -1025,7 +1046,7 @@ impl VolumeService {
         force: bool,
         metadata: BTreeMap<String, String>,
     ) -> CoreResult<SnapshotRecord> {
-        require_member(ctx, "volume:create_snapshot")?;
+        ctx.require_member("volume:create_snapshot")?;
         check_name(&name)?;
         validate_metadata(&metadata)?;
         let v = self.load(ctx, volume_id).await?;
@@ -1072,7 +1093,7 @@ impl VolumeService {
         id: &str,
         u: VolumeUpdate,
     ) -> CoreResult<SnapshotRecord> {
-        require_member(ctx, "volume:update_snapshot")?;
+        ctx.require_member("volume:update_snapshot")?;
         self.load_snapshot(ctx, id).await?;
         let mut changes: Changes = Vec::new();
         if let Some(n) = u.name {
@@ -1094,7 +1115,7 @@ impl VolumeService {
     }
 
     pub async fn delete_snapshot(self: &Arc<Self>, ctx: &AuthContext, id: &str) -> CoreResult<()> {
-        require_member(ctx, "volume:delete_snapshot")?;
+        ctx.require_member("volume:delete_snapshot")?;
         let s = self.load_snapshot(ctx, id).await?;
         let ok = self
             .store
@@ -1133,6 +1154,13 @@ impl VolumeService {
 
     pub async fn usage(&self, project: &str) -> CoreResult<VolumeUsage> {
         Ok(self.store.volume_usage(project).await?)
+    }
+
+    /// `GET /os-quota-sets/{project}/defaults`: Cinder checks `volume_extension:quotas:show`
+    /// against the named project, as for the quota itself.
+    pub fn default_quota_of(&self, ctx: &AuthContext, project: &str) -> CoreResult<VolumeQuota> {
+        self.check_quota_read(ctx, project)?;
+        Ok(self.cfg.quota)
     }
 
     /// Reading a project's quota: admins any, others their own project.
