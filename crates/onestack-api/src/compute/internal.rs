@@ -51,7 +51,7 @@ pub fn routes(
         .map(agent_auth)
         // The one route a host without credentials may call: it proves itself with a join token.
         .route("/join", post(join))
-        .layer(axum::middleware::from_fn(refuse_guests))
+        .map(|r| r.layer(axum::middleware::from_fn(refuse_guests)))
 }
 
 /// The internal API shares the compute port, which guests may reach (it is public); a guest's
