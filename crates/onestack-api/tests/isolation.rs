@@ -661,6 +661,29 @@ async fn on_a_shared_network_others_take_an_address_and_nothing_more() {
         )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    // Whether a router translates addresses is the operator's choice (Neutron: admin only,
+    // either value).
+    let (_, ext) = c
+        .net(
+            Method::POST,
+            "/v2.0/networks",
+            &admin,
+            Some(json!({"network": {"name": "ext", "router:external": true}})),
+        )
+        .await;
+    let ext = id(&ext, "network");
+    for snat in [true, false] {
+        let (st, v) = c
+            .net(
+                Method::POST,
+                "/v2.0/routers",
+                &demo,
+                Some(json!({"router": {"name": "snat",
+                "external_gateway_info": {"network_id": ext, "enable_snat": snat}}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "enable_snat {snat}: {v}");
+    }
     // The owner does all of it on its network.
     let (st, v) = c
         .net(

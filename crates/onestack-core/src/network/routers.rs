@@ -49,8 +49,9 @@ impl NetworkService {
         let network_id = f.string("network_id", 64)?.ok_or_else(|| {
             fields::bad("Invalid input for external_gateway_info. Reason: network_id is required.")
         })?;
+        // Neutron's `create_router:external_gateway_info:enable_snat`: admin only, either value.
         let enable_snat = match f.boolean("enable_snat")? {
-            Some(v) if !ctx.is_admin() && !v => {
+            Some(_) if !ctx.is_admin() => {
                 return Err(forbidden("update_router:external_gateway_info:enable_snat"))
             }
             Some(v) => v,
