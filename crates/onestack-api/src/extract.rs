@@ -87,6 +87,18 @@ where
             .identity
             .validate(token)
             .map_err(|_| ApiError::unauthorized())?;
+        // Only identity serves an unscoped token: the other services act within a project (as
+        // their policies do with scopes enforced), so such a token makes no key pair or image.
+        let identity = parts
+            .extensions
+            .get::<crate::error::ErrorFlavor>()
+            .is_none_or(|f| *f == crate::error::ErrorFlavor::Keystone);
+        if ctx.project.is_none() && !identity {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "A token scoped to a project is required.",
+            ));
+        }
         if let Some(slot) = parts.extensions.get::<crate::audit::CallerSlot>() {
             slot.set(&ctx);
         }

@@ -34,6 +34,8 @@ pub async fn request_context(
             .into_response();
         return with_request_id(resp, &id);
     }
+    // The service the request is for (the `Auth` extractor asks whether it takes unscoped tokens).
+    req.extensions_mut().insert(flavor);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("request", request_id = %id);

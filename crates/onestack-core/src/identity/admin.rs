@@ -208,6 +208,19 @@ impl IdentityService {
             .update_domain(&d)
             .await
             .map_err(not_found("domain", id))?;
+        // A disabled domain ends the tokens of its users and of its projects.
+        if i.enabled == Some(false) {
+            let of_domain = Filter {
+                domain_id: Some(id.to_string()),
+                ..Default::default()
+            };
+            for u in self.store.list_users(&of_domain).await? {
+                self.revoke_user_tokens(&u.id).await?;
+            }
+            for p in self.store.list_projects(&of_domain).await? {
+                self.revoke_project_tokens(&p.id, None).await?;
+            }
+        }
         self.refresh().await?;
         Ok(d)
     }
@@ -345,6 +358,7 @@ impl IdentityService {
         if let Some(v) = i.description {
             p.description = v;
         }
+        let disabling = i.enabled == Some(false);
         if let Some(v) = i.enabled {
             p.enabled = v;
         }
@@ -352,6 +366,10 @@ impl IdentityService {
             .update_project(&p)
             .await
             .map_err(not_found("project", id))?;
+        // Re-enabling it later must not bring its old tokens back.
+        if disabling {
+            self.revoke_project_tokens(id, None).await?;
+        }
         self.refresh().await?;
         Ok(p)
     }
@@ -454,7 +472,9 @@ impl IdentityService {
         if let Some(v) = i.email {
             u.email = v;
         }
-        let password_changed = i.password.is_some();
+        // A new password or a disabled account ends every token so far; re-enabling the
+        // account later must not bring them back.
+        let password_changed = i.password.is_some() || i.enabled == Some(false);
         if let Some(p) = i.password {
             check_password(&p)?;
             u.password_hash = Some(password::hash_async(p).await?);
@@ -707,13 +727,27 @@ impl IdentityService {
     pub async fn revoke_grant(&self, ctx: &AuthContext, a: Assignment) -> CoreResult<()> {
         ctx.require_admin("identity:revoke_grant")?;
         self.check_grant_parts(&a).await?;
+        let is_project = a.target_type == TargetType::Project.as_str();
+        let held_before = self.snapshot().effective_roles(&a.user_id, &a.target_id);
         self.store.revoke(&a).await.map_err(|_| {
             CoreError::NotFound(format!(
                 "Could not find role assignment with role: {}, user or group: {}, project, domain, or system: {}.",
                 a.role_id, a.user_id, a.target_id
             ))
         })?;
-        self.refresh().await
+        self.refresh().await?;
+        // When the user lost a role on the project (not one still implied by another), the
+        // tokens issued before end: a later grant makes only new ones good (as Keystone's
+        // revocation event for a removed grant).
+        if is_project {
+            let held_after = self.snapshot().effective_roles(&a.user_id, &a.target_id);
+            if held_before.iter().any(|r| !held_after.contains(r)) {
+                self.revoke_project_tokens(&a.target_id, Some(&a.user_id))
+                    .await?;
+                self.refresh().await?;
+            }
+        }
+        Ok(())
     }
 
     /// Keystone's `identity:check_grant` (admin; a system or domain reader upstream).

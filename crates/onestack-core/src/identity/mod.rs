@@ -165,7 +165,10 @@ impl IdentityService {
         scope: Option<ProjectSelector>,
     ) -> CoreResult<Issued> {
         let unauthorized = || CoreError::Unauthorized(AUTH_FAILED.to_string());
-        let (user_id, methods, parent_audit) = match creds {
+        // A token made from a token (rescoping) keeps its parent's expiry and carries the chain's
+        // audit id (the first token's), as Keystone's: a chain never outlives its first token,
+        // and revoking any token of it revokes the whole chain.
+        let (user_id, methods, parent) = match creds {
             Credentials::Password { user, password } => {
                 let snap = self.snapshot();
                 let found = snap.find_user(&user);
@@ -179,8 +182,12 @@ impl IdentityService {
             }
             Credentials::Token(t) => {
                 let ctx = self.validate(&t).map_err(|_| unauthorized())?;
-                let audit = ctx.token.audit_ids.first().cloned();
-                (ctx.user.id, ctx.token.methods, audit)
+                let chain = ctx.token.audit_ids.last().cloned();
+                (
+                    ctx.user.id,
+                    ctx.token.methods,
+                    chain.map(|c| (c, ctx.token.expires_at)),
+                )
             }
         };
         let snap = self.snapshot();
@@ -205,14 +212,19 @@ impl IdentityService {
             }
         };
         let now = now_micros();
+        let fresh = now + self.token_ttl.as_micros() as i64;
         let mut audit_ids = vec![new_audit_id()];
-        audit_ids.extend(parent_audit);
+        let mut expires_at = fresh;
+        if let Some((chain, parent_expiry)) = parent {
+            audit_ids.push(chain);
+            expires_at = parent_expiry.min(fresh);
+        }
         let payload = TokenPayload {
             user_id,
             project_id,
             methods,
             issued_at: now,
-            expires_at: now + self.token_ttl.as_micros() as i64,
+            expires_at,
             audit_ids,
         };
         let token = self.codec().encode(&payload);
@@ -278,33 +290,50 @@ impl IdentityService {
         })
     }
 
-    /// Revokes one token (and every token rescoped from it, which shares its audit chain).
+    /// Revokes one token's whole chain: the token it was made from, every token made from it or
+    /// from them, at any depth (they share the chain's audit id).
     pub async fn revoke_token(&self, ctx: &AuthContext) -> CoreResult<()> {
-        let audit = ctx.token.audit_ids.first().cloned();
-        self.store
-            .add_revocation(&Revocation {
-                id: crate::new_id(),
-                audit_id: audit,
-                user_id: None,
-                project_id: None,
-                issued_before: now_micros(),
-                expires_at: ctx.token.expires_at / 1_000_000 + 1,
-            })
-            .await?;
+        let chain = ctx.token.audit_ids.last().cloned();
+        self.add_revocation(chain, None, None).await?;
         self.refresh().await
     }
 
-    /// Revokes every token issued to a user so far (password change, as Keystone does).
+    /// Revokes every token issued to a user so far (password change, disabled, as Keystone does).
     pub(crate) async fn revoke_user_tokens(&self, user_id: &str) -> CoreResult<()> {
+        self.add_revocation(None, Some(user_id), None).await
+    }
+
+    /// Revokes every token scoped to a project so far (the project disabled), or — with a user —
+    /// that user's tokens on it (a role on it removed). Keystone records the same events, so
+    /// re-enabling or re-granting never brings an old token back.
+    pub(crate) async fn revoke_project_tokens(
+        &self,
+        project_id: &str,
+        user_id: Option<&str>,
+    ) -> CoreResult<()> {
+        self.add_revocation(None, user_id, Some(project_id)).await
+    }
+
+    /// Records a revocation of tokens issued until now. It is kept until every token it covers
+    /// has expired: a token lives at most the token lifetime from its issue, and a rescoped one
+    /// never beyond its chain's first (`authenticate`), so none it covers outlives now + the
+    /// lifetime.
+    async fn add_revocation(
+        &self,
+        audit_id: Option<String>,
+        user_id: Option<&str>,
+        project_id: Option<&str>,
+    ) -> CoreResult<()> {
         let now = now_micros();
+        let longest = self.token_ttl.as_micros() as i64;
         self.store
             .add_revocation(&Revocation {
                 id: crate::new_id(),
-                audit_id: None,
-                user_id: Some(user_id.to_string()),
-                project_id: None,
+                audit_id,
+                user_id: user_id.map(str::to_string),
+                project_id: project_id.map(str::to_string),
                 issued_before: now,
-                expires_at: (now + self.token_ttl.as_micros() as i64) / 1_000_000 + 1,
+                expires_at: (now + longest) / 1_000_000 + 1,
             })
             .await?;
         Ok(())
