@@ -348,3 +348,154 @@ async fn only_identity_serves_an_unscoped_token() {
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
 }
+
+/// Keystone's lockout: after N wrong passwords in a row the account refuses every password — the
+/// right one too, with the same answer — until the lock runs out or an admin lifts it; a right
+/// password before that resets the count; each lock leaves an audit row.
+#[tokio::test]
+async fn wrong_passwords_lock_the_account_for_a_while() {
+    let c = Cloud::start().await;
+    assert_eq!(
+        c.cp.identity_service.lockout(),
+        onestack_core::identity::Lockout {
+            failure_attempts: 10,
+            duration: std::time::Duration::from_secs(600)
+        },
+        "on by default"
+    );
+    c.cp.identity_service
+        .set_lockout(onestack_core::identity::Lockout {
+            failure_attempts: 3,
+            duration: std::time::Duration::from_secs(2),
+        });
+    let admin = c.password("admin", ADMIN_PW, Some("admin")).await;
+    let login = |pw: &'static str| {
+        let c = &c;
+        async move {
+            let auth = json!({"identity": {"methods": ["password"], "password": {"user": {
+                "name": "demo", "domain": {"id": "default"}, "password": pw}}},
+                "scope": {"project": {"name": "demo", "domain": {"id": "default"}}}});
+            let (st, t) = c.issue(auth).await;
+            (st, t.map(|t| t.body).unwrap_or(Value::Null))
+        }
+    };
+    // Two wrong, then the right one: the count starts again.
+    for _ in 0..2 {
+        assert_eq!(login("wrong").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(login(DEMO_PW).await.0, StatusCode::CREATED);
+    for _ in 0..2 {
+        assert_eq!(login("wrong").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        login(DEMO_PW).await.0,
+        StatusCode::CREATED,
+        "the count was reset"
+    );
+    // Three wrong in a row: locked; the right password gets the same 401 a wrong one gets.
+    let (_, wrong_body) = {
+        let mut last = (StatusCode::OK, Value::Null);
+        for _ in 0..3 {
+            last = login("wrong").await;
+        }
+        last
+    };
+    let (st, locked_body) = login(DEMO_PW).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "the right password while locked"
+    );
+    assert_eq!(
+        locked_body, wrong_body,
+        "a lock looks like a wrong password"
+    );
+    // One audit row for the lock.
+    let rows =
+        c.cp.store
+            .list_audit(&onestack_store::AuditQuery::default())
+            .await
+            .expect("audit");
+    let locks: Vec<_> = rows
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("lockout"))
+        .collect();
+    assert_eq!(locks.len(), 1, "{rows:?}");
+    assert_eq!(locks[0].user_name.as_deref(), Some("demo"));
+    // More wrong passwords while locked take no second lock.
+    assert_eq!(login("wrong").await.0, StatusCode::UNAUTHORIZED);
+    // The lock runs out.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        login(DEMO_PW).await.0,
+        StatusCode::CREATED,
+        "after the lock ran out"
+    );
+    // Locked again, an admin lifts it by enabling the account.
+    for _ in 0..3 {
+        login("wrong").await;
+    }
+    assert_eq!(login(DEMO_PW).await.0, StatusCode::UNAUTHORIZED);
+    let (_, u) = c
+        .call(
+            Method::GET,
+            format!("{}/v3/users?name=demo", c.cp.identity),
+            &admin.id,
+            None,
+        )
+        .await;
+    let uid = u["users"][0]["id"].as_str().expect("demo").to_string();
+    let (st, _) = c
+        .call(
+            Method::PATCH,
+            format!("{}/v3/users/{uid}", c.cp.identity),
+            &admin.id,
+            Some(json!({"user": {"enabled": true}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        login(DEMO_PW).await.0,
+        StatusCode::CREATED,
+        "an admin lifted the lock"
+    );
+    let rows =
+        c.cp.store
+            .list_audit(&onestack_store::AuditQuery::default())
+            .await
+            .expect("audit");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.action.as_deref() == Some("lockout"))
+            .count(),
+        2
+    );
+    // Others were never locked.
+    assert!(
+        c.valid(&admin, &c.password("admin", ADMIN_PW, Some("admin")).await)
+            .await
+    );
+}
+
+/// The brute force of the issue: many wrong passwords fast, then the right one — refused.
+#[tokio::test]
+async fn a_brute_force_is_stopped_by_the_default_lockout() {
+    let c = Cloud::start().await;
+    let auth = |pw: &str| {
+        json!({"identity": {"methods": ["password"], "password": {"user": {
+            "name": "demo", "domain": {"id": "default"}, "password": pw}}}})
+    };
+    let mut tries = Vec::new();
+    for i in 0..40 {
+        tries.push(c.issue(auth(&format!("guess-{i}"))));
+    }
+    for st in futures_util::future::join_all(tries).await {
+        assert_eq!(st.0, StatusCode::UNAUTHORIZED);
+    }
+    let (st, _) = c.issue(auth(DEMO_PW)).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "the right password after 40 guesses"
+    );
+}

@@ -452,6 +452,17 @@ ALTER TABLE join_tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'compute'
 ALTER TABLE images ADD COLUMN receiving_by TEXT
 "#,
     ),
+    (
+        15,
+        r#"
+CREATE TABLE login_failures (
+    user_id TEXT PRIMARY KEY,
+    failures BIGINT NOT NULL,
+    last_failure_us BIGINT NOT NULL,
+    locked_until_us BIGINT NOT NULL
+)
+"#,
+    ),
 ];
 
 /// The advisory lock (PostgreSQL) under which controllers that start together migrate one at a

@@ -15,6 +15,28 @@ pub struct Config {
     pub image: ImageConfig,
     pub network: NetworkConfig,
     pub compute: ComputeConfig,
+    pub security_compliance: SecurityComplianceConfig,
+}
+
+/// Keystone's `[security_compliance]` account lockout: wrong passwords in a row, then how long
+/// the account refuses every password. On by default (Keystone's is off).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityComplianceConfig {
+    /// 0 = no lockout.
+    pub lockout_failure_attempts: u32,
+    /// Seconds.
+    pub lockout_duration: u64,
+}
+
+impl Default for SecurityComplianceConfig {
+    fn default() -> Self {
+        let l = onestack_core::identity::Lockout::default();
+        SecurityComplianceConfig {
+            lockout_failure_attempts: l.failure_attempts,
+            lockout_duration: l.duration.as_secs(),
+        }
+    }
 }
 
 /// Compute: the hypervisor on this host and the scheduler's allocation ratios (Nova's names).
@@ -254,6 +276,19 @@ impl Config {
                 bail!("network.dns_nameservers: {d:?} is not an IPv4 address");
             }
         }
+        let sc = &self.security_compliance;
+        if sc.lockout_failure_attempts > 1000 {
+            bail!(
+                "security_compliance.lockout_failure_attempts = {}: at most 1000 (0 turns lockout off)",
+                sc.lockout_failure_attempts
+            );
+        }
+        if sc.lockout_failure_attempts > 0 && !(1..=7 * 24 * 3600).contains(&sc.lockout_duration) {
+            bail!(
+                "security_compliance.lockout_duration = {}: between 1 and 604800 seconds",
+                sc.lockout_duration
+            );
+        }
         for (key, v) in [
             (
                 "network.max_fixed_ips_per_port",
@@ -486,6 +521,20 @@ mod tests {
         assert_eq!(c.api.metrics_port, 9198);
         let off = Config::parse("[api]\nmetrics_port = 0\n").expect("metrics off");
         assert_eq!(off.api.metrics_port, 0);
+        // Lockout is on unless turned off; Neutron's caps are its defaults.
+        assert_eq!(c.security_compliance.lockout_failure_attempts, 10);
+        assert_eq!(c.security_compliance.lockout_duration, 600);
+        let off = Config::parse("[security_compliance]\nlockout_failure_attempts = 0\n")
+            .expect("lockout off");
+        assert_eq!(off.security_compliance.lockout_failure_attempts, 0);
+        assert_eq!(
+            (
+                c.network.max_fixed_ips_per_port,
+                c.network.max_subnet_host_routes,
+                c.network.max_dns_nameservers
+            ),
+            (5, 20, 5)
+        );
     }
 
     #[test]
@@ -510,6 +559,19 @@ mod tests {
             ("[api]\nlisten = \"not-an-ip\"\n", "listen"),
             ("[database]\nurl = \"mysql://x\"\n", "database.url"),
             ("[api]\nidentity_port = \"x\"\n", "identity_port"),
+            (
+                "[security_compliance]\nlockout_duration = 0\n",
+                "lockout_duration",
+            ),
+            (
+                "[security_compliance]\nlockout_failure_attempts = 5000\n",
+                "lockout_failure_attempts",
+            ),
+            ("[network]\nmax_fixed_ips_per_port = 0\n", "max_fixed_ips_per_port"),
+            (
+                "[network]\nmax_dns_nameservers = 1\ndns_nameservers = [\"198.18.0.1\", \"198.18.0.2\"]\n",
+                "max_dns_nameservers",
+            ),
         ] {
             let e = Config::parse(text).expect_err(text);
             assert!(format!("{e:#}").contains(key), "{text}: {e:#}");

@@ -35,6 +35,10 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     )
     .await
     .context("cannot start the identity service")?;
+    identity.set_lockout(onestack_core::identity::Lockout {
+        failure_attempts: cfg.security_compliance.lockout_failure_attempts,
+        duration: Duration::from_secs(cfg.security_compliance.lockout_duration),
+    });
     // Picks up key rotation and changes written by other processes.
     identity.spawn_refresher(Duration::from_secs(10));
     let state = AppState {

@@ -25,6 +25,8 @@ pub const AGENT_TOKEN: &str = "agent-secret-for-tests";
 
 pub struct ControlPlane {
     pub store: Store,
+    /// The identity service behind `identity` (tests set its lockout).
+    pub identity_service: Arc<IdentityService>,
     /// What `store` was opened with (to open it again, as a restarted controller would).
     pub db_url: String,
     pub net: Arc<NetworkService>,
@@ -119,6 +121,7 @@ async fn start_on(
     let identity = IdentityService::new(store.clone(), keys, Duration::from_secs(3600))
         .await
         .expect("identity");
+    let identity_service = identity.clone();
     let app = AppState {
         identity,
         identity_url: urls[0].clone().into(),
@@ -177,6 +180,7 @@ async fn start_on(
     }
     ControlPlane {
         store,
+        identity_service,
         db_url,
         net,
         images: image_service,

@@ -474,7 +474,9 @@ impl IdentityService {
         }
         // A new password or a disabled account ends every token so far; re-enabling the
         // account later must not bring them back.
-        let password_changed = i.password.is_some() || i.enabled == Some(false);
+        let new_password = i.password.is_some();
+        let lifts_lockout = new_password || i.enabled == Some(true);
+        let password_changed = new_password || i.enabled == Some(false);
         if let Some(p) = i.password {
             check_password(&p)?;
             u.password_hash = Some(password::hash_async(p).await?);
@@ -488,6 +490,10 @@ impl IdentityService {
         })?;
         if password_changed {
             self.revoke_user_tokens(id).await?;
+        }
+        // An admin who sets a password or enables the account also lifts a lockout (Keystone).
+        if lifts_lockout {
+            self.store.clear_login_failures(id).await?;
         }
         self.refresh().await?;
         Ok(u)
@@ -518,6 +524,7 @@ impl IdentityService {
             .update_user(&u)
             .await
             .map_err(not_found("user", id))?;
+        self.store.clear_login_failures(id).await?;
         self.revoke_user_tokens(id).await?;
         self.refresh().await
     }

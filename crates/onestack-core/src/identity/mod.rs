@@ -22,8 +22,29 @@ use std::time::Duration;
 /// Keystone's one message for every failed authentication, so callers cannot probe for users.
 pub const AUTH_FAILED: &str = "The request you have made requires authentication.";
 
+/// Keystone's `[security_compliance]` account lockout: after `failure_attempts` wrong passwords
+/// in a row an account takes no password for `duration` (0 attempts: off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lockout {
+    pub failure_attempts: u32,
+    pub duration: Duration,
+}
+
+impl Default for Lockout {
+    /// On by default: ten guesses, then ten minutes of refusal — brute force gets a few thousand
+    /// guesses a day instead of a few million, and an attacker locking a known name out costs
+    /// its owner at most ten minutes at a time.
+    fn default() -> Self {
+        Lockout {
+            failure_attempts: 10,
+            duration: Duration::from_secs(600),
+        }
+    }
+}
+
 pub struct IdentityService {
     store: Store,
+    lockout: RwLock<Lockout>,
     codec: RwLock<Arc<TokenCodec>>,
     snapshot: RwLock<Arc<Snapshot>>,
     refresh_lock: tokio::sync::Mutex<()>,
@@ -103,6 +124,7 @@ impl IdentityService {
             codec: RwLock::new(Arc::new(codec)),
             snapshot: RwLock::new(Arc::new(snapshot)),
             refresh_lock: tokio::sync::Mutex::new(()),
+            lockout: RwLock::new(Lockout::default()),
             token_ttl,
             cluster: std::sync::OnceLock::new(),
         }))
@@ -110,6 +132,66 @@ impl IdentityService {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn set_lockout(&self, l: Lockout) {
+        if let Ok(mut g) = self.lockout.write() {
+            *g = l;
+        }
+    }
+
+    pub fn lockout(&self) -> Lockout {
+        self.lockout.read().map(|g| *g).unwrap_or_default()
+    }
+
+    /// Whether a password login as `user_id` may go on: not while its account is locked.
+    /// Counts a failure (locking at the threshold) or clears the count on success.
+    async fn check_lockout(&self, user_id: &str, user_name: &str, ok: bool) -> CoreResult<bool> {
+        let l = self.lockout();
+        if l.failure_attempts == 0 {
+            return Ok(ok);
+        }
+        let now = now_micros();
+        if self.store.login_locked(user_id, now).await? {
+            // The right password is refused too, with the same answer as a wrong one.
+            return Ok(false);
+        }
+        if ok {
+            self.store.clear_login_failures(user_id).await?;
+            return Ok(true);
+        }
+        let count = self
+            .store
+            .record_login_failure(
+                user_id,
+                now,
+                i64::from(l.failure_attempts),
+                l.duration.as_micros() as i64,
+            )
+            .await?;
+        if count.locked_now {
+            tracing::warn!(user = %user_id, failures = count.failures, "account locked after failed logins");
+            // One audit row per lock, beside the failed login that took it.
+            let at = "/v3/auth/tokens".to_string();
+            self.store
+                .insert_audit(&onestack_store::AuditRecord {
+                    request_id: format!("lockout-{}", uuid::Uuid::new_v4()),
+                    at_us: now,
+                    service: "identity".into(),
+                    method: "POST".into(),
+                    route: at.clone(),
+                    path: at,
+                    action: Some("lockout".into()),
+                    target: Some(user_id.to_string()),
+                    user_id: Some(user_id.to_string()),
+                    user_name: Some(user_name.to_string()),
+                    project_id: None,
+                    status: 401,
+                    remote_addr: None,
+                })
+                .await?;
+        }
+        Ok(false)
     }
 
     pub fn token_ttl(&self) -> Duration {
@@ -175,10 +257,13 @@ impl IdentityService {
                 let hash = found.and_then(|u| u.password_hash.clone());
                 // Always run the KDF, so a wrong user name costs the same as a wrong password.
                 let ok = password::verify_async(password, hash).await;
-                match found {
-                    Some(u) if ok => (u.id.clone(), vec!["password".to_string()], None),
-                    _ => return Err(unauthorized()),
+                let Some(u) = found else {
+                    return Err(unauthorized());
+                };
+                if !self.check_lockout(&u.id, &u.name, ok).await? {
+                    return Err(unauthorized());
                 }
+                (u.id.clone(), vec!["password".to_string()], None)
             }
             Credentials::Token(t) => {
                 let ctx = self.validate(&t).map_err(|_| unauthorized())?;
