@@ -249,7 +249,7 @@ impl IdentityService {
         let unauthorized = || CoreError::Unauthorized(AUTH_FAILED.to_string());
         // A token made from a token (rescoping) keeps its parent's expiry and carries the chain's
         // audit id (the first token's), as Keystone's: a chain never outlives its first token,
-        // and revoking any token of it revokes the whole chain.
+        // and revoking the first revokes the whole chain, however deep.
         let (user_id, methods, parent) = match creds {
             Credentials::Password { user, password } => {
                 let snap = self.snapshot();
@@ -375,11 +375,13 @@ impl IdentityService {
         })
     }
 
-    /// Revokes one token's whole chain: the token it was made from, every token made from it or
-    /// from them, at any depth (they share the chain's audit id).
+    /// Revokes one token by its audit id, as Keystone does: that token, and — when it is the
+    /// first of its chain — every token rescoped from it, at any depth (they all carry its audit
+    /// id as the chain's). A rescoped token's revocation leaves the rest of its chain alone, so a
+    /// client that switches project (a new token from the first) may revoke the one it replaces.
     pub async fn revoke_token(&self, ctx: &AuthContext) -> CoreResult<()> {
-        let chain = ctx.token.audit_ids.last().cloned();
-        self.add_revocation(chain, None, None).await?;
+        let own = ctx.token.audit_ids.first().cloned();
+        self.add_revocation(own, None, None).await?;
         self.refresh().await
     }
 
