@@ -233,12 +233,13 @@ async fn logout(State(d): State<Dash>, headers: HeaderMap, body: Bytes) -> Respo
         );
     }
     d.sessions.remove(&id);
-    // Revoke the token too: signing out ends the session everywhere.
+    // Revoke the tokens too: signing out ends the session everywhere. Revoking the sign-in's
+    // token revokes every token rescoped from it, the current one included.
     let _ = d
         .http
         .delete(format!("{}/auth/tokens", d.cfg.identity_url))
         .header("x-auth-token", &s.token)
-        .header("x-subject-token", &s.token)
+        .header("x-subject-token", &s.first_token)
         .send()
         .await;
     let mut resp = Redirect::to("/login").into_response();
@@ -386,13 +387,16 @@ impl Dash {
             expires,
             csrf: session::random_token(),
             flash: None,
+            first_token: token.clone(),
             token,
         })
     }
 }
 
 /// Switches the session to another of the user's projects: a token for that project from the
-/// current one (Keystone's `token` method), then the old token is revoked.
+/// sign-in's token (Keystone's `token` method; revoking a token revokes those rescoped from
+/// it, so the new one cannot come from the one it replaces), then the replaced token is revoked
+/// unless it is the sign-in's.
 async fn switch_project(State(d): State<Dash>, headers: HeaderMap, body: Bytes) -> Response {
     let ctx = match d.posted(&headers, &body) {
         Ok(c) => c,
@@ -403,7 +407,7 @@ async fn switch_project(State(d): State<Dash>, headers: HeaderMap, body: Bytes) 
     let back = "/project/overview";
     let scoped = d
         .auth_request(json!({"auth": {
-            "identity": {"methods": ["token"], "token": {"id": ctx.s.token}},
+            "identity": {"methods": ["token"], "token": {"id": ctx.s.first_token}},
             "scope": {"project": {"id": project_id}}}}))
         .await;
     let new = match scoped {
@@ -411,17 +415,20 @@ async fn switch_project(State(d): State<Dash>, headers: HeaderMap, body: Bytes) 
         Err(e) => Err(e),
     };
     match new {
-        Ok(new) => {
+        Ok(mut new) => {
             let old = ctx.s.token.clone();
+            new.first_token = ctx.s.first_token.clone();
             let text = format!("Now working in project {}.", new.project);
             d.sessions.rescope(&ctx.id, new);
-            let _ = d
-                .http
-                .delete(format!("{}/auth/tokens", d.cfg.identity_url))
-                .header("x-auth-token", &old)
-                .header("x-subject-token", &old)
-                .send()
-                .await;
+            if old != ctx.s.first_token {
+                let _ = d
+                    .http
+                    .delete(format!("{}/auth/tokens", d.cfg.identity_url))
+                    .header("x-auth-token", &old)
+                    .header("x-subject-token", &old)
+                    .send()
+                    .await;
+            }
             d.flash(&ctx, "switch", Ok(text), back)
         }
         Err(e) => d.flash(&ctx, "switch", Err(e), back),

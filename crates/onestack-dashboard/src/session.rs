@@ -12,6 +12,9 @@ pub const LOGIN_COOKIE: &str = "onestack_login";
 #[derive(Clone, Debug)]
 pub struct Session {
     pub token: String,
+    /// The token of the sign-in, which every other token of the session is rescoped from:
+    /// revoking it at sign-out revokes them all.
+    pub first_token: String,
     pub user: String,
     pub project: String,
     pub project_id: String,
