@@ -30,6 +30,8 @@ def test_sign_in_pages_policy_escaping_and_sign_out():
         disk.write_bytes(b"\0" * (1 << 20))
         demo("image", "create", "--file", str(disk), "--disk-format", "raw", "img")
         demo("server", "create", "--flavor", "m1.tiny", "--image", "img", xss)
+        admin_project = cloud.os("project", "show", "admin", "-f", "value", "-c", "id").stdout.strip()
+        demo_project = cloud.os("project", "show", "demo", "-f", "value", "-c", "id").stdout.strip()
 
         def scenario():
             out = {}
@@ -56,6 +58,16 @@ def test_sign_in_pages_policy_escaping_and_sign_out():
             r = demo.get(base + "/admin/hypervisors")
             out["demo_admin"] = (r.status_code, r.text)
             page_csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', out["instances"][1]).group(1)
+            # Switching project and back: each switch's new token works (revoking the token it
+            # replaces must not end it). demo now also works in the admin project.
+            cloud.os("role", "add", "--user", "demo", "--project", "admin", "member")
+            out["switches"] = []
+            for project in (admin_project, demo_project, admin_project):
+                r = demo.post(base + "/switch", data={"csrf": page_csrf, "project": project},
+                              allow_redirects=False)
+                page = demo.get(base + "/project/instances")
+                selected = re.search(r'<option value="([0-9a-f]+)" selected>', page.text)
+                out["switches"].append((r.status_code, page.status_code, selected and selected.group(1)))
             r = demo.post(base + "/logout", data={"csrf": "0" * 64}, allow_redirects=False)
             out["logout_forged"] = r.status_code
             r = demo.post(base + "/logout", data={"csrf": page_csrf}, allow_redirects=False)
@@ -89,6 +101,8 @@ def test_sign_in_pages_policy_escaping_and_sign_out():
         assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in text
         assert "<script>" not in text and "<img" not in text
         assert out["demo_admin"][0] == 403 and "administrators only" in out["demo_admin"][1]
+        assert out["switches"] == [(303, 200, admin_project), (303, 200, demo_project), (303, 200, admin_project)], \
+            out["switches"]
         assert out["logout_forged"] == 403
         assert out["logout"] == (303, "/login")
         assert out["after_logout"] == (303, "/login")
