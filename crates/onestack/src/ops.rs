@@ -218,6 +218,12 @@ pub async fn up(
     }
     dd.create()?;
     let (mut cfg, mut config_changed) = load_config_tracked(&dd, config)?;
+    // An install from before secrets and state were root's alone (or one changed by hand).
+    match crate::perms::fix_install(&dd, &cfg) {
+        Ok(Some(line)) => step(t0, &line),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: cannot set the data directory's modes: {e:#}"),
+    }
     if let Some(url) = database {
         if crate::db::choose_for_up(&dd, &cfg, url)? {
             cfg = load_config(&dd, None)?;
@@ -626,6 +632,16 @@ pub async fn status(dd: DataDir) -> Result<bool> {
                 );
             }
         }
+    }
+    // Who may read what: secrets and state root's alone, the helpers' files reachable by them.
+    for c in crate::perms::checks(&dd, &cfg) {
+        let tag = match c.severity {
+            crate::perms::Severity::Ok => "",
+            crate::perms::Severity::Warn => "warning: ",
+            crate::perms::Severity::Fail => "PROBLEM: ",
+        };
+        ok &= c.severity != crate::perms::Severity::Fail;
+        println!("{:<15} {tag}{}", c.what, c.detail);
     }
     if cfg.is_compute_node() {
         match crate::node::host_state(&dd, &cfg, &cfg.compute.host).await {
