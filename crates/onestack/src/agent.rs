@@ -62,7 +62,13 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
     }
     // The directories QEMU's user passes through exist and let only its group in; everything
     // else in the data directory is root's (what `up` does too, for a start without it).
-    for dir in [agent_cfg.instances_dir(), agent_cfg.images_dir()] {
+    let mut qemu_dirs = vec![agent_cfg.instances_dir(), agent_cfg.images_dir()];
+    if !cfg.is_compute_node() {
+        // The storage host's volumes, made here too so they are opened to QEMU whichever of the
+        // agent and the volume service starts first.
+        qemu_dirs.push(dd.volumes());
+    }
+    for dir in qemu_dirs {
         onestack_core::fsutil::create_private_dir(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }

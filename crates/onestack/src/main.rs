@@ -308,8 +308,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     // Everything OneStack and its helpers create is root's alone unless opened up on purpose
     // (the files QEMU's and dnsmasq's users get, see perms.rs). `client-setup` installs a
-    // virtualenv for everyone to use.
-    if !matches!(cli.command, Command::ClientSetup { .. }) {
+    // virtualenv for everyone to use; the default guest image is built from public packages
+    // into a cache others may read.
+    if !matches!(
+        cli.command,
+        Command::ClientSetup { .. } | Command::Image { .. }
+    ) {
         sys::set_umask(sys::PRIVATE_UMASK);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

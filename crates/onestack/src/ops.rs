@@ -102,8 +102,11 @@ async fn register_default_image(
 ) {
     let result: Result<Option<String>> = async {
         let cache = onestack_image::default_cache_dir();
-        let built =
-            tokio::task::spawn_blocking(move || onestack_image::build_default(&cache)).await??;
+        // Built from public packages into a shared cache: not under the private umask.
+        let built = tokio::task::spawn_blocking(move || {
+            crate::sys::with_umask(0o022, || onestack_image::build_default(&cache))
+        })
+        .await??;
         let admin = store
             .find_project(onestack_core::identity::DEFAULT_DOMAIN_ID, "admin")
             .await

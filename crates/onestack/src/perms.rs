@@ -111,6 +111,7 @@ pub fn issue(m: &Meta, class: Class, qemu_gid: Option<u32>) -> Option<Issue> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finding {
     pub path: PathBuf,
+    pub is_dir: bool,
     pub mode: u32,
     pub gid: u32,
     pub issue: Issue,
@@ -150,7 +151,13 @@ fn walk(root: &Path, rel: &Path, qemu_gid: Option<u32>, out: &mut Vec<Finding>) 
     if let Some(issue) = issue(&m, class, qemu_gid) {
         let (want_mode, want_gid) = wanted(class, m.is_dir, qemu_gid);
         out.push(Finding {
-            path: path.clone(),
+            // The data directory itself, without the trailing slash `join("")` adds.
+            path: if rel.as_os_str().is_empty() {
+                root.to_path_buf()
+            } else {
+                path.clone()
+            },
+            is_dir: m.is_dir,
             mode: m.mode,
             gid: m.gid,
             issue,
@@ -360,12 +367,20 @@ pub fn fix_install(dd: &DataDir, cfg: &Config) -> Result<Option<String>> {
         return Ok(None);
     }
     let qemu = qemu_choice(cfg, dd, true)?;
-    let mut changed: Vec<String> = fix(&dd.root, qemu.user.as_ref().map(|u| u.gid))?
-        .iter()
-        .map(Finding::short)
-        .collect();
+    if !cfg.is_compute_node() {
+        // Made before the volume service would (root's alone), so it is opened to QEMU below.
+        onestack_core::fsutil::create_private_dir(&dd.volumes())
+            .with_context(|| format!("cannot create {}", dd.volumes().display()))?;
+    }
+    let mut fixed = fix(&dd.root, qemu.user.as_ref().map(|u| u.gid))?;
+    fixed.sort_by_key(|f| f.is_dir);
+    let mut changed: Vec<String> = fixed.iter().map(Finding::short).collect();
     if nix::unistd::geteuid().is_root() && dd.helper_dir().exists() {
-        let n = fix_dnsmasq_files(dd, &dnsmasq_user(true)?)?;
+        let mut n = 0;
+        for d in [Path::new(HELPER_ROOT), dd.helper_dir().as_path()] {
+            n += usize::from(access::set_group_mode(d, None, 0o711)?);
+        }
+        n += fix_dnsmasq_files(dd, &dnsmasq_user(true)?)?;
         if n > 0 {
             changed.push(format!(
                 "{n} DHCP file(s) under {}",
@@ -373,12 +388,7 @@ pub fn fix_install(dd: &DataDir, cfg: &Config) -> Result<Option<String>> {
             ));
         }
     }
-    Ok((!changed.is_empty()).then(|| {
-        format!(
-            "file modes fixed (secrets and state are root's alone): {}",
-            abbreviate(&changed, 6)
-        )
-    }))
+    Ok((!changed.is_empty()).then(|| format!("file modes set on {}", abbreviate(&changed, 6))))
 }
 
 fn abbreviate(items: &[String], max: usize) -> String {
@@ -437,7 +447,9 @@ pub fn checks(dd: &DataDir, cfg: &Config) -> Vec<Check> {
         what: "QEMU user",
         detail: qemu.note.clone(),
     });
-    let found = scan(&dd.root, qemu.user.as_ref().map(|u| u.gid));
+    let mut found = scan(&dd.root, qemu.user.as_ref().map(|u| u.gid));
+    // Files first: they are what leaks; a directory others may enter shows only names.
+    found.sort_by_key(|f| f.is_dir);
     let exposed: Vec<String> = found
         .iter()
         .filter(|f| f.issue == Issue::Exposed)

@@ -276,6 +276,16 @@ pub async fn start(
 ) -> Result<i32> {
     let args = args(d, f, user);
     let _ = std::fs::remove_file(f.pid());
+    // dnsmasq makes its lease and log files readable by its group; made here first, they stay
+    // root's alone (it opens them while still root, and appends).
+    for file in [f.leases(), f.log()] {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&file);
+    }
     let out = netns::command(Some(ns), dnsmasq.to_path_buf(), args, None)
         .await
         .context("starting dnsmasq")?;
@@ -291,6 +301,9 @@ pub async fn start(
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         if let Some((pid, _)) = running(f) {
+            for file in [f.pid(), f.leases(), f.log()] {
+                let _ = access::set_group_mode(&file, None, 0o600);
+            }
             return Ok(pid);
         }
         if Instant::now() >= deadline {
