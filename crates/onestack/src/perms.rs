@@ -582,16 +582,10 @@ fn last_read_failure(log: &Path) -> Option<String> {
 fn last_read_failure_in(log: &str) -> Option<String> {
     let last = log
         .lines()
-        .filter(|l| l.contains("/hosts") && (l.contains("cannot read") || l.contains(" read ")))
-        .last()?;
-    last.contains("cannot read")
-        .then(|| {
-            last.split_once("cannot read")
-                .map_or(last, |(_, rest)| rest)
-                .trim()
-                .to_string()
-        })
-        .map(|s| format!("cannot read {s}"))
+        .rev()
+        .find(|l| l.contains("/hosts") && (l.contains("cannot read") || l.contains(" read ")))?;
+    last.split_once("cannot read")
+        .map(|(_, rest)| format!("cannot read {}", rest.trim()))
 }
 
 #[cfg(test)]
