@@ -206,4 +206,19 @@ def stop_cloud(c, root):
     names = [p.name for p in netns_dir.glob(f"{c.ns_prefix}*")] if netns_dir.exists() else []
     for name in names + [c.netns]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    helper = helper_dir(c.data)
+    if helper:
+        shutil.rmtree(helper, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def helper_dir(data_dir):
+    """The cloud's directory under /run/onestack (dnsmasq's host lists), found by the data-dir
+    file the agent writes there."""
+    for marker in Path("/run/onestack").glob("*/data-dir"):
+        try:
+            if marker.read_text() == str(data_dir):
+                return marker.parent
+        except OSError:
+            pass
+    return None

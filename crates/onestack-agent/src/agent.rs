@@ -57,6 +57,10 @@ pub struct AgentNetwork {
     /// Owner of the TAPs (the user QEMU runs as).
     pub tap_owner: Option<u32>,
     pub dnsmasq: PathBuf,
+    /// Where dnsmasq's user reads its host and option lists (see `NetConfig::shared_dir`).
+    pub shared_dir: PathBuf,
+    /// The unprivileged user dnsmasq drops to.
+    pub dnsmasq_user: crate::access::Identity,
     /// The interface joined to the external network (two-NIC network node).
     pub public_interface: Option<String>,
     /// The host's TCP ports guests may reach (the public APIs); nothing else of the host is.
@@ -67,7 +71,7 @@ impl AgentConfig {
     pub fn instances_dir(&self) -> PathBuf {
         self.state_dir.join("instances")
     }
-    fn images_dir(&self) -> PathBuf {
+    pub fn images_dir(&self) -> PathBuf {
         self.state_dir.join("images")
     }
 }
@@ -87,8 +91,9 @@ pub async fn run<D: Driver>(
     driver: D,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    std::fs::create_dir_all(cfg.instances_dir())?;
-    std::fs::create_dir_all(cfg.images_dir())?;
+    // Root's alone until the driver lets its QEMU user in (the instance files, the images).
+    onestack_core::fsutil::create_private_dir(&cfg.instances_dir())?;
+    onestack_core::fsutil::create_private_dir(&cfg.images_dir())?;
     clean_partial_images(&cfg.images_dir());
     let ctl = Controller::new(&cfg.controller_url, &cfg.token);
     let shared = Arc::new(Shared {
@@ -154,6 +159,8 @@ async fn network_forever<D: Driver>(
     let mut net = crate::net::HostNetworking::new(crate::net::NetConfig {
         host_netns: None,
         state_dir: s.cfg.state_dir.join("network"),
+        shared_dir: n.shared_dir.clone(),
+        dnsmasq_user: n.dnsmasq_user.clone(),
         tap_owner: n.tap_owner,
         dnsmasq: n.dnsmasq.clone(),
         uplink: n.public_interface.clone(),
@@ -765,7 +772,7 @@ async fn receive_disk<D: Driver>(
     m: &proto::Migration,
 ) -> Result<()> {
     let dir = s.cfg.instances_dir().join(&d.id);
-    std::fs::create_dir_all(&dir)?;
+    onestack_core::fsutil::create_private_dir(&dir)?;
     let part = dir.join("disk.part");
     s.ctl.fetch(&m.disk_url, &part).await?;
     if let Some(image) = &d.image {
@@ -813,12 +820,18 @@ fn spec(s: &Shared<impl Driver>, d: &DesiredInstance) -> VmSpec {
         .iter()
         .find(|v| v.boot)
         .map(|v| volume_file(s, &v.volume_id));
+    // A disk of its own is an overlay on the cached image, which QEMU must read too.
+    let base = match (&root, &d.image) {
+        (None, Some(image)) => Some(s.cfg.images_dir().join(&image.id)),
+        _ => None,
+    };
     VmSpec {
         id: d.id.clone(),
         name: d.name.clone(),
         vcpus: d.vcpus.max(1) as u32,
         memory_mb: d.memory_mb.max(16) as u64,
         disk: root.unwrap_or_else(|| dir.join("disk")),
+        base,
         volumes: d
             .volumes
             .iter()
@@ -1019,7 +1032,7 @@ async fn grow_disk(disk: &Path, bytes: i64) -> Result<()> {
 /// The instance's disk (a qcow2 overlay on the cached image) and config drive.
 async fn prepare_disk<D: Driver>(s: &Shared<D>, d: &DesiredInstance, fresh: bool) -> Result<()> {
     let dir = s.cfg.instances_dir().join(&d.id);
-    std::fs::create_dir_all(&dir)?;
+    onestack_core::fsutil::create_private_dir(&dir)?;
     if let Some(root) = d.volumes.iter().find(|v| v.boot) {
         // Booted from a volume: its file is the disk.
         if !volume_file(s, &root.volume_id).exists() {

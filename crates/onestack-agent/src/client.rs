@@ -302,7 +302,7 @@ impl Controller {
         if !resp.status().is_success() {
             anyhow::bail!("the other host answered {}", resp.status());
         }
-        let mut f = tokio::fs::File::create(dest).await?;
+        let mut f = create_private(dest).await?;
         while let Some(chunk) = resp.chunk().await? {
             tokio::io::AsyncWriteExt::write_all(&mut f, &chunk).await?;
         }
@@ -318,7 +318,7 @@ impl Controller {
             .await
             .context("image download")?;
         let resp = Self::check(resp, "image download").await?;
-        let mut f = tokio::fs::File::create(dest)
+        let mut f = create_private(dest)
             .await
             .with_context(|| format!("cannot create {}", dest.display()))?;
         let mut stream = resp.bytes_stream();
@@ -346,6 +346,17 @@ impl Controller {
         Self::check(resp, "snapshot upload").await?;
         Ok(())
     }
+}
+
+/// A new (or emptied) file only root can read: guests' disks and images are tenants' data.
+async fn create_private(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ pub struct VmSpec {
     pub memory_mb: u64,
     /// qcow2 overlay backed by the cached image.
     pub disk: PathBuf,
+    /// The cached image `disk` is an overlay on (read-only, shared by every VM of that image);
+    /// None when the disk stands alone (a boot volume).
+    pub base: Option<PathBuf>,
     /// ISO9660 config drive (label `config-2`), attached read-only as a CD-ROM.
     pub config_drive: Option<PathBuf>,
     pub nics: Vec<NicSpec>,

@@ -57,6 +57,11 @@ fn ok(args: &[&str]) -> String {
 }
 
 /// Everything a test created; dropped last, also on panic.
+/// The user the test's dnsmasq drops to.
+fn dnsmasq_user() -> onestack_agent::access::Identity {
+    onestack_agent::access::Identity::resolve("nobody").expect("user nobody")
+}
+
 struct Env {
     prefix: String,
     host: String,
@@ -76,7 +81,7 @@ impl Env {
         ok(&["ip", "netns", "add", &host]);
         ok(&["ip", "-n", &host, "link", "set", "lo", "up"]);
         let state_dir = tempfile::tempdir().expect("tempdir");
-        // dnsmasq drops to `nobody` and re-reads its files from here on SIGHUP.
+        // dnsmasq drops to `nobody` and re-reads its files from `shared/` on SIGHUP.
         std::fs::set_permissions(
             state_dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -85,6 +90,8 @@ impl Env {
         let net = HostNetworking::new(NetConfig {
             host_netns: Some(host.clone()),
             state_dir: state_dir.path().to_path_buf(),
+            shared_dir: state_dir.path().join("shared"),
+            dnsmasq_user: dnsmasq_user(),
             tap_owner: None,
             dnsmasq: find("dnsmasq").expect("dnsmasq"),
             uplink: None,
@@ -667,6 +674,8 @@ fn dataplane() {
     let mut restarted = HostNetworking::new(NetConfig {
         host_netns: Some(host.clone()),
         state_dir: env.state_dir.path().to_path_buf(),
+        shared_dir: env.state_dir.path().join("shared"),
+        dnsmasq_user: dnsmasq_user(),
         tap_owner: None,
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
         uplink: None,
@@ -796,6 +805,8 @@ fn apply_time_per_port() {
     env.net = Some(HostNetworking::new(NetConfig {
         host_netns: Some(env.host.clone()),
         state_dir: env.state_dir.path().to_path_buf(),
+        shared_dir: env.state_dir.path().join("shared"),
+        dnsmasq_user: dnsmasq_user(),
         tap_owner: Some(65534),
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
         uplink: None,
@@ -1012,6 +1023,8 @@ fn vxlan_joins_hosts() {
     let mut restarted = HostNetworking::new(NetConfig {
         host_netns: Some(a.host.clone()),
         state_dir: a.state_dir.path().to_path_buf(),
+        shared_dir: a.state_dir.path().join("shared"),
+        dnsmasq_user: dnsmasq_user(),
         tap_owner: None,
         dnsmasq: find("dnsmasq").expect("dnsmasq"),
         uplink: None,

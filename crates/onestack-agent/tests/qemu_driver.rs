@@ -149,6 +149,7 @@ fn new_vm(dir: &Path, image: &Path, name: &str) -> Result<VmSpec> {
         vcpus: 1,
         memory_mb: 256,
         disk,
+        base: None,
         config_drive: None,
         nics: Vec::new(),
         volumes: Vec::new(),

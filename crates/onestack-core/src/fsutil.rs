@@ -24,3 +24,35 @@ pub fn write_private(path: &Path, content: &[u8]) -> io::Result<bool> {
     fs::rename(&tmp, path)?;
     Ok(true)
 }
+
+/// Creates `dir` and any missing parents with mode 0700 (root-only state). Existing directories
+/// are left as they are: their modes are `onestack up`'s to check and fix.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_dirs_and_files() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("a/b");
+        create_private_dir(&dir).expect("mkdir");
+        for d in [tmp.path().join("a"), dir.clone()] {
+            let mode = fs::metadata(&d).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
+        let f = dir.join("f");
+        assert!(write_private(&f, b"x").expect("write"));
+        assert!(!write_private(&f, b"x").expect("again"));
+        let mode = fs::metadata(&f).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -48,6 +48,7 @@ pub use volume::*;
 
 use sqlx::any::{AnyPoolOptions, AnyQueryResult};
 use sqlx::AnyPool;
+use std::path::Path;
 use std::time::Duration;
 
 /// Errors of the store layer. Callers map them to API errors; `Db` detail never reaches a user.
@@ -128,12 +129,48 @@ pub enum Backend {
     Postgres,
 }
 
+/// Creates the SQLite file (empty: a valid empty database) readable by its owner only, or makes
+/// an existing one so, with its `-wal` and `-shm` files (SQLite gives those the database file's
+/// mode when it makes them, but older versions left them readable by everyone).
+fn restrict_sqlite_files(db: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if db.as_os_str().is_empty() || db.starts_with(":memory:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        // A directory that does not exist yet and the like: SQLite reports it better.
+        Err(_) => return Ok(()),
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` and applies pending migrations.
     /// `sqlite:///path/to/file.db` or `postgresql://user:pass@host/db`.
     pub async fn open(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://") {
+            // The store holds password hashes and the token keys: root's alone, it and the
+            // WAL and shared-memory files SQLite makes with the same mode.
+            restrict_sqlite_files(Path::new(path.split('?').next().unwrap_or(path)))?;
             // Create the file when missing; WAL is set below and persists in the file.
             let sep = if path.contains('?') { '&' } else { '?' };
             (Backend::Sqlite, format!("sqlite://{path}{sep}mode=rwc"))
@@ -242,5 +279,49 @@ fn require_row(r: AnyQueryResult) -> Result<()> {
         Err(StoreError::NotFound)
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+    }
+
+    /// The store (token keys, password hashes) is its owner's alone, whatever the umask, with
+    /// its WAL and shared-memory files; an older world-readable one is closed on open.
+    #[tokio::test]
+    async fn sqlite_files_are_private() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = dir.path().join("onestack.db");
+        let url = format!("sqlite://{}", db.display());
+        let store = Store::open(&url).await.expect("open");
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(store.pool())
+            .await
+            .expect("write");
+        for suffix in ["", "-wal", "-shm"] {
+            let p = dir.path().join(format!("onestack.db{suffix}"));
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        store.pool().close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let p = dir.path().join(format!("onestack.db{suffix}"));
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+                    .expect("chmod");
+            }
+        }
+        let store = Store::open(&url).await.expect("reopen");
+        for suffix in ["", "-wal", "-shm"] {
+            let p = dir.path().join(format!("onestack.db{suffix}"));
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+            }
+        }
+        store.pool().close().await;
     }
 }

@@ -54,14 +54,40 @@ pub async fn run(cfg: Config, dd: DataDir) -> Result<()> {
         resume_guests: std::env::var(crate::supervisor::RESUME_GUESTS_ENV).is_ok_and(|v| v == "1"),
     };
     let mut agent_cfg = agent_cfg;
-    let run_as = qemu_user(&cfg.compute.qemu_user, &agent_cfg.instances_dir());
-    agent_cfg.network = host_networking(&cfg, run_as.as_deref());
-    let driver = QemuDriver::new(agent_cfg.instances_dir(), accel, run_as);
+    let qemu = crate::perms::qemu_choice(&cfg, &dd, true)?;
+    if qemu.degraded {
+        tracing::warn!("{}", qemu.note);
+    } else {
+        tracing::info!("{}", qemu.note);
+    }
+    // The directories QEMU's user passes through exist and let only its group in; everything
+    // else in the data directory is root's (what `up` does too, for a start without it).
+    let mut qemu_dirs = vec![agent_cfg.instances_dir(), agent_cfg.images_dir()];
+    if !cfg.is_compute_node() {
+        // The storage host's volumes, made here too so they are opened to QEMU whichever of the
+        // agent and the volume service starts first.
+        qemu_dirs.push(dd.volumes());
+    }
+    for dir in qemu_dirs {
+        onestack_core::fsutil::create_private_dir(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let fixed = crate::perms::fix(&dd.root, qemu.user.as_ref().map(|u| u.gid))?;
+    if !fixed.is_empty() {
+        tracing::info!(paths = fixed.len(), "set the modes of the data directory");
+    }
+    agent_cfg.network = host_networking(&cfg, &dd, qemu.user.as_ref().map(|u| u.uid));
+    let driver = QemuDriver::new(
+        agent_cfg.instances_dir(),
+        accel,
+        qemu.user.as_ref().map(|u| u.name.clone()),
+    );
     onestack_agent::agent::run(agent_cfg, driver, crate::serve::shutdown_signal()).await
 }
 
-/// Host networking needs root (netlink, nftables, namespaces) and dnsmasq for DHCP.
-fn host_networking(cfg: &Config, qemu_user: Option<&str>) -> Option<AgentNetwork> {
+/// Host networking needs root (netlink, nftables, namespaces) and dnsmasq for DHCP. TAPs
+/// belong to `tap_owner`, the user QEMU runs as.
+fn host_networking(cfg: &Config, dd: &DataDir, tap_owner: Option<u32>) -> Option<AgentNetwork> {
     if !nix::unistd::geteuid().is_root() {
         tracing::warn!("not root: host networking is off, servers get no working NICs");
         return None;
@@ -74,15 +100,28 @@ fn host_networking(cfg: &Config, qemu_user: Option<&str>) -> Option<AgentNetwork
             tracing::warn!("dnsmasq not found: guests get no DHCP (install dnsmasq-base)");
             std::path::PathBuf::from("/usr/sbin/dnsmasq")
         });
-    let tap_owner = qemu_user
-        .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
-        .map(|u| u.uid.as_raw());
+    let dnsmasq_user = match crate::perms::dnsmasq_user(true) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!("host networking is off: {e:#}");
+            return None;
+        }
+    };
+    let shared_dir = match crate::perms::prepare_helper_dir(dd) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("host networking is off: {e:#}");
+            return None;
+        }
+    };
     // DHCP, metadata and routers live with the controller.
     let network_node = cfg.network.network_node && !cfg.is_compute_node();
     Some(AgentNetwork {
         network_node,
         tap_owner,
         dnsmasq,
+        shared_dir,
+        dnsmasq_user,
         public_interface: (network_node && !cfg.network.public_interface.is_empty())
             .then(|| cfg.network.public_interface.clone()),
         guest_open_ports: guest_open_ports(cfg),
@@ -103,64 +142,4 @@ fn guest_open_ports(cfg: &Config) -> Vec<u16> {
         a.network_port,
         a.volume_port,
     ]
-}
-
-/// The dedicated user QEMU drops to when the agent runs as root and nothing else is configured.
-pub const QEMU_USER: &str = "onestack-qemu";
-
-/// Which user QEMU runs as. `auto`: as root, a dedicated unprivileged system user (created on
-/// first use) whenever it can reach the instance files; otherwise, and as non-root, the agent's
-/// own user. `root` or empty: the agent's user. Anything else: that user.
-fn qemu_user(setting: &str, instances: &std::path::Path) -> Option<String> {
-    match setting {
-        "" | "root" => return None,
-        "auto" => {}
-        user => return Some(user.to_string()),
-    }
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    if let Err(e) = ensure_system_user(QEMU_USER) {
-        tracing::warn!("QEMU runs as root: cannot create the {QEMU_USER} user ({e:#})");
-        return None;
-    }
-    if let Some(blocked) = unsearchable_ancestor(instances) {
-        tracing::warn!(
-            "QEMU runs as root: {} is not searchable by other users, so {QEMU_USER} could not \
-             reach the instance files (chmod o+x it to run QEMU unprivileged)",
-            blocked.display()
-        );
-        return None;
-    }
-    tracing::info!("QEMU runs as the unprivileged user {QEMU_USER}");
-    Some(QEMU_USER.to_string())
-}
-
-fn ensure_system_user(name: &str) -> Result<()> {
-    if nix::unistd::User::from_name(name)?.is_some() {
-        return Ok(());
-    }
-    let out = std::process::Command::new("useradd")
-        .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
-        .args(["--shell", "/usr/sbin/nologin", name])
-        .output()
-        .context("cannot run useradd")?;
-    if !out.status.success() && nix::unistd::User::from_name(name)?.is_none() {
-        anyhow::bail!(
-            "useradd failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// The first directory on the way to `dir` (itself included) that others cannot traverse.
-fn unsearchable_ancestor(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut chain: Vec<&std::path::Path> = dir.ancestors().collect();
-    chain.reverse();
-    chain
-        .into_iter()
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
-        .map(|p| p.to_path_buf())
 }

@@ -176,6 +176,10 @@ pub async fn run(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<String> {
             id
         }
     };
+    super::ops::step(
+        t0,
+        &format!("waiting for {SERVER} to become ACTIVE (up to 300 s)"),
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let s = api
@@ -245,14 +249,47 @@ pub async fn run(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<String> {
     }
     super::ops::step(t0, &format!("floating IP {address} on {SERVER}"));
 
-    // SSH answers when the guest's server sends its banner.
-    let deadline = Instant::now() + Duration::from_secs(300);
+    // SSH answers when the guest's server sends its banner; before that the guest must get its
+    // address from DHCP and its key from the metadata service.
+    super::ops::step(
+        t0,
+        &format!(
+            "waiting for SSH on {address}: {SERVER} gets its address by DHCP and its key from \
+             the metadata service (up to 300 s)"
+        ),
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(300);
+    let mut next_check = started;
+    let mut told = false;
     loop {
         if ssh_banner(&address).await {
             break;
         }
-        if Instant::now() > deadline {
-            bail!("SSH on {address} did not answer");
+        let now = Instant::now();
+        if now >= next_check {
+            // A DHCP server that cannot read its host list answers no one: say so now, not
+            // after five minutes.
+            next_check = now + Duration::from_secs(5);
+            if let Some(c) = crate::perms::dnsmasq_check(dd)
+                .filter(|c| c.severity == crate::perms::Severity::Fail)
+            {
+                bail!("{SERVER} cannot get an address: {}", c.detail);
+            }
+        }
+        if !told && now > started + Duration::from_secs(60) {
+            told = true;
+            super::ops::step(
+                t0,
+                &format!(
+                    "still no SSH on {address}; the guest's console: `openstack console log \
+                     show {SERVER}`"
+                ),
+            );
+        }
+        if now > deadline {
+            let console = console_tail(&api, &server_id).await;
+            bail!("SSH on {address} did not answer within 300 s; the guest's console ends:\n{console}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -261,6 +298,27 @@ pub async fn run(dd: &DataDir, cfg: &Config, t0: Instant) -> Result<String> {
         "ssh -i {} -o StrictHostKeyChecking=accept-new onestack@{address}",
         key_path.display()
     ))
+}
+
+/// The last lines of the guest's serial console, indented, for an error message.
+async fn console_tail(api: &Api, server_id: &str) -> String {
+    let out = api
+        .call(
+            reqwest::Method::POST,
+            &format!("{}/servers/{server_id}/action", api.compute),
+            Some(json!({"os-getConsoleOutput": {"length": 15}})),
+        )
+        .await;
+    match out {
+        Ok(v) => v["output"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => format!("    (cannot read it: {e:#})"),
+    }
 }
 
 async fn ssh_banner(address: &str) -> bool {

@@ -179,6 +179,16 @@ pub async fn run(dd: DataDir, config: Option<&Path>) -> Result<bool> {
         None => r.line(Level::Warn, "disk space", "cannot tell"),
     }
 
+    // Who may read what in the data directory, and whether QEMU and dnsmasq reach their files.
+    for c in crate::perms::checks(&dd, &cfg) {
+        let level = match c.severity {
+            crate::perms::Severity::Ok => Level::Ok,
+            crate::perms::Severity::Warn => Level::Warn,
+            crate::perms::Severity::Fail => Level::Fail,
+        };
+        r.line(level, c.what, c.detail);
+    }
+
     // Ports: ours when the cloud runs, someone else's when it does not and they are taken.
     let running = crate::supervisor::running_pid(&dd, "supervisor").is_some();
     for (name, port) in ports(&cfg) {

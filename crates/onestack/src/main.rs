@@ -12,6 +12,7 @@ mod node;
 mod ops;
 mod packages;
 mod paths;
+mod perms;
 mod serve;
 mod supervisor;
 mod sys;
@@ -305,6 +306,16 @@ fn init_logging() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Everything OneStack and its helpers create is root's alone unless opened up on purpose
+    // (the files QEMU's and dnsmasq's users get, see perms.rs). `client-setup` installs a
+    // virtualenv for everyone to use; the default guest image is built from public packages
+    // into a cache others may read.
+    if !matches!(
+        cli.command,
+        Command::ClientSetup { .. } | Command::Image { .. }
+    ) {
+        sys::set_umask(sys::PRIVATE_UMASK);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -102,8 +102,11 @@ async fn register_default_image(
 ) {
     let result: Result<Option<String>> = async {
         let cache = onestack_image::default_cache_dir();
-        let built =
-            tokio::task::spawn_blocking(move || onestack_image::build_default(&cache)).await??;
+        // Built from public packages into a shared cache: not under the private umask.
+        let built = tokio::task::spawn_blocking(move || {
+            crate::sys::with_umask(0o022, || onestack_image::build_default(&cache))
+        })
+        .await??;
         let admin = store
             .find_project(onestack_core::identity::DEFAULT_DOMAIN_ID, "admin")
             .await
@@ -218,6 +221,12 @@ pub async fn up(
     }
     dd.create()?;
     let (mut cfg, mut config_changed) = load_config_tracked(&dd, config)?;
+    // An install from before secrets and state were root's alone (or one changed by hand).
+    match crate::perms::fix_install(&dd, &cfg) {
+        Ok(Some(line)) => step(t0, &line),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: cannot set the data directory's modes: {e:#}"),
+    }
     if let Some(url) = database {
         if crate::db::choose_for_up(&dd, &cfg, url)? {
             cfg = load_config(&dd, None)?;
@@ -626,6 +635,16 @@ pub async fn status(dd: DataDir) -> Result<bool> {
                 );
             }
         }
+    }
+    // Who may read what: secrets and state root's alone, the helpers' files reachable by them.
+    for c in crate::perms::checks(&dd, &cfg) {
+        let tag = match c.severity {
+            crate::perms::Severity::Ok => "",
+            crate::perms::Severity::Warn => "warning: ",
+            crate::perms::Severity::Fail => "PROBLEM: ",
+        };
+        ok &= c.severity != crate::perms::Severity::Fail;
+        println!("{:<15} {tag}{}", c.what, c.detail);
     }
     if cfg.is_compute_node() {
         match crate::node::host_state(&dd, &cfg, &cfg.compute.host).await {

@@ -62,11 +62,14 @@ impl Apt {
     }
 
     fn apt_get(args: &[&str]) -> Result<()> {
-        let out = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()
-            .context("cannot run apt-get")?;
+        // Packages install files for everyone: not under OneStack's private umask.
+        let out = crate::sys::with_umask(0o022, || {
+            Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .output()
+        })
+        .context("cannot run apt-get")?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             bail!(

@@ -1,11 +1,15 @@
 //! The data directory: where every file OneStack keeps lives, and the client files it writes.
 
 use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/onestack";
+
+/// Parent of every cloud's [`DataDir::helper_dir`].
+pub const HELPER_ROOT: &str = "/run/onestack";
 
 /// First line of every clouds.yaml OneStack writes (so it knows which files it may replace).
 pub const CLOUDS_MARKER: &str = "# Written by onestack up.";
@@ -58,13 +62,21 @@ impl DataDir {
         self.logs().join(format!("{service}.log"))
     }
 
-    /// Creates the directory tree; secrets are readable by the owner only.
+    /// Where the files the unprivileged helpers read by name live, outside the data directory so
+    /// they need not pass through it (it may sit where only root can go):
+    /// `/run/onestack/<hash of the data dir>` (dnsmasq's host lists; see perms.rs).
+    pub fn helper_dir(&self) -> PathBuf {
+        let h = Sha256::digest(self.root.as_os_str().as_encoded_bytes());
+        Path::new(HELPER_ROOT).join(&hex::encode(h)[..12])
+    }
+
+    /// Creates the directory tree, root's alone (see perms.rs for who else gets in where).
     pub fn create(&self) -> Result<()> {
-        for d in [&self.root, &self.logs(), &self.run()] {
-            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        for d in [&self.root, &self.logs(), &self.run(), &self.secrets()] {
+            onestack_core::fsutil::create_private_dir(d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
         }
         let s = self.secrets();
-        fs::create_dir_all(&s).with_context(|| format!("cannot create {}", s.display()))?;
         fs::set_permissions(&s, fs::Permissions::from_mode(0o700))?;
         Ok(())
     }

@@ -71,7 +71,7 @@ async fn kill_vms(dd: &DataDir) -> usize {
 async fn remove_data_plane(dd: &DataDir, cfg: &Config) {
     let state_dir = dd.root.join("compute").join("network");
     if state_dir.exists() {
-        teardown_recorded(state_dir.clone()).await;
+        teardown_recorded(state_dir.clone(), dd.helper_dir()).await;
     }
     // dnsmasq of this cloud, recorded or not: its command line names our DHCP directory.
     let dhcp_dir = state_dir.join("dhcp").to_string_lossy().to_string();
@@ -96,6 +96,8 @@ async fn remove_data_plane(dd: &DataDir, cfg: &Config) {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // dnsmasq's host lists, outside the data directory.
+    let _ = std::fs::remove_dir_all(dd.helper_dir());
     // A compute node has no store (and must not grow one here).
     if cfg.is_compute_node() {
         return;
@@ -130,7 +132,7 @@ async fn remove_data_plane(dd: &DataDir, cfg: &Config) {
     store.pool().close().await;
 }
 
-async fn teardown_recorded(state_dir: PathBuf) {
+async fn teardown_recorded(state_dir: PathBuf, shared_dir: PathBuf) {
     let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
         .iter()
         .map(PathBuf::from)
@@ -139,6 +141,15 @@ async fn teardown_recorded(state_dir: PathBuf) {
     let mut net = onestack_agent::net::HostNetworking::new(onestack_agent::net::NetConfig {
         host_netns: None,
         state_dir,
+        shared_dir,
+        // Nothing is started during a teardown: any user will do.
+        dnsmasq_user: onestack_agent::access::Identity {
+            name: "root".into(),
+            group: None,
+            uid: 0,
+            gid: 0,
+            gids: vec![0],
+        },
         tap_owner: None,
         dnsmasq,
         uplink: None,

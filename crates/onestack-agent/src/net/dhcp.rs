@@ -7,6 +7,7 @@
 use super::model::{Dhcp, Subnet};
 use super::netns;
 use super::validate::{IfName, Mac};
+use crate::access::{self, Identity};
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use nix::sys::signal::Signal;
@@ -15,7 +16,6 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,23 +23,29 @@ use std::time::{Duration, Instant};
 /// short enough that a changed option reaches guests within a day.
 pub const LEASE_SECS: u32 = 86400;
 
-/// The state files of one server.
+/// The files of one server. dnsmasq opens its pid, lease and log files while still root, so
+/// they stay in the agent's root-only state directory; the host and option lists it re-reads as
+/// its own user (at start and on every SIGHUP) live apart, in `shared`, which that user reaches.
 #[derive(Clone, Debug)]
 pub struct Files {
+    /// `<state dir>/dhcp/<network id>`: pid, leases, log (root only).
     pub dir: PathBuf,
+    /// `<shared dir>/dhcp/<network id>`: hosts, opts (root's, readable by dnsmasq's group).
+    pub shared: PathBuf,
 }
 
 impl Files {
-    pub fn new(state_dir: &Path, d: &Dhcp) -> Self {
+    pub fn new(state_dir: &Path, shared_dir: &Path, d: &Dhcp) -> Self {
         Self {
             dir: state_dir.join("dhcp").join(d.network_id.as_str()),
+            shared: shared_dir.join("dhcp").join(d.network_id.as_str()),
         }
     }
     pub fn hosts(&self) -> PathBuf {
-        self.dir.join("hosts")
+        self.shared.join("hosts")
     }
     pub fn opts(&self) -> PathBuf {
-        self.dir.join("opts")
+        self.shared.join("opts")
     }
     pub fn pid(&self) -> PathBuf {
         self.dir.join("pid")
@@ -122,7 +128,7 @@ fn netns_meta() -> &'static str {
 }
 
 /// dnsmasq's arguments (without argv[0]).
-pub fn args(d: &Dhcp, f: &Files) -> Vec<OsString> {
+pub fn args(d: &Dhcp, f: &Files, user: &Identity) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let path_arg = |flag: &str, p: PathBuf| {
         let mut s = OsString::from(flag);
@@ -147,6 +153,11 @@ pub fn args(d: &Dhcp, f: &Files) -> Vec<OsString> {
     // Answer renewals of leases it has forgotten (lost lease file) instead of ignoring them.
     a.push("--dhcp-authoritative".into());
     a.push("--dhcp-lease-max=65536".into());
+    // Named, not dnsmasq's built-in default (nobody, group dip): the files are given to it.
+    a.push(format!("--user={}", user.name).into());
+    if let Some(group) = &user.group {
+        a.push(format!("--group={group}").into());
+    }
     a.extend(fixed);
     for (i, (s, _)) in served(d).iter().enumerate() {
         a.push(
@@ -161,21 +172,65 @@ pub fn args(d: &Dhcp, f: &Files) -> Vec<OsString> {
     a
 }
 
-/// Writes the hosts and options files (readable by the unprivileged user dnsmasq drops to, which
-/// re-reads them on SIGHUP).
-pub fn write_files(d: &Dhcp, f: &Files) -> Result<()> {
-    std::fs::create_dir_all(&f.dir).with_context(|| format!("creating {}", f.dir.display()))?;
-    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", f.dir.display()))?;
-    write_atomic(&f.hosts(), &hosts_file(d))?;
-    write_atomic(&f.opts(), &opts_file(d))?;
+/// Writes the hosts and options files where dnsmasq's user can read them and nobody else can
+/// (root's, group `user`'s primary group, 0640, in directories only that group may pass), then
+/// checks that this user can in fact reach them: a dnsmasq that cannot read its host list still
+/// starts, and answers no one, so this is said here instead, as an error.
+pub fn write_files(d: &Dhcp, f: &Files, user: &Identity) -> Result<()> {
+    onestack_core::fsutil::create_private_dir(&f.dir)
+        .with_context(|| format!("creating {}", f.dir.display()))?;
+    // Where older versions kept them (a directory dnsmasq may not be able to pass).
+    for old in ["hosts", "opts"] {
+        let _ = std::fs::remove_file(f.dir.join(old));
+    }
+    let gid = (!user.is_root()).then_some(user.gid);
+    let dhcp_dir = f.shared.parent().unwrap_or(&f.shared);
+    if let Some(root) = dhcp_dir.parent().filter(|r| !r.exists()) {
+        // The shared directory itself lets anyone pass (not list); what is inside is guarded.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(root)
+            .with_context(|| format!("creating {}", root.display()))?;
+    }
+    for dir in [dhcp_dir, f.shared.as_path()] {
+        onestack_core::fsutil::create_private_dir(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        access::set_group_mode(dir, gid, 0o710)
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    write_atomic(&f.hosts(), &hosts_file(d), gid)?;
+    write_atomic(&f.opts(), &opts_file(d), gid)?;
+    for file in [f.hosts(), f.opts()] {
+        if let Some(blocked) = access::check(&file, user, access::READ) {
+            let msg = format!(
+                "dnsmasq for network {} runs as {} and cannot read {}: {blocked}; guests on \
+                 that network would get no address (run `onestack doctor`)",
+                d.network_id,
+                user.name,
+                file.display()
+            );
+            tracing::error!("{msg}");
+            bail!(msg);
+        }
+    }
     Ok(())
 }
 
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+fn write_atomic(path: &Path, text: &str, gid: Option<u32>) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    access::set_group_mode(&tmp, gid, if gid.is_some() { 0o640 } else { 0o600 })
         .with_context(|| format!("chmod {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
@@ -212,9 +267,25 @@ fn cmdline(pid: i32) -> Option<Vec<OsString>> {
 
 /// Starts dnsmasq in `ns` (it daemonizes; its start-up errors come back as a failed exit) and
 /// returns its pid.
-pub async fn start(ns: PathBuf, dnsmasq: &Path, d: &Dhcp, f: &Files) -> Result<i32> {
-    let args = args(d, f);
+pub async fn start(
+    ns: PathBuf,
+    dnsmasq: &Path,
+    d: &Dhcp,
+    f: &Files,
+    user: &Identity,
+) -> Result<i32> {
+    let args = args(d, f, user);
     let _ = std::fs::remove_file(f.pid());
+    // dnsmasq makes its lease and log files readable by its group; made here first, they stay
+    // root's alone (it opens them while still root, and appends).
+    for file in [f.leases(), f.log()] {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&file);
+    }
     let out = netns::command(Some(ns), dnsmasq.to_path_buf(), args, None)
         .await
         .context("starting dnsmasq")?;
@@ -230,6 +301,9 @@ pub async fn start(ns: PathBuf, dnsmasq: &Path, d: &Dhcp, f: &Files) -> Result<i
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         if let Some((pid, _)) = running(f) {
+            for file in [f.pid(), f.leases(), f.log()] {
+                let _ = access::set_group_mode(&file, None, 0o600);
+            }
             return Ok(pid);
         }
         if Instant::now() >= deadline {
@@ -375,19 +449,77 @@ mod tests {
              tag:s0,option:classless-static-route,169.254.169.254/32,198.18.1.2,198.18.200.0/24,198.18.1.254,0.0.0.0/0,198.18.1.1\n\
              tag:s0,249,169.254.169.254/32,198.18.1.2,198.18.200.0/24,198.18.1.254,0.0.0.0/0,198.18.1.1\n"
         );
-        let f = Files::new(Path::new("/var/lib/os"), &d);
-        let a: Vec<String> = args(&d, &f)
+        let f = Files::new(Path::new("/var/lib/os"), Path::new("/run/os"), &d);
+        let user = Identity {
+            name: "onestack-dnsmasq".into(),
+            group: Some("onestack-dnsmasq".into()),
+            uid: 990,
+            gid: 990,
+            gids: vec![990],
+        };
+        let a: Vec<String> = args(&d, &f, &user)
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
         assert!(a.contains(&"--interface=ns-p1".to_owned()));
         assert!(a.contains(&"--pid-file=/var/lib/os/dhcp/net1/pid".to_owned()));
+        assert!(a.contains(&"--dhcp-hostsfile=/run/os/dhcp/net1/hosts".to_owned()));
+        assert!(a.contains(&"--dhcp-leasefile=/var/lib/os/dhcp/net1/leases".to_owned()));
+        assert!(a.contains(&"--user=onestack-dnsmasq".to_owned()));
+        assert!(a.contains(&"--group=onestack-dnsmasq".to_owned()));
         assert!(
             a.contains(&"--dhcp-range=set:s0,198.18.1.0,static,255.255.255.0,86400s".to_owned())
         );
         assert_eq!(
             a.iter().filter(|x| x.starts_with("--dhcp-range")).count(),
             1
+        );
+    }
+
+    /// The host list is readable by dnsmasq's user through its group and by no one else, and a
+    /// directory on the way that user cannot pass is an error, not a silent DHCP outage.
+    #[test]
+    fn files_are_for_dnsmasqs_user_alone() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to give files to another group");
+            return;
+        }
+        let Ok(user) = Identity::resolve("nobody") else {
+            eprintln!("skipped: no user nobody");
+            return;
+        };
+        let d = server();
+        let tmp = tempfile::tempdir().expect("tmp");
+        // Like a data directory made by `mktemp -d`: only root may pass.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let state = tmp.path().join("state");
+        let f = Files::new(&state, &tmp.path().join("run"), &d);
+        let err = write_files(&d, &f, &user).expect_err("unreachable files");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("runs as nobody and cannot read")
+                && msg.contains(&tmp.path().display().to_string())
+                && msg.contains("cannot search"),
+            "{msg}"
+        );
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod");
+        write_files(&d, &f, &user).expect("reachable now");
+        for file in [f.hosts(), f.opts()] {
+            let m = std::fs::metadata(&file).expect("stat");
+            assert_eq!(m.mode() & 0o777, 0o640, "{}", file.display());
+            assert_eq!((m.uid(), m.gid()), (0, user.gid));
+        }
+        let m = std::fs::metadata(&f.shared).expect("stat");
+        assert_eq!((m.mode() & 0o777, m.gid()), (0o710, user.gid));
+        // The state directory (pid, leases, log) stays root's.
+        let m = std::fs::metadata(&f.dir).expect("stat");
+        assert_eq!(m.mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::read_to_string(f.hosts()).expect("hosts"),
+            hosts_file(&d)
         );
     }
 

@@ -20,6 +20,8 @@ pub struct Ctx<'a> {
     pub host_ns: Option<PathBuf>,
     pub host: &'a Links,
     pub state_dir: &'a Path,
+    pub shared_dir: &'a Path,
+    pub dnsmasq_user: &'a crate::access::Identity,
     pub tap_owner: Option<u32>,
     pub dnsmasq: &'a Path,
 }
@@ -254,7 +256,7 @@ async fn enter_ns(name: &super::validate::NsName) -> Result<(PathBuf, Links)> {
 
 /// `full`: also (re)start or reload dnsmasq even if nothing changed (startup, retry).
 pub async fn converge_dhcp(c: &Ctx<'_>, old: Option<&Dhcp>, new: &Dhcp, full: bool) -> Result<()> {
-    let files = dhcp::Files::new(c.state_dir, new);
+    let files = dhcp::Files::new(c.state_dir, c.shared_dir, new);
     if let Some(o) = old.filter(|o| o.namespace != new.namespace || o.device != new.device) {
         remove_dhcp(c, o).await?;
     }
@@ -277,8 +279,8 @@ pub async fn converge_dhcp(c: &Ctx<'_>, old: Option<&Dhcp>, new: &Dhcp, full: bo
     )
     .await?;
 
-    dhcp::write_files(new, &files)?;
-    let want = dhcp::args(new, &files);
+    dhcp::write_files(new, &files, c.dnsmasq_user)?;
+    let want = dhcp::args(new, &files, c.dnsmasq_user);
     match dhcp::running(&files) {
         Some((_, args)) if args == want => {
             // Same server: the host list may have changed. Forget removed hosts' leases, then
@@ -300,27 +302,30 @@ pub async fn converge_dhcp(c: &Ctx<'_>, old: Option<&Dhcp>, new: &Dhcp, full: bo
         }
         Some(_) => {
             dhcp::stop(&files).await?;
-            dhcp::start(ns, c.dnsmasq, new, &files).await?;
+            dhcp::start(ns, c.dnsmasq, new, &files, c.dnsmasq_user).await?;
         }
         None => {
-            dhcp::start(ns, c.dnsmasq, new, &files).await?;
+            dhcp::start(ns, c.dnsmasq, new, &files, c.dnsmasq_user).await?;
         }
     }
     Ok(())
 }
 
 pub async fn remove_dhcp(c: &Ctx<'_>, old: &Dhcp) -> Result<()> {
-    let files = dhcp::Files::new(c.state_dir, old);
+    let files = dhcp::Files::new(c.state_dir, c.shared_dir, old);
     dhcp::stop(&files).await?;
     netns::del(&old.namespace).await?;
     // Deleting the namespace destroyed the inner end and with it the pair; this is for a host end
     // whose peer never made it into the namespace.
     c.host.delete(&old.device).await?;
-    match std::fs::remove_dir_all(&files.dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", files.dir.display())),
+    for dir in [&files.dir, &files.shared] {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
     }
+    Ok(())
 }
 
 // ---- routers --------------------------------------------------------------------------------

@@ -44,9 +44,15 @@ use validate::{Ident, IfName, NsName};
 pub struct NetConfig {
     /// Operate in this named network namespace instead of the agent's own (tests).
     pub host_netns: Option<String>,
-    /// `dhcp/<network id>/…` and the record of what was applied live here. Must be traversable by
-    /// the unprivileged user dnsmasq drops to (it re-reads its files on SIGHUP).
+    /// The record of what was applied, and each dnsmasq's pid, lease and log files
+    /// (`dhcp/<network id>/…`, opened by dnsmasq while it is still root): root's alone.
     pub state_dir: PathBuf,
+    /// The files dnsmasq re-reads as its own user on every SIGHUP (`dhcp/<network id>/hosts`,
+    /// `opts`): in a directory that user reaches without passing through `state_dir` (which
+    /// may sit in a data directory only root can enter), readable by that user's group only.
+    pub shared_dir: PathBuf,
+    /// The unprivileged user dnsmasq drops to (`--user`, `--group`).
+    pub dnsmasq_user: crate::access::Identity,
     /// Owner of created TAPs: the uid QEMU runs as.
     pub tap_owner: Option<u32>,
     pub dnsmasq: PathBuf,
@@ -123,7 +129,8 @@ impl Record {
     fn put<T: Serialize>(&self, kind: &str, id: &str, v: &T) -> Result<()> {
         let path = self.path(kind, id);
         let dir = self.dir.join(kind);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        onestack_core::fsutil::create_private_dir(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec(v).context("encoding a network record")?;
         std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
@@ -282,6 +289,8 @@ impl HostNetworking {
             host_ns: self.host_ns.clone(),
             host: links,
             state_dir: &self.cfg.state_dir,
+            shared_dir: &self.cfg.shared_dir,
+            dnsmasq_user: &self.cfg.dnsmasq_user,
             tap_owner: self.cfg.tap_owner,
             dnsmasq: &self.cfg.dnsmasq,
         };
@@ -484,6 +493,8 @@ impl HostNetworking {
             host_ns: self.host_ns.clone(),
             host: links,
             state_dir: &self.cfg.state_dir,
+            shared_dir: &self.cfg.shared_dir,
+            dnsmasq_user: &self.cfg.dnsmasq_user,
             tap_owner: self.cfg.tap_owner,
             dnsmasq: &self.cfg.dnsmasq,
         };
@@ -518,6 +529,7 @@ impl HostNetworking {
         }
         let _ = std::fs::remove_dir_all(self.record().dir);
         let _ = std::fs::remove_dir(self.cfg.state_dir.join("dhcp"));
+        let _ = std::fs::remove_dir(self.cfg.shared_dir.join("dhcp"));
         self.applied = None;
     }
 }

@@ -103,7 +103,8 @@ async fn query_status(q: &mut Qmp) -> DriverResult<String> {
 
 impl QemuDriver {
     /// `run_as`: user QEMU switches to (`-runas`) once it has opened its files as root; the
-    /// VM's disk and config drive are then chowned to it, as QEMU reopens the disk on resume.
+    /// VM's disk, config drive and volumes are then given to it, and the image under the disk
+    /// made readable to its group (see `process::grant_access`).
     pub fn new(instances_dir: PathBuf, accel: Accel, run_as: Option<String>) -> QemuDriver {
         QemuDriver {
             instances_dir,
@@ -161,7 +162,7 @@ impl QemuDriver {
     /// Spawns QEMU and returns its pid and a QMP connection once the monitor answers.
     async fn launch(&self, spec: &VmSpec, incoming: bool) -> DriverResult<(i32, Qmp)> {
         let f = self.files(&spec.id)?;
-        std::fs::create_dir_all(&f.dir)
+        onestack_core::fsutil::create_private_dir(&f.dir)
             .map_err(|e| failed(format!("cannot create {}: {e}", f.dir.display())))?;
         let cache = if process::direct_io_supported(&spec.disk) {
             "none"
@@ -183,10 +184,11 @@ impl QemuDriver {
         )?;
         if let Some(user) = &self.run_as {
             let user = process::resolve_user(user)?;
-            let mut images = vec![spec.disk.as_path()];
-            images.extend(spec.config_drive.as_deref());
-            images.extend(spec.volumes.iter().map(|v| v.path.as_path()));
-            process::grant_access(&user, &f.dir, &images)?;
+            let mut owned = vec![spec.disk.as_path()];
+            owned.extend(spec.config_drive.as_deref());
+            owned.extend(spec.volumes.iter().map(|v| v.path.as_path()));
+            let shared: Vec<&Path> = spec.base.as_deref().into_iter().collect();
+            process::grant_access(&user, &f.dir, &owned, &shared)?;
         }
         let _ = std::fs::remove_file(&f.pidfile);
         let (pid, mut exited) = process::spawn_detached(&args, &f.dir, &f.qemu_log)?;
@@ -632,7 +634,7 @@ impl QemuDriver {
         }
         if let Some(user) = &self.run_as {
             let user = process::resolve_user(user)?;
-            process::grant_access(&user, &f.dir, &[v.path.as_path()])?;
+            process::grant_access(&user, &f.dir, &[v.path.as_path()], &[])?;
         }
         let path = v
             .path

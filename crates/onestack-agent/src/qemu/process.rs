@@ -2,6 +2,7 @@
 //! for a pid without ever touching a process that is not this instance's QEMU.
 
 use super::{failed, Accel};
+use crate::access::{self, Identity};
 use crate::driver::{DriverResult, VmSpec};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -240,79 +241,47 @@ pub(crate) fn volume_names(v: &crate::driver::VolumeSpec) -> DriverResult<(&str,
     Ok((&v.node, &v.serial))
 }
 
-/// The uid, gid and all group ids of `-runas`'s user (a name, or QEMU's numeric `uid:gid`).
-pub(crate) struct RunAs {
-    uid: u32,
-    gids: Vec<u32>,
-    gid: u32,
-    name: String,
+/// `-runas`'s user (a name, or QEMU's numeric `uid:gid`).
+pub(crate) fn resolve_user(user: &str) -> DriverResult<Identity> {
+    Identity::resolve(user).map_err(|e| failed(format!("{e} (run_as)")))
 }
 
-pub(crate) fn resolve_user(user: &str) -> DriverResult<RunAs> {
-    if let Some((u, g)) = user.split_once(':') {
-        if let (Ok(uid), Ok(gid)) = (u.parse(), g.parse()) {
-            return Ok(RunAs {
-                uid,
-                gid,
-                gids: vec![gid],
-                name: user.to_string(),
-            });
-        }
+/// Lets `-runas`'s user reach the VM's files, and nothing more. QEMU opens them as root, but
+/// reopens them as that user when an incoming migration (resume) activates the disk, and a
+/// hot-plugged volume is opened as that user from the start. Like libvirt's DAC driver, with
+/// groups instead of "other" bits:
+/// - the instance directory stays root's (so QEMU cannot plant files or symlinks for the agent
+///   to follow), in the user's group, searchable by that group only (0710);
+/// - `owned` (the VM's own disk, config drive, volumes) are given to the user (0600);
+/// - `shared` (the cached image the disk is an overlay on, read by every VM of that image) stay
+///   root's, readable by the user's group (0640), never writable by it.
+///
+/// Then every file is checked as that user would open it, so a directory on the way that it
+/// cannot pass is said plainly here rather than found by QEMU later.
+pub(crate) fn grant_access(
+    user: &Identity,
+    dir: &Path,
+    owned: &[&Path],
+    shared: &[&Path],
+) -> DriverResult<()> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        failed(format!("cannot {what} {}: {e}", p.display()))
+    };
+    access::set_group_mode(dir, Some(user.gid), 0o710).map_err(|e| io("chmod", dir, e))?;
+    for img in owned {
+        access::set_owner_mode(img, user.uid, user.gid, 0o600).map_err(|e| io("chown", img, e))?;
     }
-    let pw = nix::unistd::User::from_name(user)
-        .map_err(|e| failed(format!("cannot look up user {user:?}: {e}")))?
-        .ok_or_else(|| failed(format!("no such user {user:?} (run_as)")))?;
-    let mut gids = vec![pw.gid.as_raw()];
-    if let Ok(name) = std::ffi::CString::new(user) {
-        if let Ok(list) = nix::unistd::getgrouplist(&name, pw.gid) {
-            gids.extend(list.iter().map(|g| g.as_raw()));
-        }
+    for img in shared {
+        access::set_group_mode(img, Some(user.gid), 0o640).map_err(|e| io("chgrp", img, e))?;
     }
-    Ok(RunAs {
-        uid: pw.uid.as_raw(),
-        gid: pw.gid.as_raw(),
-        gids,
-        name: user.to_string(),
-    })
-}
-
-/// Lets `-runas`'s user reach the VM's images. QEMU opens them as root, but reopens the disk
-/// read-write as that user when an incoming migration (resume) activates it. Like libvirt's DAC
-/// driver: the images are given to the user and the instance directory made searchable (not
-/// writable: it stays root's, so QEMU cannot plant files or symlinks for the agent to follow).
-pub(crate) fn grant_access(user: &RunAs, dir: &Path, images: &[&Path]) -> DriverResult<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(dir)
-        .map_err(|e| failed(format!("cannot stat {}: {e}", dir.display())))?;
-    if meta.mode() & 0o011 != 0o011 {
-        let mode = (meta.mode() & 0o7777) | 0o011;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| failed(format!("cannot chmod {}: {e}", dir.display())))?;
-    }
-    for img in images {
-        std::os::unix::fs::chown(img, Some(user.uid), Some(user.gid))
-            .map_err(|e| failed(format!("cannot chown {}: {e}", img.display())))?;
-        for parent in img
-            .ancestors()
-            .skip(1)
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            let Ok(m) = std::fs::metadata(parent) else {
-                continue;
-            };
-            let mode = m.mode();
-            let searchable = mode & 0o001 != 0
-                || (m.uid() == user.uid && mode & 0o100 != 0)
-                || (user.gids.contains(&m.gid()) && mode & 0o010 != 0);
-            if !searchable {
-                return Err(failed(format!(
-                    "QEMU runs as {:?} but cannot reach {}: {} is not searchable by it \
-                     (e.g. chmod o+x)",
-                    user.name,
-                    img.display(),
-                    parent.display()
-                )));
-            }
+    for img in owned.iter().chain(shared) {
+        if let Some(blocked) = access::check(img, user, access::READ) {
+            return Err(failed(format!(
+                "QEMU runs as {:?} but cannot reach {}: {blocked} (`onestack up` sets the data \
+                 directory's modes; a directory above it must be searchable by that user)",
+                user.name,
+                img.display(),
+            )));
         }
     }
     Ok(())
@@ -376,6 +345,7 @@ mod tests {
             vcpus: 2,
             memory_mb: 512,
             disk: PathBuf::from("/i/a,b/disk"),
+            base: None,
             config_drive: Some(PathBuf::from("/i/disk.config")),
             nics: vec![NicSpec {
                 mac: "fa:16:3e:00:00:01".into(),

@@ -110,7 +110,8 @@ impl ImageService {
         size_cap: u64,
         receiver: &str,
     ) -> CoreResult<Arc<ImageService>> {
-        std::fs::create_dir_all(&dir)
+        // Image data is tenants' data: root's alone.
+        crate::fsutil::create_private_dir(&dir)
             .map_err(|e| CoreError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         let requeued = store
             .requeue_interrupted_uploads(&now(), Some(receiver), &[])

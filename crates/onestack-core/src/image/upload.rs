@@ -63,9 +63,11 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::fmt::Display,
 {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
         .map_err(io_error)?;
     let (write_tx, write_rx) = mpsc::channel::<Bytes>(IN_FLIGHT);

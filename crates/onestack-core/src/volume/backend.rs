@@ -44,13 +44,13 @@ async fn qemu_img(args: &[&std::ffi::OsStr]) -> CoreResult<()> {
 }
 
 impl Backend {
-    /// The directory is made searchable (0711) but not listable, so QEMU running as its own
-    /// user can open the files it is given and nothing else.
+    /// A new directory is root's alone (0700); the compute agent of this host then lets its QEMU
+    /// user's group pass through it (0710), so QEMU can open the volume files it is given
+    /// (0600, given to it while attached) and nothing else. An existing directory's mode is
+    /// left to them (`onestack up` checks it).
     pub fn new(dir: PathBuf) -> CoreResult<Backend> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&dir)
+        crate::fsutil::create_private_dir(&dir)
             .map_err(|e| CoreError::Internal(format!("cannot create {}: {e}", dir.display())))?;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711));
         Ok(Backend { dir })
     }
 
@@ -250,7 +250,7 @@ mod tests {
                 .permissions()
                 .mode()
                 & 0o777,
-            0o711
+            0o700
         );
         // Given to another user while attached (needs root to hand it over), then taken back.
         if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_ok() {
