@@ -159,22 +159,7 @@ impl Cloud {
     }
 
     async fn login(&self, user: &str, pw: &str, project: &str) -> Tenant {
-        let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-            "name": user, "domain": {"id": "default"}, "password": pw}}},
-            "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
-        let resp = self
-            .http
-            .post(format!("{}/v3/auth/tokens", self.cp.identity))
-            .json(&body)
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        let token = resp.headers()["x-subject-token"]
-            .to_str()
-            .expect("token")
-            .to_string();
-        let v: Value = resp.json().await.expect("json");
+        let (token, v) = common::login_to(&self.http, &self.cp.identity, user, pw, project).await;
         Tenant {
             token,
             project: v["token"]["project"]["id"]
@@ -187,36 +172,15 @@ impl Cloud {
     }
 
     async fn new_member(&self, admin: &Tenant, name: &str) -> Tenant {
-        let p = self
-            .ok(
-                admin,
-                "identity",
-                Method::POST,
-                "/v3/projects",
-                json!({"project": {"name": name, "domain_id": "default"}}),
-            )
-            .await;
-        let u = self
-            .ok(admin, "identity", Method::POST, "/v3/users",
-                json!({"user": {"name": name, "password": "pw-of-the-attacker", "domain_id": "default"}}))
-            .await;
-        let (_, roles) = self
-            .call(
-                Method::GET,
-                &format!("{}/v3/roles?name=member", self.cp.identity),
-                &admin.token,
-                None,
-            )
-            .await;
-        let url = format!(
-            "{}/v3/projects/{}/users/{}/roles/{}",
-            self.cp.identity,
-            p["project"]["id"].as_str().expect("p"),
-            u["user"]["id"].as_str().expect("u"),
-            roles["roles"][0]["id"].as_str().expect("role")
-        );
-        let (st, _) = self.call(Method::PUT, &url, &admin.token, None).await;
-        assert_eq!(st, StatusCode::NO_CONTENT);
+        common::new_project_user(
+            &self.http,
+            &self.cp.identity,
+            &admin.token,
+            name,
+            "pw-of-the-attacker",
+            "member",
+        )
+        .await;
         self.login(name, "pw-of-the-attacker", name).await
     }
 

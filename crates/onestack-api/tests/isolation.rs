@@ -81,22 +81,7 @@ impl Cloud {
     }
 
     async fn caller(&self, user: &str, pw: &str, project: &str) -> Caller {
-        let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-            "name": user, "domain": {"id": "default"}, "password": pw}}},
-            "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
-        let resp = self
-            .http
-            .post(format!("{}/v3/auth/tokens", self.cp.identity))
-            .json(&body)
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(resp.status(), StatusCode::CREATED, "login {user}");
-        let token = resp.headers()["x-subject-token"]
-            .to_str()
-            .expect("token")
-            .to_string();
-        let v: Value = resp.json().await.expect("json");
+        let (token, v) = common::login_to(&self.http, &self.cp.identity, user, pw, project).await;
         Caller {
             token,
             project: v["token"]["project"]["id"]
@@ -108,50 +93,15 @@ impl Cloud {
 
     /// A new project with a user holding `member` on it; that user, logged in.
     async fn new_member(&self, admin: &Caller, name: &str) -> Caller {
-        let id = &self.cp.identity;
-        let (st, p) = self
-            .call(
-                Method::POST,
-                &format!("{id}/v3/projects"),
-                &admin.token,
-                Some(json!({"project": {"name": name, "domain_id": "default"}})),
-            )
-            .await;
-        assert_eq!(st, StatusCode::CREATED, "{p}");
-        let (st, u) = self
-            .call(
-                Method::POST,
-                &format!("{id}/v3/users"),
-                &admin.token,
-                Some(
-                    json!({"user": {"name": name, "password": "attacker-pw", "domain_id": "default",
-                                     "default_project_id": p["project"]["id"]}}),
-                ),
-            )
-            .await;
-        assert_eq!(st, StatusCode::CREATED, "{u}");
-        let (_, roles) = self
-            .call(
-                Method::GET,
-                &format!("{id}/v3/roles?name=member"),
-                &admin.token,
-                None,
-            )
-            .await;
-        let st = self
-            .http
-            .put(format!(
-                "{id}/v3/projects/{}/users/{}/roles/{}",
-                p["project"]["id"].as_str().expect("project"),
-                u["user"]["id"].as_str().expect("user"),
-                roles["roles"][0]["id"].as_str().expect("role")
-            ))
-            .header("x-auth-token", &admin.token)
-            .send()
-            .await
-            .expect("grant")
-            .status();
-        assert_eq!(st, StatusCode::NO_CONTENT);
+        common::new_project_user(
+            &self.http,
+            &self.cp.identity,
+            &admin.token,
+            name,
+            "attacker-pw",
+            "member",
+        )
+        .await;
         self.caller(name, "attacker-pw", name).await
     }
 

@@ -267,21 +267,9 @@ impl Cloud {
     }
 
     async fn login(&self, user: &str, pw: &str, project: &str) -> String {
-        let body = json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-            "name": user, "domain": {"id": "default"}, "password": pw}}},
-            "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
-        let r = self
-            .http
-            .post(format!("{}/v3/auth/tokens", self.cp.identity))
-            .json(&body)
-            .send()
+        common::login_to(&self.http, &self.cp.identity, user, pw, project)
             .await
-            .expect("login");
-        assert_eq!(r.status().as_u16(), 201, "login {user}");
-        r.headers()["x-subject-token"]
-            .to_str()
-            .expect("token")
-            .to_string()
+            .0
     }
 
     /// Polls a volume or snapshot (as the member) until its status is `want`.

@@ -309,3 +309,86 @@ pub async fn replicate_images(cp: &ControlPlane, name: &str) -> tokio::task::Joi
         .enable_replication(name, AGENT_TOKEN, onestack_api::image::HttpPeers::new()));
     beat_as_controller(&cp.store, name, &cp.compute).await
 }
+
+/// A password login scoped to `project` (by name, in the default domain): the token and the
+/// token's body.
+pub async fn login_to(
+    http: &reqwest::Client,
+    identity: &str,
+    user: &str,
+    password: &str,
+    project: &str,
+) -> (String, serde_json::Value) {
+    let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {
+        "user": {"name": user, "domain": {"id": "default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
+    let r = http
+        .post(format!("{identity}/v3/auth/tokens"))
+        .json(&body)
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED, "login as {user}");
+    let token = r.headers()["x-subject-token"]
+        .to_str()
+        .expect("token")
+        .to_string();
+    (token, r.json().await.expect("token body"))
+}
+
+/// A new project `name` and a user `name` (password `password`) holding `role` on it, made with
+/// the admin's token.
+pub async fn new_project_user(
+    http: &reqwest::Client,
+    identity: &str,
+    admin: &str,
+    name: &str,
+    password: &str,
+    role: &str,
+) {
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{identity}{path}"))
+            .header("x-auth-token", admin)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        "/v3/projects",
+        serde_json::json!({"project": {"name": name, "domain_id": "default"}}),
+    )
+    .await
+    .expect("project");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let p: serde_json::Value = r.json().await.expect("project json");
+    let r = post(
+        "/v3/users",
+        serde_json::json!({"user": {"name": name, "password": password, "domain_id": "default",
+                                    "default_project_id": p["project"]["id"]}}),
+    )
+    .await
+    .expect("user");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    let u: serde_json::Value = r.json().await.expect("user json");
+    let roles: serde_json::Value = http
+        .get(format!("{identity}/v3/roles?name={role}"))
+        .header("x-auth-token", admin)
+        .send()
+        .await
+        .expect("roles")
+        .json()
+        .await
+        .expect("roles json");
+    let st = http
+        .put(format!(
+            "{identity}/v3/projects/{}/users/{}/roles/{}",
+            p["project"]["id"].as_str().expect("project id"),
+            u["user"]["id"].as_str().expect("user id"),
+            roles["roles"][0]["id"].as_str().expect("role id")
+        ))
+        .header("x-auth-token", admin)
+        .send()
+        .await
+        .expect("grant")
+        .status();
+    assert_eq!(st, reqwest::StatusCode::NO_CONTENT, "grant {role}");
+}
