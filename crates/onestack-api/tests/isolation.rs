@@ -178,6 +178,56 @@ impl Cloud {
     }
 }
 
+/// Two projects on one host: the victim (demo) with a network, a router on it and a server
+/// there, and mallory, a member of a project of its own with a network.
+struct Scene {
+    admin: Caller,
+    victim: Caller,
+    mallory: Caller,
+    vnet: String,
+    vsub: Value,
+    vrouter: String,
+    server: String,
+    mnet: String,
+}
+
+impl Cloud {
+    async fn scene(&self, victim_cidr: &str, mallory_cidr: &str) -> Scene {
+        let admin = self.caller("admin", ADMIN_PW, "admin").await;
+        let victim = self.caller("demo", DEMO_PW, "demo").await;
+        let mallory = self.new_member(&admin, "mallory").await;
+        common::register_host(&self.http, &self.cp.compute, "h1", 8, 8192, 100).await;
+        let image = common::raw_image(&self.http, &self.cp.image, &admin.token, 1024, true).await;
+        let (vnet, vsub) = self.network(&victim, victim_cidr, json!({})).await;
+        let vrouter = self
+            .router_on(&victim, vsub["id"].as_str().expect("subnet"))
+            .await;
+        let (st, s) = self
+            .nova(
+                Method::POST,
+                "/v2.1/servers",
+                &victim,
+                Some(json!({"server": {
+                "name": "victim", "imageRef": image, "flavorRef": "1",
+                "networks": [{"uuid": vnet}], "user_data": "c2VjcmV0", "metadata": {"k": "v"}}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{s}");
+        let server = id(&s, "server");
+        let (mnet, _) = self.network(&mallory, mallory_cidr, json!({})).await;
+        Scene {
+            admin,
+            victim,
+            mallory,
+            vnet,
+            vsub,
+            vrouter,
+            server,
+            mnet,
+        }
+    }
+}
+
 fn id(v: &Value, key: &str) -> String {
     v[key]["id"]
         .as_str()
@@ -200,29 +250,16 @@ fn ports_in(state: &Value) -> Vec<String> {
 #[tokio::test]
 async fn ports_naming_another_projects_device_attach_to_nothing() {
     let c = Cloud::start().await;
-    let admin = c.caller("admin", ADMIN_PW, "admin").await;
-    let victim = c.caller("demo", DEMO_PW, "demo").await;
-    let mallory = c.new_member(&admin, "mallory").await;
-    common::register_host(&c.http, &c.cp.compute, "h1", 8, 8192, 100).await;
-    let image = common::raw_image(&c.http, &c.cp.image, &admin.token, 1024, true).await;
-
-    let (vnet, vsub) = c.network(&victim, "198.18.40.0/24", json!({})).await;
-    let vrouter = c
-        .router_on(&victim, vsub["id"].as_str().expect("subnet"))
-        .await;
-    let (st, s) = c
-        .nova(
-            Method::POST,
-            "/v2.1/servers",
-            &victim,
-            Some(json!({"server": {
-            "name": "victim", "imageRef": image, "flavorRef": "1",
-            "networks": [{"uuid": vnet}], "user_data": "c2VjcmV0", "metadata": {"k": "v"}}})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{s}");
-    let server = id(&s, "server");
-    let (mnet, msub) = c.network(&mallory, "198.18.41.0/24", json!({})).await;
+    let Scene {
+        admin,
+        victim,
+        mallory,
+        vnet,
+        vsub,
+        vrouter,
+        server,
+        mnet,
+    } = c.scene("198.18.40.0/24", "198.18.41.0/24").await;
 
     // A member cannot name another project's server or router as its port's device (Neutron's
     // DeviceIDNotOwnedByTenant), on create or update; nothing is made.
@@ -397,7 +434,6 @@ async fn ports_naming_another_projects_device_attach_to_nothing() {
         )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
-    let _ = msub;
 }
 
 /// Issue 19, item 1 (DHCP): a port labelled as a network's DHCP server is not its DHCP server: the
@@ -757,26 +793,16 @@ async fn input_neutron_refuses() {
 #[tokio::test]
 async fn older_ports_are_marked_as_the_service_made_them() {
     let c = Cloud::start().await;
-    let admin = c.caller("admin", ADMIN_PW, "admin").await;
-    let victim = c.caller("demo", DEMO_PW, "demo").await;
-    let mallory = c.new_member(&admin, "mallory").await;
-    common::register_host(&c.http, &c.cp.compute, "h1", 8, 8192, 100).await;
-    let image = common::raw_image(&c.http, &c.cp.image, &admin.token, 1024, true).await;
-    let (vnet, vsub) = c.network(&victim, "198.18.46.0/24", json!({})).await;
-    let vrouter = c
-        .router_on(&victim, vsub["id"].as_str().expect("subnet"))
-        .await;
-    let (_, s) = c
-        .nova(
-            Method::POST,
-            "/v2.1/servers",
-            &victim,
-            Some(json!({"server": {
-            "name": "victim", "imageRef": image, "flavorRef": "1", "networks": [{"uuid": vnet}]}})),
-        )
-        .await;
-    let server = id(&s, "server");
-    let (mnet, _) = c.network(&mallory, "198.18.47.0/24", json!({})).await;
+    let Scene {
+        admin,
+        victim,
+        mallory,
+        vnet,
+        vrouter,
+        server,
+        mnet,
+        ..
+    } = c.scene("198.18.46.0/24", "198.18.47.0/24").await;
     let (st, rogue) = c
         .net(
             Method::POST,

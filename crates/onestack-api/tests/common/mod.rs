@@ -197,20 +197,7 @@ async fn start_on(
 
 /// A project-scoped token for `user` (whose project has the user's name: admin, demo).
 pub async fn login(http: &reqwest::Client, identity: &str, user: &str, password: &str) -> String {
-    let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {
-        "user": {"name": user, "domain": {"id": "default"}, "password": password}}},
-        "scope": {"project": {"name": user, "domain": {"id": "default"}}}}});
-    let r = http
-        .post(format!("{identity}/v3/auth/tokens"))
-        .json(&body)
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(r.status(), reqwest::StatusCode::CREATED, "login as {user}");
-    r.headers()["x-subject-token"]
-        .to_str()
-        .expect("token")
-        .to_string()
+    login_to(http, identity, user, password, user).await.0
 }
 
 /// Plays a compute agent: registers `host` with this capacity on the compute API at `compute`.
