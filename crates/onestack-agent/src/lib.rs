@@ -12,3 +12,4 @@ pub mod metadata;
 pub mod metrics;
 pub mod net;
 pub mod qemu;
+pub mod retry;

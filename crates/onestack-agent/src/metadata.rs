@@ -5,6 +5,7 @@
 //! the one server holding it and answers only about that server.
 
 use crate::client::Controller;
+use crate::retry::Backoff;
 use anyhow::Result;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode, Uri};
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone)]
 struct ProxyState {
@@ -25,8 +27,27 @@ struct ProxyState {
 /// Running listeners by DHCP namespace.
 pub struct MetadataProxies {
     ctl: Arc<Controller>,
-    running: HashMap<String, tokio::task::JoinHandle<()>>,
+    running: HashMap<String, Listener>,
+    /// Listeners that failed to start: when to try again.
+    retry: HashMap<String, Failing>,
     port: u16,
+}
+
+struct Listener {
+    task: tokio::task::JoinHandle<()>,
+    /// The namespace the socket lives in: a namespace made again under the same name (its
+    /// mount was lost, or it was deleted) needs a new listener.
+    ns: Option<(u64, u64)>,
+}
+
+struct Failing {
+    backoff: Backoff,
+    /// The namespace at the failure; another one there now is worth a try at once.
+    ns: Option<(u64, u64)>,
+}
+
+fn ns_path(ns: &str) -> PathBuf {
+    PathBuf::from(crate::net::netns::NETNS_DIR).join(ns)
 }
 
 impl MetadataProxies {
@@ -34,35 +55,70 @@ impl MetadataProxies {
         MetadataProxies {
             ctl,
             running: HashMap::new(),
+            retry: HashMap::new(),
             port: 80,
         }
     }
 
-    /// Starts a listener for each DHCP server that has none, stops those whose server is gone.
-    /// A listener that cannot bind yet (its namespace is being built) is retried on the next sync;
-    /// returns false while any is missing.
+    /// Starts a listener for each DHCP server that has none (or whose listener ended, or lives
+    /// in a namespace that is no longer the named one), stops those whose server is gone. A
+    /// listener that cannot start (its namespace is being built) is retried by a later sync
+    /// after a backoff (1 s doubling to 30 s); returns false while any is missing. Call it
+    /// every few seconds: this is how a lost listener comes back.
     pub async fn sync(&mut self, servers: &[DhcpServer]) -> bool {
         let mut complete = true;
         let wanted: HashMap<&str, &DhcpServer> =
             servers.iter().map(|d| (d.namespace.as_str(), d)).collect();
-        self.running.retain(|ns, task| {
-            let keep = wanted.contains_key(ns.as_str()) && !task.is_finished();
+        self.retry.retain(|ns, _| wanted.contains_key(ns.as_str()));
+        self.running.retain(|ns, l| {
+            let current = crate::net::netns::identity(&ns_path(ns));
+            let keep = wanted.contains_key(ns.as_str()) && !l.task.is_finished() && current == l.ns;
             if !keep {
-                task.abort();
+                if wanted.contains_key(ns.as_str()) {
+                    tracing::warn!(namespace = %ns, "metadata listener lost (it ended, or its \
+                        namespace was made again); starting it again");
+                }
+                l.task.abort();
             }
             keep
         });
+        let now = std::time::Instant::now();
         for (ns, d) in wanted {
             if self.running.contains_key(ns) {
                 continue;
             }
+            let current = crate::net::netns::identity(&ns_path(ns));
+            if let Some(f) = self.retry.get(ns) {
+                if f.ns == current && !f.backoff.ready(now) {
+                    complete = false;
+                    continue;
+                }
+            }
             match self.start(ns, &d.network_id).await {
                 Ok(task) => {
-                    self.running.insert(ns.to_string(), task);
+                    if let Some(mut f) = self.retry.remove(ns) {
+                        let n = f.backoff.succeeded();
+                        tracing::info!(
+                            namespace = ns,
+                            failures = n,
+                            "metadata listener started after failures"
+                        );
+                    }
+                    self.running
+                        .insert(ns.to_string(), Listener { task, ns: current });
                 }
                 Err(e) => {
                     complete = false;
-                    tracing::warn!(namespace = ns, error = %e, "metadata listener not started yet");
+                    let f = self.retry.entry(ns.to_string()).or_insert_with(|| Failing {
+                        backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+                        ns: current,
+                    });
+                    f.ns = current;
+                    let r = f.backoff.failed(now);
+                    if let Some(unsaid) = r.log {
+                        tracing::warn!(namespace = ns, error = %format!("{e:#}"), attempt = r.attempt,
+                            retry_in_s = r.retry_in.as_secs(), unsaid, "metadata listener not started yet");
+                    }
                 }
             }
         }
@@ -71,7 +127,7 @@ impl MetadataProxies {
 
     async fn start(&self, ns: &str, network_id: &str) -> Result<tokio::task::JoinHandle<()>> {
         let addr: SocketAddr = format!("{METADATA_IP}:{}", self.port).parse()?;
-        let path = PathBuf::from(crate::net::netns::NETNS_DIR).join(ns);
+        let path = ns_path(ns);
         // The socket is made inside the namespace and keeps it; the thread that made it ends.
         let std_listener = crate::net::netns::run_in(Some(path), move || {
             let l = std::net::TcpListener::bind(addr)?;
@@ -95,8 +151,8 @@ impl MetadataProxies {
     }
 
     pub fn stop_all(&mut self) {
-        for (_, t) in self.running.drain() {
-            t.abort();
+        for (_, l) in self.running.drain() {
+            l.task.abort();
         }
     }
 }

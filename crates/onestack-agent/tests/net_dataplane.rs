@@ -1050,3 +1050,362 @@ fn vxlan_joins_hosts() {
     );
     drop(restarted);
 }
+
+// ---- drift: whatever happens to the host, the data plane comes back ----------------------------
+
+/// Counts the warnings and errors logged on the test's thread (where `block_on` runs the data
+/// plane), and prints them.
+struct CountWarnings(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountWarnings {
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *e.metadata().level() <= tracing::Level::WARN {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One repair pass, as the agent's timer makes them: what it found drifted and what failed.
+fn repair_pass(
+    rt: &tokio::runtime::Runtime,
+    env: &mut Env,
+    state: &NetworkState,
+) -> (Vec<String>, Vec<String>) {
+    let _ = state;
+    let stats = rt.block_on(env.net().heal()).expect("repair pass");
+    (stats.drift, stats.errors)
+}
+
+/// Repair passes every `every` until `done()` holds (at most `limit`); returns the time taken
+/// and the passes made.
+fn repair_until(
+    rt: &tokio::runtime::Runtime,
+    env: &mut Env,
+    state: &NetworkState,
+    every: Duration,
+    limit: Duration,
+    mut done: impl FnMut(&Env) -> bool,
+) -> (Duration, usize) {
+    let t0 = Instant::now();
+    let mut passes = 0;
+    loop {
+        let (drift, errors) = repair_pass(rt, env, state);
+        passes += 1;
+        if !drift.is_empty() || !errors.is_empty() {
+            eprintln!("pass {passes}: drift {drift:?} errors {errors:?}");
+        }
+        if done(env) {
+            return (t0.elapsed(), passes);
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "not repaired within {limit:?} ({passes} passes)"
+        );
+        std::thread::sleep(every);
+    }
+}
+
+fn dnsmasq_pid(env: &Env) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(env.state_dir.path().join("dhcp/tenant/pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    (!cmdline.is_empty()).then_some(pid)
+}
+
+fn is_netns(name: &str) -> bool {
+    // A live namespace mount shows as nsfs; the file a lost mount leaves is an empty regular file.
+    let out = run(&["stat", "-f", "-c", "%T", &format!("/run/netns/{name}")]);
+    String::from_utf8_lossy(&out.stdout).trim() == "nsfs"
+}
+
+fn link_of(host: &str, dev: &str) -> String {
+    String::from_utf8_lossy(&run(&["ip", "-d", "-n", host, "link", "show", dev]).stdout)
+        .into_owned()
+}
+
+/// The metadata listener answers in `vm`'s network (any HTTP answer: the test has no controller).
+fn metadata_answers(vm: &str) -> bool {
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        vm,
+        "busybox",
+        "timeout",
+        "3",
+        "busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://169.254.169.254/openstack",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    out.status.success() || err.contains("server returned error")
+}
+
+const MAC4: &str = "fa:16:3e:00:00:14";
+
+/// The data plane repairs what others broke (a namespace whose mount is gone, a killed dnsmasq,
+/// deleted links, a flushed ruleset, reset sysctls) within a bounded time, without flooding the
+/// log, and backs off on what it cannot repair.
+#[test]
+fn heals_host_drift() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the drift test: {why}");
+        return;
+    }
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let warnings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    use tracing_subscriber::layer::SubscriberExt;
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(CountWarnings(warnings.clone()))
+            .with(tracing_subscriber::fmt::layer().with_test_writer()),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut env = Env::new();
+    let mut state = scenario_state(&env.prefix);
+    // vm4's port is a real TAP the data plane makes (no VM on it).
+    state.ports.push(vm_port(
+        "vm4port",
+        "tapvm4",
+        MAC4,
+        "198.18.1.14",
+        &["default"],
+    ));
+    state.security_groups[0]
+        .member_ips
+        .push("198.18.1.14".into());
+    let host = env.host.clone();
+    let dhcp_ns = format!("{}-dhcp", env.prefix);
+    let router_ns = format!("{}-r", env.prefix);
+    let vm1 = env.vm("vm1", "tapvm1", MAC1, Some("198.18.1.11/24"));
+    let _vm2 = env.vm("vm2", "tapvm2", MAC2, Some("198.18.1.12/24"));
+    let vm3 = env.vm("vm3", "tapvm3", MAC3, Some("198.18.1.13/24"));
+    ok(&[
+        "ip",
+        "-n",
+        &vm3,
+        "route",
+        "add",
+        "169.254.169.254/32",
+        "via",
+        "198.18.1.2",
+    ]);
+    applied(&rt.block_on(env.net().apply(&state)).expect("first apply"));
+    let ctl = std::sync::Arc::new(onestack_agent::client::Controller::new(
+        "http://127.0.0.1:9",
+        "token",
+    ));
+    let mut proxies = onestack_agent::metadata::MetadataProxies::new(ctl);
+    assert!(rt.block_on(proxies.sync(&state.dhcp)));
+    assert!(metadata_answers(&vm3), "no metadata listener at first");
+    assert!(ping(&vm1, "198.18.1.12", None), "vm1 -> vm2");
+    assert!(
+        !ping(&vm1, "198.18.1.13", None),
+        "vm3's group lets no one in"
+    );
+    let every = Duration::from_millis(100);
+    let limit = Duration::from_secs(10);
+    let mut times: Vec<(&str, Duration)> = Vec::new();
+
+    // 1. The DHCP namespace's mount is lost (an empty file stays under /run/netns, as a crash
+    //    or a mount namespace that ended leaves it): recreated, with its dnsmasq and metadata
+    //    listener, in a few passes and a few log lines, not a retry per millisecond.
+    let pid = dnsmasq_pid(&env).expect("dnsmasq runs");
+    ok(&["umount", &format!("/run/netns/{dhcp_ns}")]);
+    assert!(!is_netns(&dhcp_ns));
+    let before = warnings.load(Ordering::SeqCst);
+    let (t, passes) = repair_until(
+        &rt,
+        &mut env,
+        &state,
+        Duration::from_millis(10),
+        limit,
+        |e| is_netns(&dhcp_ns) && dnsmasq_pid(e).is_some_and(|p| p != pid),
+    );
+    assert!(rt.block_on(proxies.sync(&state.dhcp)));
+    let logged = warnings.load(Ordering::SeqCst) - before;
+    eprintln!("lost namespace mount: repaired in {t:?} ({passes} passes, {logged} warnings)");
+    assert!(logged <= 10, "{logged} warnings for one lost namespace");
+    times.push(("namespace mount lost (DHCP)", t));
+    let lease = dhcp_client(&vm3, env.state_dir.path());
+    assert_eq!(env_var(&lease, "ip"), Some("198.18.1.13"), "{lease}");
+    assert!(metadata_answers(&vm3), "metadata listener not back");
+
+    // 2. dnsmasq is killed: started again, and a VM gets a lease.
+    let pid = dnsmasq_pid(&env).expect("dnsmasq runs");
+    ok(&["kill", "-9", &pid.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dnsmasq_pid(&env) == Some(pid) {
+        assert!(Instant::now() < deadline, "dnsmasq did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |e| {
+        dnsmasq_pid(e).is_some()
+    });
+    times.push(("dnsmasq killed", t));
+    let lease = dhcp_client(&vm3, env.state_dir.path());
+    assert_eq!(env_var(&lease, "ip"), Some("198.18.1.13"), "{lease}");
+
+    // 3. Links deleted by an admin: the bridge (every port falls out of it), a VM's TAP, the
+    //    DHCP server's veth and the router's.
+    ok(&["ip", "-n", &host, "link", "del", "brqtenant"]);
+    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+        link_of(&host, "tapvm1").contains("master brqtenant")
+            && link_of(&host, "tapdhcp").contains("master brqtenant")
+            && link_of(&host, "tapqr").contains("master brqtenant")
+    });
+    times.push(("bridge deleted", t));
+    assert!(
+        ping(&vm1, "198.18.1.12", None),
+        "vm1 -> vm2 after the bridge came back"
+    );
+    ok(&["ip", "-n", &host, "link", "del", "tapvm4"]);
+    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+        let l = link_of(&host, "tapvm4");
+        l.contains("tap") && l.contains("master brqtenant")
+    });
+    times.push(("VM TAP deleted", t));
+    ok(&["ip", "-n", &host, "link", "del", "tapdhcp"]);
+    ok(&["ip", "-n", &host, "link", "del", "tapqr"]);
+    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+        link_of(&host, "tapdhcp").contains("master brqtenant")
+            && link_of(&host, "tapqr").contains("master brqtenant")
+    });
+    times.push(("DHCP and router veths deleted", t));
+    let lease = dhcp_client(&vm3, env.state_dir.path());
+    assert_eq!(env_var(&lease, "ip"), Some("198.18.1.13"), "{lease}");
+    assert!(
+        ping(&vm1, "198.18.64.1", None),
+        "vm1 -> external after the router's veth"
+    );
+    assert!(
+        metadata_answers(&vm3),
+        "metadata after the DHCP veth came back"
+    );
+
+    // 4. `nft flush ruleset` on the host: security groups are enforced again.
+    ok(&["ip", "netns", "exec", &host, "nft", "flush", "ruleset"]);
+    assert!(env.nft_list("inet").is_empty());
+    assert!(ping(&vm1, "198.18.1.13", None), "no rules, no filtering");
+    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |e| {
+        e.nft_list("inet").contains("pi-tapvm3") && e.nft_list("bridge").contains("ps-tapvm1")
+    });
+    times.push(("nft flush ruleset", t));
+    assert!(
+        !ping(&vm1, "198.18.1.13", None),
+        "vm3's group is enforced again"
+    );
+    assert!(
+        ping(&vm1, "198.18.1.12", None),
+        "vm1 -> vm2 with the rules back"
+    );
+
+    // 5. Sysctls reset: bridge netfilter on the host, forwarding in the router.
+    let sysctl = |ns: &str, key: &str| {
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            &format!("/proc/sys/{key}"),
+        ])
+        .trim()
+        .to_owned()
+    };
+    let set = |ns: &str, key: &str, v: &str| {
+        ok(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("echo {v} > /proc/sys/{key}"),
+        ]);
+    };
+    set(&host, "net/bridge/bridge-nf-call-iptables", "0");
+    set(&router_ns, "net/ipv4/ip_forward", "0");
+    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+        sysctl(&host, "net/bridge/bridge-nf-call-iptables") == "1"
+            && sysctl(&router_ns, "net/ipv4/ip_forward") == "1"
+    });
+    times.push(("sysctls reset", t));
+    assert!(
+        !ping(&vm1, "198.18.1.13", None),
+        "bridged traffic filtered again"
+    );
+    assert!(ping(&vm1, "198.18.64.1", None), "the router forwards again");
+
+    // 6. The router's namespace deleted outright.
+    ok(&["ip", "netns", "del", &router_ns]);
+    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+        is_netns(&router_ns)
+    });
+    times.push(("router namespace deleted", t));
+    assert!(
+        ping(&vm1, "198.18.64.1", None),
+        "vm1 -> external through the new router"
+    );
+
+    // 7. What cannot be repaired is retried with a backoff, and logged once, not per attempt:
+    //    a device that is not a bridge took the bridge's name. Passes every 10 ms for 3 s (what
+    //    a loop without backoff would make) try the network at 0, 1 and 3 s.
+    ok(&["ip", "-n", &host, "link", "del", "brqtenant"]);
+    ok(&[
+        "ip",
+        "-n",
+        &host,
+        "link",
+        "add",
+        "brqtenant",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "squatter",
+    ]);
+    let before = warnings.load(Ordering::SeqCst);
+    let t0 = Instant::now();
+    let (mut passes, mut attempts) = (0, 0);
+    while t0.elapsed() < Duration::from_secs(3) {
+        let (_, errors) = repair_pass(&rt, &mut env, &state);
+        passes += 1;
+        attempts += errors
+            .iter()
+            .filter(|e| e.starts_with("network:tenant:"))
+            .count();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let logged = warnings.load(Ordering::SeqCst) - before;
+    eprintln!("unrepairable: {passes} passes, {attempts} attempts, {logged} warnings");
+    assert!(passes > 100, "{passes}");
+    assert!((2..=3).contains(&attempts), "{attempts} attempts in 3 s");
+    // One drift and one failure line per object (the network, 4 ports, DHCP, router), once.
+    assert!(logged <= 14, "{logged} warnings");
+    // The name is free again: the bridge is back within the backoff (4 s at this point).
+    ok(&["ip", "-n", &host, "link", "del", "brqtenant"]);
+    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+        link_of(&host, "tapvm1").contains("master brqtenant")
+    });
+    eprintln!("bridge back {t:?} after the name was freed");
+    assert!(
+        ping(&vm1, "198.18.1.12", None),
+        "vm1 -> vm2 once the bridge is back"
+    );
+
+    for (what, t) in &times {
+        println!("drift repaired: {what}: {} ms", t.as_millis());
+    }
+    proxies.stop_all();
+}

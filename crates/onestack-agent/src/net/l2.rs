@@ -190,11 +190,13 @@ struct VethEnd<'a> {
 }
 
 /// A veth whose host end is in `bridge` and whose other end, in namespace `ns`, carries `mac`
-/// and `addrs`. Recreated when either end is missing.
-async fn converge_veth(c: &Ctx<'_>, ns: &Path, inner: &Links, v: &VethEnd<'_>) -> Result<()> {
+/// and `addrs`. Recreated when either end is missing; true if it was (what listened on the old
+/// inner end must be started again).
+async fn converge_veth(c: &Ctx<'_>, ns: &Path, inner: &Links, v: &VethEnd<'_>) -> Result<bool> {
     let host_has = c.host.index(v.host_dev).await?.is_some();
     let inner_has = inner.index(v.inner_dev).await?.is_some();
-    if !(host_has && inner_has) {
+    let recreate = !(host_has && inner_has);
+    if recreate {
         c.host.delete(v.host_dev).await?;
         inner.delete(v.inner_dev).await?;
         // A stale namespace end left in the host namespace would block the new pair.
@@ -229,12 +231,14 @@ async fn converge_veth(c: &Ctx<'_>, ns: &Path, inner: &Links, v: &VethEnd<'_>) -
             },
         )
         .await?;
-    inner.sync_addrs(index, v.inner_dev, &v.addrs).await
+    inner.sync_addrs(index, v.inner_dev, &v.addrs).await?;
+    Ok(recreate)
 }
 
-/// Creates the namespace if needed and returns its path and a netlink handle in it, with lo up.
-async fn enter_ns(name: &super::validate::NsName) -> Result<(PathBuf, Links)> {
-    netns::add(name).await?;
+/// Creates the namespace if needed and returns its path, a netlink handle in it (lo up), and
+/// whether it was made now (empty: nothing of the old one's is in it).
+async fn enter_ns(name: &super::validate::NsName) -> Result<(PathBuf, Links, bool)> {
+    let created = netns::add(name).await?;
     let path = netns::ns_path(name);
     let links = Links::open(Some(path.clone())).await?;
     let lo = IfName::parse("lo")?;
@@ -249,7 +253,7 @@ async fn enter_ns(name: &super::validate::NsName) -> Result<(PathBuf, Links)> {
             },
         )
         .await?;
-    Ok((path, links))
+    Ok((path, links, created))
 }
 
 // ---- DHCP -----------------------------------------------------------------------------------
@@ -260,11 +264,11 @@ pub async fn converge_dhcp(c: &Ctx<'_>, old: Option<&Dhcp>, new: &Dhcp, full: bo
     if let Some(o) = old.filter(|o| o.namespace != new.namespace || o.device != new.device) {
         remove_dhcp(c, o).await?;
     }
-    let (ns, inner) = enter_ns(&new.namespace).await?;
+    let (ns, inner, created) = enter_ns(&new.namespace).await?;
     let meta: Ipv4Addr = METADATA_IP.parse().context("metadata address")?;
     let mut addrs = new.addresses.clone();
     addrs.push(Ipv4Net::from(meta));
-    converge_veth(
+    let recreated = converge_veth(
         c,
         &ns,
         &inner,
@@ -281,8 +285,11 @@ pub async fn converge_dhcp(c: &Ctx<'_>, old: Option<&Dhcp>, new: &Dhcp, full: bo
 
     dhcp::write_files(new, &files, c.dnsmasq_user)?;
     let want = dhcp::args(new, &files, c.dnsmasq_user);
+    // A dnsmasq bound to a veth end that is gone, or living in a namespace that is no longer
+    // the named one (its mount was lost and made again), serves no one: restarted.
+    let stale = created || recreated;
     match dhcp::running(&files) {
-        Some((_, args)) if args == want => {
+        Some((pid, args)) if args == want && !stale && netns::process_in(pid, &ns) => {
             // Same server: the host list may have changed. Forget removed hosts' leases, then
             // make dnsmasq re-read its files.
             if let Some(o) = old {
@@ -342,7 +349,9 @@ pub async fn converge_router(
         remove_router(c, o).await?;
         old = None;
     }
-    let (ns, inner) = enter_ns(&new.namespace).await?;
+    let (ns, inner, created) = enter_ns(&new.namespace).await?;
+    // A namespace made now holds nothing of the old one: its NAT table is built from scratch.
+    let full = full || created;
     netns::sysctl(Some(ns.clone()), "net/ipv4/ip_forward", "1").await?;
 
     // Interfaces and gateways that went away (or got other devices): their host ends.

@@ -15,11 +15,15 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 /// What we look at of an existing link.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Link {
+    pub name: String,
     pub index: u32,
     pub kind: Option<String>,
     pub master: Option<u32>,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    pub mtu: Option<u32>,
 }
 
 /// Attributes to set on a link in one request; None leaves one alone.
@@ -68,6 +72,72 @@ impl Links {
         Ok(self.get(name).await?.map(|l| l.index))
     }
 
+    /// Every link of the namespace by name, in one dump.
+    pub async fn dump(&self) -> Result<std::collections::HashMap<String, Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .h
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing links")?;
+        Ok(msgs
+            .iter()
+            .map(describe)
+            .map(|l| (l.name.clone(), l))
+            .collect())
+    }
+
+    /// Every IPv4 address of the namespace by link index, in one dump.
+    pub async fn addr_dump(&self) -> Result<std::collections::HashMap<u32, Vec<Ipv4Net>>> {
+        let msgs: Vec<_> = self
+            .h
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .context("listing addresses")?;
+        let mut out: std::collections::HashMap<u32, Vec<Ipv4Net>> = Default::default();
+        for msg in msgs {
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    if let Ok(net) = Ipv4Net::new(*ip, msg.header.prefix_len) {
+                        out.entry(msg.header.index).or_default().push(net);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The gateway of the main table's IPv4 default route, if there is one.
+    pub async fn default_gateway(&self) -> Result<Option<Ipv4Addr>> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<_> = self
+            .h
+            .route()
+            .get(msg)
+            .execute()
+            .try_collect()
+            .await
+            .context("listing routes")?;
+        Ok(routes
+            .iter()
+            .filter(|r| {
+                r.header.destination_prefix_length == 0
+                    && r.header.table == rtnetlink::packet_route::route::RouteHeader::RT_TABLE_MAIN
+            })
+            .find_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+                    _ => None,
+                })
+            }))
+    }
+
     /// Index of `name`, which must exist.
     pub async fn require(&self, name: &IfName) -> Result<u32> {
         self.index(name)
@@ -75,8 +145,17 @@ impl Links {
             .with_context(|| format!("link {name} does not exist"))
     }
 
+    /// Bridge `name`, created if absent, up, with `mtu`. A device of that name that is not a
+    /// bridge is someone else's: an error, not something to delete.
     pub async fn ensure_bridge(&self, name: &IfName, mtu: u32) -> Result<u32> {
-        if self.index(name).await?.is_none() {
+        if let Some(l) = self.get(name).await? {
+            if l.kind.as_deref() != Some("bridge") {
+                anyhow::bail!(
+                    "a device named {name} exists and is not a bridge ({})",
+                    l.kind.as_deref().unwrap_or("no kind")
+                );
+            }
+        } else {
             let msg = LinkBridge::new(name.as_str()).mtu(mtu).build();
             match self.h.link().add(msg).execute().await {
                 Ok(()) => {}
@@ -328,11 +407,16 @@ impl Links {
 fn describe(msg: &LinkMessage) -> Link {
     let mut link = Link {
         index: msg.header.index,
-        kind: None,
-        master: None,
+        up: msg
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::link::LinkFlags::Up),
+        ..Default::default()
     };
     for a in &msg.attributes {
         match a {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
             LinkAttribute::Controller(m) => link.master = Some(*m),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {

@@ -20,6 +20,7 @@
 //! Address pairs that overlap another port's addresses on the same bridge cannot be dispatch
 //! keys (the maps refuse overlapping intervals): the port that claimed the prefix first keeps it.
 
+mod check;
 pub mod dhcp;
 mod l2;
 pub mod link;
@@ -29,6 +30,7 @@ pub mod nft;
 mod tap;
 pub mod validate;
 
+use crate::retry::Backoff;
 use anyhow::{Context, Result};
 use model::{KeyRange, Plan, PortFilter};
 use nft::{Nft, Script};
@@ -88,8 +90,12 @@ pub struct ApplyStats {
     pub l2_elapsed: Duration,
     /// Entries of the state left out because a field failed validation.
     pub rejected: Vec<String>,
-    /// Objects that could not be realised; they are retried on the next apply.
+    /// Objects that could not be realised; they are retried on the next apply or heal.
     pub errors: Vec<String>,
+    /// What a heal found drifted (`<object>: <why>`).
+    pub drift: Vec<String>,
+    /// Time a heal spent looking (its self-check).
+    pub check_elapsed: Duration,
     pub elapsed: Duration,
 }
 
@@ -109,9 +115,12 @@ struct Firewall {
 #[derive(Clone, Debug, Default)]
 struct Applied {
     plan: Plan,
-    /// Keys of objects whose last realisation failed: converged again on the next apply.
+    /// Keys of objects whose last realisation failed or that drifted: converged again by the
+    /// next apply or heal once their backoff has passed.
     dirty: BTreeSet<String>,
     firewall: Option<Firewall>,
+    /// Failed objects' retry schedules, by key.
+    retry: BTreeMap<String, Backoff>,
 }
 
 /// One small JSON file per realised object (`<state_dir>/net-record/<kind>/<id>.json`), written
@@ -190,7 +199,30 @@ pub struct HostNetworking {
     links: Option<link::Links>,
     nft: Nft,
     applied: Option<Applied>,
+    /// The last plan asked for: what [`Self::heal`] converges back to.
+    desired: Option<Plan>,
+    /// The schedule of a whole apply that failed before any object was realised.
+    apply_retry: Backoff,
+    /// Drift reports by object key, so an object that keeps drifting is told once a minute.
+    drift_log: BTreeMap<String, Backoff>,
 }
+
+/// A failed object is tried again after 1 s, 2 s, 4 s… up to 30 s.
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(30);
+
+fn backoff() -> Backoff {
+    Backoff::new(RETRY_BASE, RETRY_CAP)
+}
+
+/// The host sysctls the data plane needs; checked by [`HostNetworking::heal`] too.
+const HOST_SYSCTLS: [(&str, &str); 2] = [
+    // Bridged IPv4 must traverse the inet hooks, or security groups see nothing.
+    ("net/bridge/bridge-nf-call-iptables", "bridge netfilter"),
+    // Accepted sockets carry their first packet's mark: the APIs tell guests' connections
+    // (`GUEST_MARK`) from the hosts'.
+    ("net/ipv4/tcp_fwmark_accept", "marks on accepted sockets"),
+];
 
 impl HostNetworking {
     pub fn new(cfg: NetConfig) -> Self {
@@ -204,6 +236,9 @@ impl HostNetworking {
             cfg,
             links: None,
             applied: None,
+            desired: None,
+            apply_retry: backoff(),
+            drift_log: BTreeMap::new(),
         }
     }
 
@@ -231,50 +266,211 @@ impl HostNetworking {
     /// Makes the host match `desired`, changing only what differs from the last apply. The first
     /// call (after start) converges everything, reusing what exists (VM taps, namespaces, a
     /// running dnsmasq) and removing what a previous run created that is no longer wanted.
+    /// Objects that fail are retried by later applies and by [`Self::heal`], each on its own
+    /// backoff (1 s doubling to 30 s), unless the controller changes them meanwhile.
     pub async fn apply(&mut self, desired: &NetworkState) -> Result<ApplyStats> {
-        let started = Instant::now();
         let (mut plan, mut rejected) = Plan::from_state(desired);
         if let Some(uplink) = &self.cfg.uplink {
             if let Err(e) = plan.attach_uplink(uplink) {
                 rejected.push(format!("uplink {uplink:?}: {e:#}"));
             }
         }
-        let mut stats = ApplyStats {
+        let stats = ApplyStats {
             rejected,
             ..Default::default()
         };
         for r in &stats.rejected {
             tracing::warn!(reason = %r, "network state entry rejected");
         }
+        self.desired = Some(plan.clone());
+        self.apply_plan(&plan, stats).await
+    }
+
+    async fn apply_plan(&mut self, plan: &Plan, mut stats: ApplyStats) -> Result<ApplyStats> {
+        let started = Instant::now();
+        let r = self.apply_inner(plan, &mut stats).await;
+        match &r {
+            Ok(()) => {
+                self.apply_retry.succeeded();
+            }
+            Err(_) => {
+                self.apply_retry.failed(Instant::now());
+            }
+        }
+        r?;
+        stats.elapsed = started.elapsed();
+        Ok(stats)
+    }
+
+    async fn apply_inner(&mut self, plan: &Plan, stats: &mut ApplyStats) -> Result<()> {
         self.host_links().await?;
         let first = self.applied.is_none();
         let mut applied = match self.applied.take() {
             Some(a) => a,
             None => {
-                // Bridged IPv4 must traverse the inet hooks, or security groups see nothing.
-                netns::sysctl(
-                    self.host_ns.clone(),
-                    "net/bridge/bridge-nf-call-iptables",
-                    "1",
-                )
-                .await
-                .context("enabling bridge netfilter")?;
-                // Accepted sockets carry their first packet's mark: the APIs tell guests'
-                // connections (`GUEST_MARK`) from the hosts'.
-                netns::sysctl(self.host_ns.clone(), "net/ipv4/tcp_fwmark_accept", "1")
-                    .await
-                    .context("letting accepted sockets carry their mark")?;
+                self.host_sysctls(false).await?;
                 Applied {
                     plan: self.record().load(),
                     ..Default::default()
                 }
             }
         };
-        let r = self.converge(&plan, &mut applied, first, &mut stats).await;
+        let r = self.converge(plan, &mut applied, first, stats).await;
+        self.applied = Some(applied);
+        r
+    }
+
+    /// Sets the host sysctls the data plane needs; `check`: only those that are not set
+    /// (returned, as drift).
+    async fn host_sysctls(&self, check: bool) -> Result<Vec<String>> {
+        let mut drift = Vec::new();
+        for (key, what) in HOST_SYSCTLS {
+            if check && netns::read_sysctl(self.host_ns.clone(), key).await? == "1" {
+                continue;
+            }
+            netns::sysctl(self.host_ns.clone(), key, "1")
+                .await
+                .with_context(|| format!("enabling {what}"))?;
+            if check {
+                drift.push(format!("{key} was not 1"));
+            }
+        }
+        Ok(drift)
+    }
+
+    /// The self-check: compares the host with what was realised (bridges, TAPs, veths,
+    /// namespaces, dnsmasq and its files, routes, addresses, NAT and host nft tables, sysctls)
+    /// and re-converges what drifted, whoever caused it, along with objects whose earlier
+    /// attempts failed once their backoff has passed. Cheap when nothing drifted: a few dumps
+    /// and reads, no change. Call it every few seconds. Running VMs are not disturbed: a TAP is
+    /// recreated under its name and put back in its bridge (see docs/network.md for what a
+    /// guest sees).
+    pub async fn heal(&mut self) -> Result<ApplyStats> {
+        let started = Instant::now();
+        let Some(plan) = self.desired.clone() else {
+            return Ok(ApplyStats::default());
+        };
+        if self.applied.is_none() {
+            // The last apply failed as a whole (no netlink, no sysctl): try it again when due.
+            if !self.apply_retry.ready(Instant::now()) {
+                return Ok(ApplyStats::default());
+            }
+            return self.apply_plan(&plan, ApplyStats::default()).await;
+        }
+        let mut stats = ApplyStats::default();
+        let drift = self.check().await?;
+        stats.check_elapsed = started.elapsed();
+        let now = Instant::now();
+        let Some(mut applied) = self.applied.take() else {
+            return Ok(stats);
+        };
+        for (key, why) in &drift {
+            applied.dirty.insert(key.clone());
+            let log = self
+                .drift_log
+                .entry(key.clone())
+                .or_insert_with(backoff)
+                .failed(now)
+                .log;
+            if let Some(unsaid) = log {
+                tracing::warn!(object = %key, drift = %why, unsaid, "host networking drifted; repairing");
+            }
+        }
+        stats.drift = drift.iter().map(|(k, w)| format!("{k}: {w}")).collect();
+        let due = applied.dirty.iter().any(|k| due(&applied.retry, k, now))
+            || (applied.firewall.is_none() && due(&applied.retry, FIREWALL, now));
+        let r = if due {
+            self.converge(&plan, &mut applied, false, &mut stats).await
+        } else {
+            Ok(())
+        };
         self.applied = Some(applied);
         r?;
+        let repaired: Vec<&String> = drift
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| {
+                !stats
+                    .errors
+                    .iter()
+                    .any(|e| e.starts_with(&format!("{k}: ")))
+            })
+            .collect();
+        if !repaired.is_empty() {
+            tracing::info!(objects = ?repaired, elapsed_ms = started.elapsed().as_millis() as u64,
+                "host networking repaired");
+        }
         stats.elapsed = started.elapsed();
         Ok(stats)
+    }
+
+    /// What drifted, as (object key, why). Objects already marked for a retry are not looked at.
+    async fn check(&mut self) -> Result<Vec<(String, String)>> {
+        let mut drift: Vec<(String, String)> = Vec::new();
+        for d in self.host_sysctls(true).await? {
+            drift.push(("host".into(), d));
+        }
+        let links = self.host_links().await?;
+        let view = check::View::read(links).await?;
+        let Some(applied) = self.applied.as_ref() else {
+            return Ok(drift);
+        };
+        let clean = |key: &String| !applied.dirty.contains(key);
+        for (id, n) in &applied.plan.networks {
+            let key = format!("network:{id}");
+            if let Some(why) = check::network(&view, n).filter(|_| clean(&key)) {
+                drift.push((key, why));
+            }
+        }
+        for (id, p) in &applied.plan.ports {
+            let key = format!("port:{id}");
+            if let Some(why) = check::port(&view, p).filter(|_| clean(&key)) {
+                drift.push((key, why));
+            }
+        }
+        for (id, d) in &applied.plan.dhcp {
+            let key = format!("dhcp:{id}");
+            if !clean(&key) {
+                continue;
+            }
+            let files = dhcp::Files::new(&self.cfg.state_dir, &self.cfg.shared_dir, d);
+            let args = dhcp::args(d, &files, &self.cfg.dnsmasq_user);
+            if let Some(why) = check::dhcp(&view, d, &files, &args).await {
+                drift.push((key, why));
+            }
+        }
+        for (id, r) in &applied.plan.routers {
+            let key = format!("router:{id}");
+            if !clean(&key) {
+                continue;
+            }
+            if let Some(why) = check::router(&view, r).await {
+                drift.push((key, why));
+            }
+        }
+        if applied.firewall.is_some() {
+            let tables = self.nft.tables().await?;
+            for family in ["bridge", "inet"] {
+                if !tables
+                    .iter()
+                    .any(|t| t == &format!("{family} {}", nft::TABLE))
+                {
+                    drift.push((
+                        FIREWALL.into(),
+                        format!("nft table {family} {} is missing", nft::TABLE),
+                    ));
+                    break;
+                }
+            }
+        }
+        let firewall_drift = drift.iter().any(|(k, _)| k == FIREWALL);
+        if firewall_drift {
+            if let Some(a) = self.applied.as_mut() {
+                // Unknown what is left of it: rebuilt from scratch, in one transaction.
+                a.firewall = None;
+            }
+        }
+        Ok(drift)
     }
 
     async fn converge(
@@ -297,61 +493,87 @@ impl HostNetworking {
         let rec = self.record();
         let old = applied.plan.clone();
         let l2_started = Instant::now();
+        let now = Instant::now();
+        // An object is (re)converged when it is new or changed, on the first apply, or when it
+        // is marked (failed or drifted) and its backoff has passed.
+        let skip = |applied: &Applied, key: &str, unchanged: bool| {
+            !first && unchanged && (!applied.dirty.contains(key) || !due(&applied.retry, key, now))
+        };
+        // A removal is made at once, unless it failed before and its backoff has not passed.
+        let wait = |applied: &Applied, key: &str| {
+            !first && applied.dirty.contains(key) && !due(&applied.retry, key, now)
+        };
 
         // Removals first (routers and DHCP before the bridges their veths sit in).
         for (id, r) in &old.routers {
             if !plan.routers.contains_key(id) {
                 let key = format!("router:{id}");
+                if wait(applied, &key) {
+                    continue;
+                }
                 match l2::remove_router(&ctx, r).await {
                     Ok(()) => {
                         applied.plan.routers.remove(id);
-                        stored(stats, rec.del("routers", id));
-                        applied.dirty.remove(&key);
+                        let r = rec.del("routers", id);
+                        stored(stats, &mut applied.retry, r);
+                        done(applied, &key);
                         stats.routers.removed += 1;
                     }
-                    Err(e) => fail(stats, &key, e),
+                    Err(e) => failed(stats, applied, &key, e),
                 }
             }
         }
         for (id, d) in &old.dhcp {
             if !plan.dhcp.contains_key(id) {
                 let key = format!("dhcp:{id}");
+                if wait(applied, &key) {
+                    continue;
+                }
                 match l2::remove_dhcp(&ctx, d).await {
                     Ok(()) => {
                         applied.plan.dhcp.remove(id);
-                        stored(stats, rec.del("dhcp", id));
-                        applied.dirty.remove(&key);
+                        let r = rec.del("dhcp", id);
+                        stored(stats, &mut applied.retry, r);
+                        done(applied, &key);
                         stats.dhcp.removed += 1;
                     }
-                    Err(e) => fail(stats, &key, e),
+                    Err(e) => failed(stats, applied, &key, e),
                 }
             }
         }
         for (id, p) in &old.ports {
             if !plan.ports.contains_key(id) {
                 let key = format!("port:{id}");
+                if wait(applied, &key) {
+                    continue;
+                }
                 match l2::remove_port(&ctx, p).await {
                     Ok(()) => {
                         applied.plan.ports.remove(id);
-                        stored(stats, rec.del("ports", id));
-                        applied.dirty.remove(&key);
+                        let r = rec.del("ports", id);
+                        stored(stats, &mut applied.retry, r);
+                        done(applied, &key);
                         stats.ports.removed += 1;
                     }
-                    Err(e) => fail(stats, &key, e),
+                    Err(e) => failed(stats, applied, &key, e),
                 }
             }
         }
         for (id, n) in &old.networks {
             if !plan.networks.contains_key(id) {
                 let key = format!("network:{id}");
+                if wait(applied, &key) {
+                    continue;
+                }
                 match l2::remove_network(&ctx, n).await {
                     Ok(()) => {
                         applied.plan.networks.remove(id);
-                        stored(stats, rec.del("networks", id));
-                        applied.dirty.remove(&key);
+                        let r = rec.del("networks", id);
+                        stored(stats, &mut applied.retry, r);
+                        done(applied, &key);
                         stats.networks.removed += 1;
                     }
-                    Err(e) => fail(stats, &key, e),
+                    Err(e) => failed(stats, applied, &key, e),
                 }
             }
         }
@@ -360,16 +582,15 @@ impl HostNetworking {
         for (id, n) in &plan.networks {
             let key = format!("network:{id}");
             let prev = old.networks.get(id);
-            if !first && prev == Some(n) && !applied.dirty.contains(&key) {
+            if skip(applied, &key, prev == Some(n)) {
                 continue;
             }
             let r = l2::converge_network(&ctx, prev, n).await;
             record(
                 (&rec, "networks"),
-                &mut applied.plan.networks,
-                &mut applied.dirty,
-                id,
-                &key,
+                applied,
+                |a| &mut a.plan.networks,
+                (id, &key),
                 prev,
                 n,
                 r,
@@ -380,16 +601,15 @@ impl HostNetworking {
         for (id, p) in &plan.ports {
             let key = format!("port:{id}");
             let prev = old.ports.get(id);
-            if !first && prev == Some(p) && !applied.dirty.contains(&key) {
+            if skip(applied, &key, prev == Some(p)) {
                 continue;
             }
             let r = l2::converge_port(&ctx, prev, p).await;
             record(
                 (&rec, "ports"),
-                &mut applied.plan.ports,
-                &mut applied.dirty,
-                id,
-                &key,
+                applied,
+                |a| &mut a.plan.ports,
+                (id, &key),
                 prev,
                 p,
                 r,
@@ -400,17 +620,16 @@ impl HostNetworking {
         for (id, d) in &plan.dhcp {
             let key = format!("dhcp:{id}");
             let prev = old.dhcp.get(id);
-            let dirty = applied.dirty.contains(&key);
-            if !first && prev == Some(d) && !dirty {
+            if skip(applied, &key, prev == Some(d)) {
                 continue;
             }
-            let r = l2::converge_dhcp(&ctx, prev, d, first || dirty).await;
+            let full = first || applied.dirty.contains(&key);
+            let r = l2::converge_dhcp(&ctx, prev, d, full).await;
             record(
                 (&rec, "dhcp"),
-                &mut applied.plan.dhcp,
-                &mut applied.dirty,
-                id,
-                &key,
+                applied,
+                |a| &mut a.plan.dhcp,
+                (id, &key),
                 prev,
                 d,
                 r,
@@ -421,17 +640,16 @@ impl HostNetworking {
         for (id, rt) in &plan.routers {
             let key = format!("router:{id}");
             let prev = old.routers.get(id);
-            let dirty = applied.dirty.contains(&key);
-            if !first && prev == Some(rt) && !dirty {
+            if skip(applied, &key, prev == Some(rt)) {
                 continue;
             }
-            let r = l2::converge_router(&ctx, prev, rt, first || dirty).await;
+            let full = first || applied.dirty.contains(&key);
+            let r = l2::converge_router(&ctx, prev, rt, full).await;
             record(
                 (&rec, "routers"),
-                &mut applied.plan.routers,
-                &mut applied.dirty,
-                id,
-                &key,
+                applied,
+                |a| &mut a.plan.routers,
+                (id, &key),
                 prev,
                 rt,
                 r,
@@ -453,11 +671,14 @@ impl HostNetworking {
             .count();
         applied.plan.groups = plan.groups.clone();
 
-        // The host firewall: one transaction.
+        // The host firewall: one transaction (a rebuild waits for its backoff after a failure).
         let want = firewall(plan);
         let (script, full) = match &applied.firewall {
             Some(have) => (incremental(have, &want), false),
-            None => (full_script(&want, &self.cfg.guest_open_ports), true),
+            None if first || due(&applied.retry, FIREWALL, now) => {
+                (full_script(&want, &self.cfg.guest_open_ports), true)
+            }
+            None => return Ok(()),
         };
         stats.full_rebuild = full;
         stats.nft_lines = script.as_str().lines().count();
@@ -465,11 +686,14 @@ impl HostNetworking {
         let r = self.nft.apply(&script).await;
         stats.nft_elapsed = t.elapsed();
         match r {
-            Ok(()) => applied.firewall = Some(want),
+            Ok(()) => {
+                applied.firewall = Some(want);
+                done(applied, FIREWALL);
+            }
             Err(e) => {
                 // Unknown what the kernel holds now: rebuild from scratch next time.
                 applied.firewall = None;
-                fail(stats, "firewall", e);
+                failed(stats, applied, FIREWALL, e);
             }
         }
         Ok(())
@@ -478,6 +702,7 @@ impl HostNetworking {
     /// Removes everything this data plane created: namespaces (with their dnsmasq), VM taps,
     /// bridges and the nft tables. Best effort: every step is tried, failures are logged.
     pub async fn teardown_all(&mut self) {
+        self.desired = None;
         let mut applied = self.applied.take().unwrap_or_else(|| Applied {
             plan: self.record().load(),
             ..Default::default()
@@ -534,8 +759,49 @@ impl HostNetworking {
     }
 }
 
-fn fail(stats: &mut ApplyStats, key: &str, e: anyhow::Error) {
-    tracing::warn!(object = key, error = %format!("{e:#}"), "network object not realised");
+/// The key of the host firewall (both host nft tables) in `dirty` and `retry`.
+const FIREWALL: &str = "firewall";
+
+/// Whether the object `key` may be tried now (never failed, or its backoff has passed).
+fn due(retry: &BTreeMap<String, Backoff>, key: &str, now: Instant) -> bool {
+    retry.get(key).is_none_or(|b| b.ready(now))
+}
+
+/// `key` is realised: no longer marked, its failures (if any) over.
+fn done(applied: &mut Applied, key: &str) {
+    applied.dirty.remove(key);
+    if let Some(mut b) = applied.retry.remove(key) {
+        let n = b.succeeded();
+        if n > 0 {
+            tracing::info!(
+                object = key,
+                failures = n,
+                "network object realised after failures"
+            );
+        }
+    }
+}
+
+/// `key` failed: marked for a retry after its backoff; logged once per interval.
+fn failed(stats: &mut ApplyStats, applied: &mut Applied, key: &str, e: anyhow::Error) {
+    applied.dirty.insert(key.to_owned());
+    fail(stats, &mut applied.retry, key, e);
+}
+
+fn fail(
+    stats: &mut ApplyStats,
+    retry: &mut BTreeMap<String, Backoff>,
+    key: &str,
+    e: anyhow::Error,
+) {
+    let f = retry
+        .entry(key.to_owned())
+        .or_insert_with(backoff)
+        .failed(Instant::now());
+    if let Some(unsaid) = f.log {
+        tracing::warn!(object = key, error = %format!("{e:#}"), attempt = f.attempt,
+            retry_in_s = f.retry_in.as_secs(), unsaid, "network object not realised");
+    }
     stats.errors.push(format!("{key}: {e:#}"));
 }
 
@@ -553,10 +819,9 @@ fn count<T: PartialEq>(c: &mut Counts, prev: Option<&T>, new: &T) {
 #[allow(clippy::too_many_arguments)]
 fn record<T: Clone + Serialize>(
     (rec, kind): (&Record, &str),
-    map: &mut BTreeMap<String, T>,
-    dirty: &mut BTreeSet<String>,
-    id: &str,
-    key: &str,
+    applied: &mut Applied,
+    map: impl Fn(&mut Applied) -> &mut BTreeMap<String, T>,
+    (id, key): (&str, &str),
     prev: Option<&T>,
     new: &T,
     r: Result<()>,
@@ -564,23 +829,26 @@ fn record<T: Clone + Serialize>(
 ) {
     let kept = match r {
         Ok(()) => {
-            dirty.remove(key);
+            done(applied, key);
             new
         }
         Err(e) => {
-            dirty.insert(key.to_owned());
-            fail(stats, key, e);
+            failed(stats, applied, key, e);
             prev.unwrap_or(new)
         }
     };
-    map.insert(id.to_owned(), kept.clone());
-    stored(stats, rec.put(kind, id, kept));
+    map(applied).insert(id.to_owned(), kept.clone());
+    let r = rec.put(kind, id, kept);
+    stored(stats, &mut applied.retry, r);
 }
 
 /// A record that cannot be written only weakens cleanup after a restart: reported, not fatal.
-fn stored(stats: &mut ApplyStats, r: Result<()>) {
-    if let Err(e) = r {
-        fail(stats, "record", e);
+fn stored(stats: &mut ApplyStats, retry: &mut BTreeMap<String, Backoff>, r: Result<()>) {
+    match r {
+        Ok(()) => {
+            retry.remove("record");
+        }
+        Err(e) => fail(stats, retry, "record", e),
     }
 }
 

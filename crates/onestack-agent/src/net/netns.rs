@@ -19,8 +19,35 @@ pub fn ns_path(name: &NsName) -> PathBuf {
     Path::new(NETNS_DIR).join(name.as_str())
 }
 
+/// Whether a live network namespace is mounted at `name`'s path. A path that is there but is not
+/// a namespace (the empty file a lost mount leaves: a crash between `ip netns add`'s two steps,
+/// or a mount namespace that ended) counts as missing: entering it fails with EINVAL.
 pub fn exists(name: &NsName) -> bool {
-    ns_path(name).exists()
+    is_namespace(&ns_path(name))
+}
+
+/// The namespace file at `path` as (device, inode) if it is a namespace (nsfs, the same
+/// filesystem as our own `/proc/self/ns/net`); the inode tells namespaces apart.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?;
+    let m = std::fs::metadata(path).ok()?;
+    (m.dev() == own.dev()).then(|| (m.dev(), m.ino()))
+}
+
+pub fn is_namespace(path: &Path) -> bool {
+    identity(path).is_some()
+}
+
+/// Whether process `pid` lives in the namespace at `path` (false if either is gone).
+pub fn process_in(pid: i32, path: &Path) -> bool {
+    match (
+        identity(Path::new(&format!("/proc/{pid}/ns/net"))),
+        identity(path),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn enter(ns: Option<&Path>) -> Result<()> {
@@ -104,17 +131,39 @@ pub async fn sysctl(ns: Option<PathBuf>, key: &'static str, value: &'static str)
     .await
 }
 
-/// Creates the named namespace unless it exists (`ip netns add`: a bind mount under /run/netns).
-pub async fn add(name: &NsName) -> Result<()> {
-    if exists(name) {
-        return Ok(());
-    }
-    ip_netns("add", name).await
+/// Reads a sysctl of the namespace (trimmed).
+pub async fn read_sysctl(ns: Option<PathBuf>, key: &'static str) -> Result<String> {
+    run_in(ns, move || {
+        let path = Path::new("/proc/sys").join(key);
+        std::fs::read_to_string(&path)
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("reading {}", path.display()))
+    })
+    .await
 }
 
-/// Deletes the named namespace if it exists; its interfaces go with it (a veth's peer too).
+/// Creates the named namespace unless it exists (`ip netns add`: a bind mount under /run/netns);
+/// true if it was made now (whatever lived in a namespace of that name before is gone). What
+/// sits at the path without being a namespace is removed first (`ip netns del` unmounts and
+/// unlinks).
+pub async fn add(name: &NsName) -> Result<bool> {
+    if exists(name) {
+        return Ok(false);
+    }
+    let path = ns_path(name);
+    if path.symlink_metadata().is_ok() {
+        tracing::warn!(namespace = %name, "{} is not a network namespace (its mount is gone); \
+            making it again", path.display());
+        ip_netns("del", name).await?;
+    }
+    ip_netns("add", name).await?;
+    Ok(true)
+}
+
+/// Deletes the named namespace if it exists; its interfaces go with it (a veth's peer too). A
+/// path left without its namespace is removed as well.
 pub async fn del(name: &NsName) -> Result<()> {
-    if !exists(name) {
+    if ns_path(name).symlink_metadata().is_err() {
         return Ok(());
     }
     ip_netns("del", name).await
@@ -134,4 +183,23 @@ async fn ip_netns(verb: &str, name: &NsName) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_mounted_namespace_is_one() {
+        assert!(is_namespace(Path::new("/proc/self/ns/net")));
+        // What a lost mount leaves: an empty file.
+        let dir = tempfile::tempdir().expect("tmp");
+        let stale = dir.path().join("qdhcp-x");
+        std::fs::write(&stale, "").expect("file");
+        assert!(!is_namespace(&stale));
+        assert!(!is_namespace(&dir.path().join("missing")));
+        let me = std::process::id() as i32;
+        assert!(process_in(me, Path::new("/proc/self/ns/net")));
+        assert!(!process_in(me, &stale));
+    }
 }

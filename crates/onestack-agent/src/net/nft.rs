@@ -672,6 +672,30 @@ impl Nft {
         Ok(())
     }
 
+    /// The tables of the namespace, as `<family> <name>` (`nft list tables`).
+    pub async fn tables(&self) -> Result<Vec<String>> {
+        let out = netns::command(
+            self.netns.clone(),
+            "nft".into(),
+            vec!["list".into(), "tables".into()],
+            None,
+        )
+        .await
+        .context("running nft list tables")?;
+        if !out.status.success() {
+            bail!(
+                "nft list tables failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("table "))
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// `nft list table <family> <name>`; None if the table does not exist.
     pub async fn list_table(&self, family: &str, table: &str) -> Result<Option<String>> {
         if !matches!(family, "bridge" | "inet" | "ip") || !matches!(table, TABLE | NAT_TABLE) {
