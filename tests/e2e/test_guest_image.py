@@ -33,20 +33,45 @@ def image():
 class Guest:
     """One QEMU process booting a throwaway overlay of the image; killed by pid on exit."""
 
-    def __init__(self, image, tmp, extra=(), ssh_port=None):
+    def __init__(self, image, tmp, extra=(), ssh_port=None, net="user,id=n0,net=198.18.5.0/24,restrict=on",
+                 link_down=False):
         self.log = tmp / "serial.log"
         overlay = tmp / "overlay.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
                         "-b", str(image), str(overlay)], check=True)
-        net = "user,id=n0,net=198.18.5.0/24,restrict=on"
         if ssh_port:
             net += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
+        # A human monitor on a socket (only the tests that change the NIC's link use it).
+        self.monitor = tmp / "monitor.sock"
         self.proc = subprocess.Popen(
             ["qemu-system-x86_64", "-accel", ACCEL, "-m", "256", "-nographic",
-             "-display", "none", "-monitor", "none", "-serial", f"file:{self.log}",
+             "-display", "none", "-monitor", f"unix:{self.monitor},server=on,wait=off",
+             "-serial", f"file:{self.log}",
              "-drive", f"file={overlay},if=virtio", "-netdev", net,
-             "-device", "virtio-net-pci,netdev=n0", *extra],
+             "-device", "virtio-net-pci,netdev=n0", *(["-S"] if link_down else []), *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if link_down:
+            # Started paused: the cable is out before the firmware runs, then the guest boots.
+            self.hmp("set_link n0 off")
+            self.hmp("cont")
+
+    def hmp(self, command):
+        deadline = time.time() + 30
+        while not self.monitor.exists():
+            assert time.time() < deadline, "no QEMU monitor socket"
+            time.sleep(0.1)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.monitor))
+            s.settimeout(10)
+            # A prompt after the banner, and one after the command's answer (the echo of the
+            # command carries terminal escapes, so prompts are counted, not the echo read).
+            out = b""
+            while b"(qemu)" not in out:
+                out += s.recv(4096)
+            s.sendall(command.encode() + b"\n")
+            while out.count(b"(qemu)") < 2:
+                out += s.recv(4096)
+        return out.decode(errors="replace")
 
     def wait_for(self, text, timeout=BOOT_TIMEOUT):
         deadline = time.time() + timeout
@@ -148,5 +173,83 @@ def test_config_drive_keys_user_data_and_ssh(image, tmp):
         denied = subprocess.run(ssh[:2] + [str(other)] + ssh[3:] + ["true"],
                                 capture_output=True, text=True, timeout=60)
         assert denied.returncode != 0
+    finally:
+        guest.stop()
+
+
+METADATA_SERVER = r"""
+import os, sys
+# One HTTP exchange on stdin/stdout (QEMU's guestfwd runs this per connection): the metadata
+# service while the flag file exists, a closed connection (as if nothing listened) before.
+root = sys.argv[1]
+line = sys.stdin.buffer.readline().decode()
+while sys.stdin.buffer.readline() not in (b"\r\n", b"\n", b""):
+    pass
+if not os.path.exists(os.path.join(root, "up")):
+    sys.exit(0)
+path = line.split()[1] if len(line.split()) > 1 else "/"
+f = os.path.join(root, "md", path.lstrip("/"))
+if os.path.isfile(f):
+    body, status = open(f, "rb").read(), "200 OK"
+else:
+    body, status = b"not found", "404 Not Found"
+sys.stdout.buffer.write(f"HTTP/1.0 {status}\r\nContent-Length: {len(body)}\r\n"
+                        f"Connection: close\r\n\r\n".encode() + body)
+sys.stdout.buffer.flush()
+"""
+
+
+def test_dhcp_and_metadata_that_come_late_are_still_used(image, tmp):
+    """A guest that booted while neither DHCP nor the metadata service answered (its cable out,
+    then the service away) gets its address, name and key once they are back, without a
+    reboot: DHCP and the metadata service are retried in the background."""
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pubkey = (tmp / "id_ed25519.pub").read_text().strip()
+    latest = tmp / "md" / "openstack" / "latest"
+    latest.mkdir(parents=True)
+    (latest / "meta_data.json").write_text(json.dumps({
+        "uuid": "0b6c7f1e-1d7e-4a53-9e0e-5b0c1c2d3e4f", "name": "late-test",
+        "hostname": "late-test.novalocal", "public_keys": {"k": pubkey + "\n"}}))
+    server = tmp / "md.py"
+    server.write_text(METADATA_SERVER)
+    port = free_port()
+    # A user network holding 169.254.169.254, where the metadata service answers through
+    # guestfwd (an ordinary address of that network: the guest's DHCP router is .2).
+    net = ("user,id=n0,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15,"
+           f"restrict=on,guestfwd=tcp:169.254.169.254:80-cmd:python3 {server} {tmp}")
+    guest = Guest(image, tmp, ssh_port=port, net=net, link_down=True)
+    try:
+        guest.wait_for("onestack-tiny: ready")
+        log = guest.console()
+        assert "no config drive and no metadata service yet; retrying in the background" in log
+        assert "0 SSH key(s) installed" in log
+        assert "lease" not in log, log[-2000:]
+        # The cable goes in: DHCP answers, the metadata service does not yet.
+        t0 = time.time()
+        guest.hmp("set_link n0 on")
+        guest.wait_for("onestack-tiny: eth0 lease 169.254.169.15", timeout=60)
+        print(f"late DHCP lease after {time.time() - t0:.1f}s")
+        time.sleep(3)
+        assert "instance data from" not in guest.console()
+        # The metadata service comes back: name and key arrive.
+        t0 = time.time()
+        (tmp / "up").write_text("")
+        guest.wait_for("1 SSH key(s) installed", timeout=90)
+        print(f"late metadata after {time.time() - t0:.1f}s")
+        log = guest.console()
+        assert "instance data from metadata service (after" in log
+        assert "onestack-tiny: hostname late-test" in log
+        ssh = ["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+               "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+               "-o", "ConnectTimeout=10", "onestack@127.0.0.1"]
+        out = None
+        for _ in range(30):
+            out = subprocess.run(ssh + ["hostname"], capture_output=True, text=True, timeout=60)
+            if out.returncode == 0:
+                break
+            time.sleep(2)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "late-test"
     finally:
         guest.stop()

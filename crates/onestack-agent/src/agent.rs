@@ -8,6 +8,7 @@ use crate::driver::{Driver, PowerState, VmSpec, VolumeSpec};
 use crate::metrics::{
     AgentMetrics, INSTANCES, RECONCILE_DURATION, RECONCILE_PASSES, TASK_DURATION,
 };
+use crate::retry::Backoff;
 use crate::{configdrive, host};
 use anyhow::{bail, Context, Result};
 use onestack_core::compute::proto::{self, DesiredInstance, Report};
@@ -147,10 +148,16 @@ pub async fn run<D: Driver>(
     Ok(())
 }
 
+/// How often the host networking checks itself against what it realised and repairs drift
+/// (and retries failed objects whose backoff has passed), and metadata listeners are checked.
+pub const HEAL_EVERY: Duration = Duration::from_secs(3);
+
 /// Keeps the host's networking in step with the controller: long-polls the host's network
-/// state, applies what changed (incrementally), and runs a metadata listener per DHCP namespace.
-/// Running VMs are never disturbed: an apply after a restart rebuilds rules atomically and keeps
-/// existing taps.
+/// state (in its own task), applies what changed (incrementally), runs a metadata listener per
+/// DHCP namespace, and every [`HEAL_EVERY`] repairs whatever drifted on the host (a crash, an
+/// admin's `ip link del`, `nft flush ruleset`, a killed dnsmasq) and retries what failed, each
+/// failing object on its own backoff. Running VMs are never disturbed: an apply after a restart
+/// rebuilds rules atomically and keeps existing taps.
 async fn network_forever<D: Driver>(
     s: Arc<Shared<D>>,
     n: AgentNetwork,
@@ -168,65 +175,141 @@ async fn network_forever<D: Driver>(
     });
     let ctl = Arc::new(s.ctl.clone());
     let mut proxies = crate::metadata::MetadataProxies::new(ctl);
+    let (tx, mut states) = watch::channel(None);
+    let poller = tokio::spawn(poll_network_state(
+        s.clone(),
+        n.network_node,
+        tx,
+        stop.clone(),
+    ));
+    let mut tick = tokio::time::interval(HEAL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The DHCP servers of the last state: their metadata listeners are kept running.
+    let mut dhcp: Option<Vec<onestack_core::network::proto::DhcpServer>> = None;
+    // Whole-apply and self-check failures, logged once per interval (objects log their own).
+    let mut apply_log = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut heal_log = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        // A stop ends the wait at once, but never an apply in progress (an apply cut short
+        // would leave objects its records do not list yet): those run in the arms' bodies.
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            changed = states.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let Some(state) = states.borrow_and_update().clone() else {
+                    continue;
+                };
+                apply_state(&mut net, &state, &mut apply_log).await;
+                proxies.sync(&state.dhcp).await;
+                dhcp = Some(state.dhcp.clone());
+            }
+            _ = tick.tick() => {
+                match net.heal().await {
+                    Ok(stats) => {
+                        if heal_log.succeeded() > 0 {
+                            tracing::info!("host networking self-check works again");
+                        }
+                        if !stats.errors.is_empty() {
+                            tracing::debug!(errors = ?stats.errors, "host networking repairs failed; retrying");
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(unsaid) = heal_log.failed(std::time::Instant::now()).log {
+                            tracing::error!(error = %format!("{e:#}"), unsaid, "host networking self-check failed");
+                        }
+                    }
+                }
+                if let Some(d) = &dhcp {
+                    proxies.sync(d).await;
+                }
+            }
+        }
+    }
+    poller.abort();
+    proxies.stop_all();
+}
+
+/// Resolves once `stop` says stop (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn apply_state(
+    net: &mut crate::net::HostNetworking,
+    state: &onestack_core::network::proto::NetworkState,
+    log: &mut Backoff,
+) {
+    match net.apply(state).await {
+        Ok(stats) => {
+            if log.succeeded() > 0 {
+                tracing::info!("host networking applies again");
+            }
+            if !stats.rejected.is_empty() {
+                tracing::warn!(rejected = ?stats.rejected, "network state entries refused");
+            }
+            tracing::info!(
+                generation = state.generation,
+                elapsed_ms = stats.elapsed.as_millis() as u64,
+                nft_lines = stats.nft_lines,
+                full_rebuild = stats.full_rebuild,
+                failed = stats.errors.len(),
+                "host networking applied"
+            );
+        }
+        Err(e) => {
+            // Retried by the self-check, on a backoff.
+            if let Some(unsaid) = log.failed(std::time::Instant::now()).log {
+                tracing::error!(error = %format!("{e:#}"), unsaid, "cannot apply host networking; retrying");
+            }
+        }
+    }
+}
+
+/// Long-polls the host's network state and hands each new generation to the network loop;
+/// backs off (0.5 s doubling to 10 s) while the controller cannot be reached.
+async fn poll_network_state<D: Driver>(
+    s: Arc<Shared<D>>,
+    network_node: bool,
+    tx: watch::Sender<Option<onestack_core::network::proto::NetworkState>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut after = -1;
-    let mut retry_soon = false;
-    while !*stop.borrow() {
-        let wait = if retry_soon {
-            Duration::from_secs(2)
-        } else {
-            Duration::from_secs(30)
-        };
-        // A stop ends the long poll at once, but never an apply in progress (an apply cut short
-        // would leave objects its records do not list yet).
-        let poll = s.ctl.network_state(
-            &s.cfg.host,
-            if retry_soon { -1 } else { after },
-            wait,
-            n.network_node,
-        );
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        let poll = s
+            .ctl
+            .network_state(&s.cfg.host, after, Duration::from_secs(30), network_node);
         let fetched = tokio::select! {
             r = poll => r,
-            _ = stop.changed() => break,
+            _ = stopped(&mut stop) => return,
         };
-        let state = match fetched {
-            Ok(st) => st,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot fetch the network state; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        if state.generation == after && !retry_soon {
-            continue;
-        }
-        match net.apply(&state).await {
-            Ok(stats) => {
-                retry_soon = !stats.errors.is_empty();
-                if retry_soon {
-                    tracing::warn!(errors = ?stats.errors, "host networking partly applied; retrying");
+        match fetched {
+            Ok(state) => {
+                if backoff.succeeded() > 0 {
+                    tracing::info!("network state reachable again");
                 }
-                if !stats.rejected.is_empty() {
-                    tracing::warn!(rejected = ?stats.rejected, "network state entries refused");
+                if state.generation != after {
+                    after = state.generation;
+                    if tx.send(Some(state)).is_err() {
+                        return;
+                    }
                 }
-                tracing::info!(
-                    generation = state.generation,
-                    elapsed_ms = stats.elapsed.as_millis() as u64,
-                    nft_lines = stats.nft_lines,
-                    full_rebuild = stats.full_rebuild,
-                    "host networking applied"
-                );
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "cannot apply host networking; retrying");
-                retry_soon = true;
+                let f = backoff.failed(std::time::Instant::now());
+                if let Some(unsaid) = f.log {
+                    tracing::warn!(error = %format!("{e:#}"), unsaid, retry_in_ms = f.retry_in.as_millis() as u64,
+                        "cannot fetch the network state; retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(f.retry_in) => {}
+                    _ = stopped(&mut stop) => return,
+                }
             }
         }
-        if !proxies.sync(&state.dhcp).await {
-            retry_soon = true;
-        }
-        after = state.generation;
     }
-    proxies.stop_all();
 }
 
 fn registration(cfg: &AgentConfig) -> proto::RegisterHost {
@@ -246,8 +329,9 @@ fn registration(cfg: &AgentConfig) -> proto::RegisterHost {
 }
 
 async fn reconcile_forever<D: Driver>(s: Arc<Shared<D>>, stop: watch::Receiver<bool>) {
-    // Register, retrying while the controller is not there yet.
-    let mut delay = Duration::from_millis(200);
+    // Register, retrying while the controller is not there yet (a short cap: the agent has
+    // nothing to do until then, and a controller that comes up is found within 5 s).
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match s.ctl.register(&registration(&s.cfg)).await {
             Ok(r) => {
@@ -255,23 +339,38 @@ async fn reconcile_forever<D: Driver>(s: Arc<Shared<D>>, stop: watch::Receiver<b
                 break;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot register yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                let f = backoff.failed(std::time::Instant::now());
+                if let Some(unsaid) = f.log {
+                    tracing::warn!(error = %e, unsaid, "cannot register yet; retrying");
+                }
+                tokio::time::sleep(f.retry_in).await;
             }
         }
     }
     {
         let s = s.clone();
         tokio::spawn(async move {
+            // The period stays (the controller counts missed beats); failures are logged once
+            // per interval.
+            let mut log = Backoff::new(s.cfg.heartbeat, s.cfg.heartbeat);
             loop {
                 tokio::time::sleep(s.cfg.heartbeat).await;
-                if let Err(e) = s.ctl.heartbeat(&s.cfg.host).await {
-                    tracing::warn!(error = %e, "heartbeat failed");
+                match s.ctl.heartbeat(&s.cfg.host).await {
+                    Ok(()) => {
+                        if log.succeeded() > 0 {
+                            tracing::info!("heartbeats reach the controller again");
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(unsaid) = log.failed(std::time::Instant::now()).log {
+                            tracing::warn!(error = %e, unsaid, "heartbeat failed");
+                        }
+                    }
                 }
             }
         });
     }
+    let mut desired_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut workers: HashMap<String, watch::Sender<DesiredInstance>> = HashMap::new();
     let mut generation = -1;
     loop {
@@ -283,11 +382,19 @@ async fn reconcile_forever<D: Driver>(s: Arc<Shared<D>>, stop: watch::Receiver<b
             .desired(&s.cfg.host, generation, Duration::from_secs(20))
             .await
         {
-            Ok(d) => d,
+            Ok(d) => {
+                if desired_backoff.succeeded() > 0 {
+                    tracing::info!("desired state reachable again");
+                }
+                d
+            }
             Err(e) => {
                 RECONCILE_PASSES.inc(&[("result", "error")]);
-                tracing::warn!(error = %e, "cannot fetch desired state; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let f = desired_backoff.failed(std::time::Instant::now());
+                if let Some(unsaid) = f.log {
+                    tracing::warn!(error = %e, unsaid, "cannot fetch desired state; retrying");
+                }
+                tokio::time::sleep(f.retry_in).await;
                 // A restarted controller may have lost our registration.
                 let _ = s.ctl.register(&registration(&s.cfg)).await;
                 generation = -1;
@@ -477,26 +584,44 @@ fn fault_message(task: TaskState, id: &str, e: &anyhow::Error) -> String {
     }
 }
 
-/// Sends a report until the controller takes it (bounded: a controller away for longer gets the
-/// state again from the next observation).
-async fn retry_report<F, Fut>(what: &str, id: &str, attempts: u32, mut send: F)
+/// Sends a report until the controller takes it, backing off (0.25 s doubling to 4 s), for at
+/// most `within` (a controller away for longer gets the state again from the next
+/// observation). The first failure is logged, then once per interval, and the last.
+async fn retry_report<F, Fut>(what: &str, id: &str, within: Duration, mut send: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    for attempt in 0..attempts {
+    let deadline = std::time::Instant::now() + within;
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(4))
+        .log_every(Duration::from_secs(10));
+    loop {
         match send().await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(instance = %id, attempt, error = %e, "{what} failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = std::time::Instant::now();
+                let f = backoff.failed(now);
+                if now + f.retry_in >= deadline {
+                    tracing::warn!(instance = %id, attempts = f.attempt, error = %e, "{what} failed; giving up");
+                    return;
+                }
+                if let Some(unsaid) = f.log {
+                    tracing::warn!(instance = %id, attempt = f.attempt, unsaid, error = %e, "{what} failed; retrying");
+                }
+                tokio::time::sleep(f.retry_in).await;
             }
         }
     }
 }
 
+/// How long a report is retried.
+const REPORT_WITHIN: Duration = Duration::from_secs(15);
+
 async fn send_report<D: Driver>(s: &Shared<D>, id: &str, r: &Report) {
-    retry_report("report", id, 20, || s.ctl.report(&s.cfg.host, id, r)).await;
+    retry_report("report", id, REPORT_WITHIN, || {
+        s.ctl.report(&s.cfg.host, id, r)
+    })
+    .await;
 }
 
 /// Compares the VM with what the server should be and reports drift (a VM that died is
@@ -588,7 +713,7 @@ async fn reconcile_volumes<D: Driver>(
             error: outcome.err().map(|e| format!("{e:#}")),
         };
         done.insert(v.volume_id.clone(), v.state.clone());
-        retry_report("volume report", &d.id, 10, || {
+        retry_report("volume report", &d.id, Duration::from_secs(10), || {
             s.ctl
                 .report_volume(&s.cfg.host, &d.id, &v.volume_id, &report)
         })
@@ -688,7 +813,7 @@ async fn migration_step<D: Driver>(
     let Some(report) = report else {
         return;
     };
-    retry_report("migration report", &d.id, 20, || {
+    retry_report("migration report", &d.id, REPORT_WITHIN, || {
         s.ctl.report_migration(&s.cfg.host, &d.id, &report)
     })
     .await;
@@ -755,7 +880,7 @@ async fn cold_step<D: Driver>(
         _ => None,
     };
     if let Some(report) = report {
-        retry_report("migration report", &d.id, 20, || {
+        retry_report("migration report", &d.id, REPORT_WITHIN, || {
             s.ctl.report_migration(&s.cfg.host, &d.id, &report)
         })
         .await;
