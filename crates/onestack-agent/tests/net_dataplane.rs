@@ -1066,12 +1066,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountWarnings {
 }
 
 /// One repair pass, as the agent's timer makes them: what it found drifted and what failed.
-fn repair_pass(
-    rt: &tokio::runtime::Runtime,
-    env: &mut Env,
-    state: &NetworkState,
-) -> (Vec<String>, Vec<String>) {
-    let _ = state;
+fn repair_pass(rt: &tokio::runtime::Runtime, env: &mut Env) -> (Vec<String>, Vec<String>) {
     let stats = rt.block_on(env.net().heal()).expect("repair pass");
     (stats.drift, stats.errors)
 }
@@ -1081,7 +1076,6 @@ fn repair_pass(
 fn repair_until(
     rt: &tokio::runtime::Runtime,
     env: &mut Env,
-    state: &NetworkState,
     every: Duration,
     limit: Duration,
     mut done: impl FnMut(&Env) -> bool,
@@ -1089,7 +1083,7 @@ fn repair_until(
     let t0 = Instant::now();
     let mut passes = 0;
     loop {
-        let (drift, errors) = repair_pass(rt, env, state);
+        let (drift, errors) = repair_pass(rt, env);
         passes += 1;
         if !drift.is_empty() || !errors.is_empty() {
             eprintln!("pass {passes}: drift {drift:?} errors {errors:?}");
@@ -1208,6 +1202,7 @@ fn heals_host_drift() {
     let mut proxies = onestack_agent::metadata::MetadataProxies::new(ctl);
     assert!(rt.block_on(proxies.sync(&state.dhcp)));
     assert!(metadata_answers(&vm3), "no metadata listener at first");
+    let first_dnsmasq = dnsmasq_pid(&env).expect("dnsmasq runs");
     assert!(ping(&vm1, "198.18.1.12", None), "vm1 -> vm2");
     assert!(
         !ping(&vm1, "198.18.1.13", None),
@@ -1217,6 +1212,32 @@ fn heals_host_drift() {
     let limit = Duration::from_secs(10);
     let mut times: Vec<(&str, Duration)> = Vec::new();
 
+    // 0. Nothing drifted: the self-check finds nothing and changes nothing (what it costs
+    //    every few seconds on a healthy host).
+    let mut checks: Vec<Duration> = (0..5)
+        .map(|_| {
+            let stats = rt.block_on(env.net().heal()).expect("clean heal");
+            assert!(
+                stats.drift.is_empty(),
+                "drift on a clean host: {:?}",
+                stats.drift
+            );
+            assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+            assert_eq!(stats.nft_lines, 0, "a clean heal touched nft");
+            stats.check_elapsed
+        })
+        .collect();
+    checks.sort();
+    println!(
+        "self-check of a clean host (3 VM ports + 1 TAP, DHCP, router): median {} ms",
+        checks[2].as_millis()
+    );
+    assert_eq!(
+        dnsmasq_pid(&env),
+        Some(first_dnsmasq),
+        "a clean heal restarted dnsmasq"
+    );
+
     // 1. The DHCP namespace's mount is lost (an empty file stays under /run/netns, as a crash
     //    or a mount namespace that ended leaves it): recreated, with its dnsmasq and metadata
     //    listener, in a few passes and a few log lines, not a retry per millisecond.
@@ -1224,14 +1245,9 @@ fn heals_host_drift() {
     ok(&["umount", &format!("/run/netns/{dhcp_ns}")]);
     assert!(!is_netns(&dhcp_ns));
     let before = warnings.load(Ordering::SeqCst);
-    let (t, passes) = repair_until(
-        &rt,
-        &mut env,
-        &state,
-        Duration::from_millis(10),
-        limit,
-        |e| is_netns(&dhcp_ns) && dnsmasq_pid(e).is_some_and(|p| p != pid),
-    );
+    let (t, passes) = repair_until(&rt, &mut env, Duration::from_millis(10), limit, |e| {
+        is_netns(&dhcp_ns) && dnsmasq_pid(e).is_some_and(|p| p != pid)
+    });
     assert!(rt.block_on(proxies.sync(&state.dhcp)));
     let logged = warnings.load(Ordering::SeqCst) - before;
     eprintln!("lost namespace mount: repaired in {t:?} ({passes} passes, {logged} warnings)");
@@ -1249,9 +1265,7 @@ fn heals_host_drift() {
         assert!(Instant::now() < deadline, "dnsmasq did not die");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |e| {
-        dnsmasq_pid(e).is_some()
-    });
+    let (t, _) = repair_until(&rt, &mut env, every, limit, |e| dnsmasq_pid(e).is_some());
     times.push(("dnsmasq killed", t));
     let lease = dhcp_client(&vm3, env.state_dir.path());
     assert_eq!(env_var(&lease, "ip"), Some("198.18.1.13"), "{lease}");
@@ -1259,7 +1273,7 @@ fn heals_host_drift() {
     // 3. Links deleted by an admin: the bridge (every port falls out of it), a VM's TAP, the
     //    DHCP server's veth and the router's.
     ok(&["ip", "-n", &host, "link", "del", "brqtenant"]);
-    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+    let (t, _) = repair_until(&rt, &mut env, every, limit, |_| {
         link_of(&host, "tapvm1").contains("master brqtenant")
             && link_of(&host, "tapdhcp").contains("master brqtenant")
             && link_of(&host, "tapqr").contains("master brqtenant")
@@ -1270,14 +1284,14 @@ fn heals_host_drift() {
         "vm1 -> vm2 after the bridge came back"
     );
     ok(&["ip", "-n", &host, "link", "del", "tapvm4"]);
-    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+    let (t, _) = repair_until(&rt, &mut env, every, limit, |_| {
         let l = link_of(&host, "tapvm4");
         l.contains("tap") && l.contains("master brqtenant")
     });
     times.push(("VM TAP deleted", t));
     ok(&["ip", "-n", &host, "link", "del", "tapdhcp"]);
     ok(&["ip", "-n", &host, "link", "del", "tapqr"]);
-    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+    let (t, _) = repair_until(&rt, &mut env, every, limit, |_| {
         link_of(&host, "tapdhcp").contains("master brqtenant")
             && link_of(&host, "tapqr").contains("master brqtenant")
     });
@@ -1297,7 +1311,7 @@ fn heals_host_drift() {
     ok(&["ip", "netns", "exec", &host, "nft", "flush", "ruleset"]);
     assert!(env.nft_list("inet").is_empty());
     assert!(ping(&vm1, "198.18.1.13", None), "no rules, no filtering");
-    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |e| {
+    let (t, _) = repair_until(&rt, &mut env, every, limit, |e| {
         e.nft_list("inet").contains("pi-tapvm3") && e.nft_list("bridge").contains("ps-tapvm1")
     });
     times.push(("nft flush ruleset", t));
@@ -1336,7 +1350,7 @@ fn heals_host_drift() {
     };
     set(&host, "net/bridge/bridge-nf-call-iptables", "0");
     set(&router_ns, "net/ipv4/ip_forward", "0");
-    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+    let (t, _) = repair_until(&rt, &mut env, every, limit, |_| {
         sysctl(&host, "net/bridge/bridge-nf-call-iptables") == "1"
             && sysctl(&router_ns, "net/ipv4/ip_forward") == "1"
     });
@@ -1349,9 +1363,7 @@ fn heals_host_drift() {
 
     // 6. The router's namespace deleted outright.
     ok(&["ip", "netns", "del", &router_ns]);
-    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
-        is_netns(&router_ns)
-    });
+    let (t, _) = repair_until(&rt, &mut env, every, limit, |_| is_netns(&router_ns));
     times.push(("router namespace deleted", t));
     assert!(
         ping(&vm1, "198.18.64.1", None),
@@ -1379,7 +1391,7 @@ fn heals_host_drift() {
     let t0 = Instant::now();
     let (mut passes, mut attempts) = (0, 0);
     while t0.elapsed() < Duration::from_secs(3) {
-        let (_, errors) = repair_pass(&rt, &mut env, &state);
+        let (_, errors) = repair_pass(&rt, &mut env);
         passes += 1;
         attempts += errors
             .iter()
@@ -1395,7 +1407,7 @@ fn heals_host_drift() {
     assert!(logged <= 14, "{logged} warnings");
     // The name is free again: the bridge is back within the backoff (4 s at this point).
     ok(&["ip", "-n", &host, "link", "del", "brqtenant"]);
-    let (t, _) = repair_until(&rt, &mut env, &state, every, limit, |_| {
+    let (t, _) = repair_until(&rt, &mut env, every, limit, |_| {
         link_of(&host, "tapvm1").contains("master brqtenant")
     });
     eprintln!("bridge back {t:?} after the name was freed");

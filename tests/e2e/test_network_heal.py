@@ -1,0 +1,82 @@
+"""The agent repairs host networking, whatever happened to it: a killed dnsmasq is started again
+and a DHCP namespace whose mount was lost (an empty file under /run/netns) is made again, within
+seconds and without flooding its log; a server booted afterwards gets its address and its
+metadata. The cloud runs in its own network namespace; everything uses 198.18.0.0/15."""
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_cloud
+from test_compute_cli import demo, have_qemu, wait_console
+from test_network_cli import NO_CONFIG_DRIVE, fixed_ip
+
+pytestmark = pytest.mark.skipif(not have_qemu(), reason="needs root, qemu-system-x86_64 and genisoimage")
+
+
+def dnsmasq_pid(cloud):
+    """The live dnsmasq of the cloud's one DHCP server, by its pid file."""
+    for f in (cloud.data / "compute" / "network" / "dhcp").glob("*/pid"):
+        try:
+            pid = int(f.read_text().strip())
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"dnsmasq"):
+                return pid
+        except (OSError, ValueError):
+            pass
+    return None
+
+
+def wait_for(what, check, timeout):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = check()
+        if v:
+            return v, time.time() - t0
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def is_netns(path):
+    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    return out.stdout.strip() == "nsfs"
+
+
+def agent_log_lines(cloud):
+    return sum(len(p.read_text(errors="replace").splitlines())
+               for p in (cloud.data / "logs").glob("*.log"))
+
+
+def test_dnsmasq_and_the_dhcp_namespace_come_back(tmp_path):
+    with make_cloud(default_image=True, compute=NO_CONFIG_DRIVE) as cloud:
+        cloud.up()
+        pid, _ = wait_for("dnsmasq running", lambda: dnsmasq_pid(cloud), 60)
+
+        # dnsmasq killed: started again by the agent's self-check.
+        os.kill(pid, signal.SIGKILL)
+        new, took = wait_for("dnsmasq started again", lambda: (dnsmasq_pid(cloud) or pid) != pid and dnsmasq_pid(cloud), 20)
+        print(f"dnsmasq respawned in {took:.1f}s")
+
+        # The DHCP namespace's mount is lost: the agent makes it again (and dnsmasq and the
+        # metadata listener in it), logging a few lines, not one per attempt.
+        ns = next(Path("/run/netns").glob(f"{cloud.ns_prefix}qdhcp-*"))
+        before = agent_log_lines(cloud)
+        subprocess.run(["umount", str(ns)], check=True)
+        assert ns.exists() and not is_netns(ns)
+        _, took = wait_for("DHCP namespace made again",
+                           lambda: is_netns(ns) and (dnsmasq_pid(cloud) or new) != new, 20)
+        print(f"DHCP namespace made again in {took:.1f}s")
+        time.sleep(10)
+        logged = agent_log_lines(cloud) - before
+        assert logged < 60, f"{logged} log lines for one lost namespace"
+
+        # A server booted now gets its address by DHCP and its identity from the metadata
+        # service (no config drive here).
+        demo(cloud, "server", "create", "--flavor", "m1.tiny", "--image", "onestack-tiny",
+             "--wait", "vm-h")
+        ip = fixed_ip(cloud, "vm-h")
+        out = wait_console(cloud, "vm-h", "onestack-tiny: ready", timeout=240)
+        assert f"eth0 {ip}/24" in out, out[-2000:]
+        assert "instance data from metadata service" in out, out[-2000:]
