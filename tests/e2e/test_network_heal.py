@@ -39,9 +39,15 @@ def wait_for(what, check, timeout):
     raise AssertionError(f"{what}: not within {timeout}s")
 
 
-def is_netns(path):
-    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
-    return out.stdout.strip() == "nsfs"
+def in_agent(cloud, *cmd):
+    """`cmd` in the agent's mount namespace: the cloud runs under `ip netns exec`, whose mounts
+    (the agent's namespace mounts under /run/netns) do not propagate back to ours."""
+    pid = (cloud.data / "run" / "compute.pid").read_text().strip()
+    return subprocess.run(["nsenter", "-t", pid, "-m", *cmd], capture_output=True, text=True)
+
+
+def is_netns(cloud, path):
+    return in_agent(cloud, "stat", "-f", "-c", "%T", str(path)).stdout.strip() == "nsfs"
 
 
 def agent_log_lines(cloud):
@@ -63,10 +69,12 @@ def test_dnsmasq_and_the_dhcp_namespace_come_back(tmp_path):
         # metadata listener in it), logging a few lines, not one per attempt.
         ns = next(Path("/run/netns").glob(f"{cloud.ns_prefix}qdhcp-*"))
         before = agent_log_lines(cloud)
-        subprocess.run(["umount", str(ns)], check=True)
-        assert ns.exists() and not is_netns(ns)
+        assert is_netns(cloud, ns)
+        r = in_agent(cloud, "umount", str(ns))
+        assert r.returncode == 0, r.stderr
+        assert ns.exists() and not is_netns(cloud, ns)
         _, took = wait_for("DHCP namespace made again",
-                           lambda: is_netns(ns) and (dnsmasq_pid(cloud) or new) != new, 20)
+                           lambda: is_netns(cloud, ns) and (dnsmasq_pid(cloud) or new) != new, 20)
         print(f"DHCP namespace made again in {took:.1f}s")
         time.sleep(10)
         logged = agent_log_lines(cloud) - before
