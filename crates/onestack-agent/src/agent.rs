@@ -6,7 +6,8 @@
 use crate::client::Controller;
 use crate::driver::{Driver, PowerState, VmSpec, VolumeSpec};
 use crate::metrics::{
-    AgentMetrics, INSTANCES, RECONCILE_DURATION, RECONCILE_PASSES, TASK_DURATION,
+    AgentMetrics, INSTANCES, NETWORK_CHECK_DURATION, NETWORK_FAILING, NETWORK_KINDS,
+    NETWORK_REPAIRS, RECONCILE_DURATION, RECONCILE_PASSES, TASK_DURATION,
 };
 use crate::retry::Backoff;
 use crate::{configdrive, host};
@@ -107,6 +108,12 @@ pub async fn run<D: Driver>(
     for result in ["ok", "error"] {
         RECONCILE_PASSES.declare(&[("result", result)]);
     }
+    if cfg.network.is_some() {
+        for kind in NETWORK_KINDS {
+            NETWORK_REPAIRS.declare(&[("kind", kind)]);
+        }
+        NETWORK_FAILING.set(&[], 0.0);
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (agent)", cfg.listen))?;
@@ -202,12 +209,21 @@ async fn network_forever<D: Driver>(
                     continue;
                 };
                 apply_state(&mut net, &state, &mut apply_log).await;
+                NETWORK_FAILING.set(&[], net.failing().len() as f64);
                 proxies.sync(&state.dhcp).await;
                 dhcp = Some(state.dhcp.clone());
             }
             _ = tick.tick() => {
                 match net.heal().await {
                     Ok(stats) => {
+                        NETWORK_CHECK_DURATION.observe(&[], stats.check_elapsed.as_secs_f64());
+                        for d in &stats.drift {
+                            let kind = d.split(':').next().unwrap_or_default();
+                            if let Some(k) = NETWORK_KINDS.iter().find(|k| **k == kind) {
+                                NETWORK_REPAIRS.inc(&[("kind", k)]);
+                            }
+                        }
+                        NETWORK_FAILING.set(&[], net.failing().len() as f64);
                         if heal_log.succeeded() > 0 {
                             tracing::info!("host networking self-check works again");
                         }
@@ -466,6 +482,8 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
     // Volume operations reported, by volume: the same request is not run again while the
     // controller's answer is on its way.
     let mut volumes_done: HashMap<String, String> = HashMap::new();
+    // A TAP cut off from its running QEMU is told once per interval.
+    let mut tap_log = Backoff::new(WATCH_EVERY, WATCH_EVERY).log_every(Duration::from_secs(600));
     loop {
         let d = rx.borrow_and_update().clone();
         // A migration is not a task this host finishes alone: each side does its step and
@@ -545,6 +563,9 @@ async fn worker<D: Driver>(s: Arc<Shared<D>>, mut rx: watch::Receiver<DesiredIns
         }
         if d.task_state.is_none() {
             observe(&s, &d).await;
+            if s.cfg.network.is_some() {
+                check_taps(&s, &d, &mut tap_log).await;
+            }
             reconcile_volumes(&s, &d, &mut volumes_done).await;
             drop_resize_backup(&s, &d);
         }
@@ -646,6 +667,39 @@ async fn observe<D: Driver>(s: &Shared<D>, d: &DesiredInstance) {
             },
         )
         .await;
+    }
+}
+
+/// The server's TAPs that exist without a carrier: no QEMU file is attached to them. For a
+/// running VM that means the TAP was deleted under QEMU (`ip link del` works on it) and the host
+/// networking made a new one, which QEMU's file is not attached to.
+fn cut_taps(d: &DesiredInstance) -> Vec<String> {
+    d.nics
+        .iter()
+        .filter(|n| {
+            std::fs::read_to_string(Path::new("/sys/class/net").join(&n.tap).join("carrier"))
+                .is_ok_and(|c| c.trim() == "0")
+        })
+        .map(|n| n.tap.clone())
+        .collect()
+}
+
+/// A running VM whose TAP was made again under it has a silent NIC until a new QEMU opens the
+/// TAP: a hard reboot does (see `perform`), a stop and start too. The agent does not impose
+/// either on a running guest; it says so.
+async fn check_taps<D: Driver>(s: &Shared<D>, d: &DesiredInstance, log: &mut Backoff) {
+    if !matches!(s.driver.power_state(&d.id).await, PowerState::Running) {
+        return;
+    }
+    let cut = cut_taps(d);
+    if cut.is_empty() {
+        log.succeeded();
+        return;
+    }
+    if let Some(unsaid) = log.failed(std::time::Instant::now()).log {
+        tracing::error!(instance = %d.id, taps = ?cut, unsaid,
+            "the server's TAP was deleted under its running VM and made again; its NIC is cut \
+             off until the server is hard-rebooted (openstack server reboot --hard)");
     }
 }
 
@@ -1028,6 +1082,14 @@ async fn perform<D: Driver>(s: &Shared<D>, d: &DesiredInstance, task: TaskState)
         TaskState::PoweringOn => Ok(start_vm(s, d).await?),
         TaskState::Rebooting | TaskState::RebootingHard => {
             let hard = task == TaskState::RebootingHard;
+            let cut = cut_taps(d);
+            if hard && !cut.is_empty() {
+                // A reset would keep QEMU's file on a deleted TAP: a new QEMU opens the new one
+                // (Nova's hard reboot also makes the domain and its VIFs again).
+                tracing::info!(instance = %d.id, taps = ?cut, "hard reboot with a new QEMU: its TAP was made again");
+                s.driver.destroy(&d.id).await?;
+                return start_vm(s, d).await;
+            }
             match s.driver.power_state(&d.id).await {
                 PowerState::Running => Ok(s.driver.reboot(&d.id, hard, grace).await?),
                 PowerState::Suspended => Ok(s.driver.resume(&spec(s, d)).await?),

@@ -1,5 +1,6 @@
 //! The agent's `/metrics`: its reconcile loop (passes and how long each took to act on a
-//! desired state), the tasks it ran on VMs, its own HTTP requests, and its VMs by power state.
+//! desired state), the tasks it ran on VMs, its own HTTP requests, its VMs by power state, and
+//! its host networking's self-check (repairs, objects failing).
 //!
 //! VM states are the ones the workers last observed (every few seconds), kept here, rather than
 //! asked of QEMU at scrape time: a scrape must never take a VM's monitor from an operation.
@@ -32,6 +33,26 @@ pub static INSTANCES: Gauge = Gauge::new(
     "onestack_agent_instances",
     "Servers the controller assigns to this host (its last desired state).",
 );
+
+pub static NETWORK_REPAIRS: Counter = Counter::new(
+    "onestack_agent_network_repairs_total",
+    "Host networking objects the self-check found drifted (deleted, detached, flushed, dead) and \
+     re-converged, by kind (network, port, dhcp, router, firewall, host).",
+);
+
+pub static NETWORK_FAILING: Gauge = Gauge::new(
+    "onestack_agent_network_failing",
+    "Host networking objects not realised at the last try, waiting for their retry.",
+);
+
+pub static NETWORK_CHECK_DURATION: Histogram = Histogram::new(
+    "onestack_agent_network_check_duration_seconds",
+    "Time the host networking self-check took to compare the host with what it realised.",
+    metrics::LATENCY_BUCKETS,
+);
+
+/// The kinds of `onestack_agent_network_repairs_total`.
+pub const NETWORK_KINDS: &[&str] = &["network", "port", "dhcp", "router", "firewall", "host"];
 
 static HTTP_REQUESTS: Counter = Counter::new(
     "onestack_agent_http_requests_total",

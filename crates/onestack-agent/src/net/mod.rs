@@ -242,6 +242,20 @@ impl HostNetworking {
         }
     }
 
+    /// The objects whose last attempt failed (`<kind>:<id>`), waiting for their retry.
+    pub fn failing(&self) -> Vec<String> {
+        self.applied
+            .as_ref()
+            .map(|a| {
+                a.retry
+                    .iter()
+                    .filter(|(_, b)| b.failures() > 0)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The nft executor for the host namespace (tests read the ruleset through it).
     pub fn nft(&self) -> &Nft {
         &self.nft
