@@ -379,7 +379,9 @@ impl HostNetworking {
             return Ok(stats);
         };
         for (key, why) in &drift {
-            applied.dirty.insert(key.clone());
+            if key != HOST {
+                applied.dirty.insert(key.clone());
+            }
             let log = self
                 .drift_log
                 .entry(key.clone())
@@ -421,8 +423,21 @@ impl HostNetworking {
     /// What drifted, as (object key, why). Objects already marked for a retry are not looked at.
     async fn check(&mut self) -> Result<Vec<(String, String)>> {
         let mut drift: Vec<(String, String)> = Vec::new();
-        for d in self.host_sysctls(true).await? {
-            drift.push(("host".into(), d));
+        // Repaired here and now (nothing to converge); a failure is told, and the rest of the
+        // check goes on.
+        match self.host_sysctls(true).await {
+            Ok(found) => drift.extend(found.into_iter().map(|d| (HOST.to_owned(), d))),
+            Err(e) => {
+                let log = self
+                    .drift_log
+                    .entry(format!("{HOST}-error"))
+                    .or_insert_with(backoff)
+                    .failed(Instant::now())
+                    .log;
+                if let Some(unsaid) = log {
+                    tracing::error!(error = %format!("{e:#}"), unsaid, "cannot set the host's sysctls");
+                }
+            }
         }
         let links = self.host_links().await?;
         let view = check::View::read(links).await?;
@@ -775,6 +790,8 @@ impl HostNetworking {
 
 /// The key of the host firewall (both host nft tables) in `dirty` and `retry`.
 const FIREWALL: &str = "firewall";
+/// The key of the host's own settings (sysctls) in drift reports.
+const HOST: &str = "host";
 
 /// Whether the object `key` may be tried now (never failed, or its backoff has passed).
 fn due(retry: &BTreeMap<String, Backoff>, key: &str, now: Instant) -> bool {
