@@ -357,8 +357,8 @@ impl HostNetworking {
     /// and re-converges what drifted, whoever caused it, along with objects whose earlier
     /// attempts failed once their backoff has passed. Cheap when nothing drifted: a few dumps
     /// and reads, no change. Call it every few seconds. Running VMs are not disturbed: a TAP is
-    /// recreated under its name and put back in its bridge (see docs/network.md for what a
-    /// guest sees).
+    /// recreated under its name and put back in its bridge (docs/architecture.md, "Self-healing",
+    /// says what a guest sees).
     pub async fn heal(&mut self) -> Result<ApplyStats> {
         let started = Instant::now();
         let Some(plan) = self.desired.clone() else {
@@ -393,6 +393,15 @@ impl HostNetworking {
             }
         }
         stats.drift = drift.iter().map(|(k, w)| format!("{k}: {w}")).collect();
+        // Objects that are gone need no drift log any more.
+        let p = &applied.plan;
+        self.drift_log.retain(|k, _| match k.split_once(':') {
+            Some(("network", id)) => p.networks.contains_key(id),
+            Some(("port", id)) => p.ports.contains_key(id),
+            Some(("dhcp", id)) => p.dhcp.contains_key(id),
+            Some(("router", id)) => p.routers.contains_key(id),
+            _ => true,
+        });
         let due = applied.dirty.iter().any(|k| due(&applied.retry, k, now))
             || (applied.firewall.is_none() && due(&applied.retry, FIREWALL, now));
         let r = if due {
